@@ -1,0 +1,659 @@
+//! The pool's state machine.
+//!
+//! The engine decides and the caller acts: [`Engine::checkout`] answers with a connection
+//! to check and use, a permit to open one, or a place in the queue; the caller does the
+//! driver I/O (connect, probe, ping, rollback, close) with no engine lock held and reports
+//! the result back. The lock is held only for a few field updates, never across I/O, and
+//! waiters are woken after it is released.
+
+use crate::config::{Config, ConfigError};
+use crate::conn::{Check, CloseReason, ConnMeta, Pooled, Retired};
+use crate::error::AcquireError;
+use crate::stats::Stats;
+use crate::wait::{Grant, Waiter, Wake};
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Leave to open one connection. The slot it stands for counts towards `max_size` until
+/// it is spent with [`Engine::opened`], [`Engine::opened_idle`] or [`Engine::open_failed`].
+#[derive(Debug)]
+#[must_use = "a permit holds a slot until it is spent"]
+pub struct OpenPermit {
+    generation: u64,
+}
+
+/// The answer to a checkout.
+pub enum Checkout<C> {
+    /// An idle connection, now counted as in use. Run `Check`, then either use it or hand
+    /// it back with [`Engine::replace`].
+    Ready(Pooled<C>, Check),
+    /// Close this expired connection (the engine has already forgotten it) and ask again.
+    Retire(Retired<C>),
+    /// Open a connection yourself.
+    Open(OpenPermit),
+    /// Wait for a grant on this waiter, then [`Engine::cancel`] it if the wait runs out.
+    Wait(Arc<Waiter<C>>),
+}
+
+/// What the engine tells a caller returning a connection: nothing to do, or close one.
+pub type Disposal<C> = Option<Retired<C>>;
+
+/// Work for the maintenance helper.
+pub struct Maintenance<C> {
+    /// Connections to close.
+    pub retire: Vec<Retired<C>>,
+    /// Connections to open to reach `min_size`; spend each with [`Engine::opened_idle`].
+    pub open: Vec<OpenPermit>,
+    /// When the next idle connection expires or goes stale, if any.
+    pub next_due: Option<Instant>,
+}
+
+/// A snapshot of the pool's occupancy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub min_size: usize,
+    pub max_size: usize,
+    /// Open connections, including those being opened.
+    pub size: usize,
+    pub idle: usize,
+    pub in_use: usize,
+    pub opening: usize,
+    pub waiting: usize,
+    pub closed: bool,
+}
+
+struct State<C> {
+    cfg: Config,
+    /// A stack: the most recently returned connection is reused first, so connections
+    /// beyond what the load needs sink to the bottom and age out through `max_idle`.
+    idle: Vec<Pooled<C>>,
+    in_use: usize,
+    opening: usize,
+    /// Retired but not yet closed by the caller: still holds its slot, so the cap on open
+    /// connections is hard even while a close is under way.
+    closing: usize,
+    waiters: VecDeque<Arc<Waiter<C>>>,
+    closed: bool,
+    generation: u64,
+    next_id: u64,
+    rng: u64,
+}
+
+impl<C> State<C> {
+    fn size(&self) -> usize {
+        self.idle.len() + self.in_use + self.opening + self.closing
+    }
+
+    /// Hands `conn`, already taken out of `idle`/`in_use`/`opening`, to the caller to close.
+    fn retire(&mut self, conn: Pooled<C>, reason: CloseReason, stats: &Stats) -> Retired<C> {
+        self.closing += 1;
+        stats.closed(reason);
+        Retired {
+            conn,
+            reason,
+            foreign: false,
+        }
+    }
+
+    fn random_unit(&mut self) -> f64 {
+        // xorshift64*: plenty for spreading expiry times.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn new_meta(&mut self, now: Instant, uses: u64) -> ConnMeta {
+        self.next_id += 1;
+        let jitter = self.cfg.lifetime_jitter * self.random_unit();
+        let expires = self
+            .cfg
+            .max_lifetime
+            .map(|life| now + life.mul_f64(1.0 - jitter));
+        ConnMeta {
+            id: self.next_id,
+            created: now,
+            expires,
+            last_used: now,
+            uses,
+            generation: self.generation,
+        }
+    }
+
+    fn check_for(&self, meta: &ConnMeta, now: Instant) -> Check {
+        Check {
+            probe: true,
+            round_trip: self
+                .cfg
+                .check_after_idle
+                .is_some_and(|window| now.saturating_duration_since(meta.last_used) > window),
+        }
+    }
+
+    fn expired(meta: &ConnMeta, now: Instant) -> bool {
+        meta.expires.is_some_and(|e| now >= e)
+    }
+
+    /// Pops the most recent idle connection for a checkout.
+    fn take_idle(&mut self, now: Instant, stats: &Stats) -> Option<Checkout<C>> {
+        let mut conn = self.idle.pop()?;
+        if Self::expired(&conn.meta, now) {
+            return Some(Checkout::Retire(self.retire(
+                conn,
+                CloseReason::Lifetime,
+                stats,
+            )));
+        }
+        let check = self.check_for(&conn.meta, now);
+        conn.meta.uses += 1;
+        conn.meta.last_used = now;
+        self.in_use += 1;
+        Some(Checkout::Ready(conn, check))
+    }
+
+    /// Gives a free slot to the first waiter, if there is a free slot and a waiter.
+    fn grant_open(&mut self) -> Option<Arc<Waiter<C>>> {
+        if self.closed || self.size() >= self.cfg.max_size {
+            return None;
+        }
+        let w = self.waiters.pop_front()?;
+        self.opening += 1;
+        w.give(Grant::Open(OpenPermit {
+            generation: self.generation,
+        }));
+        Some(w)
+    }
+}
+
+/// The pool engine for connections of type `C`, which it stores but never inspects.
+pub struct Engine<C> {
+    name: String,
+    state: Mutex<State<C>>,
+    /// Signals the maintenance helper: the pool fell below `min_size`, or closed.
+    maintenance: Condvar,
+    stats: Stats,
+}
+
+impl<C> Engine<C> {
+    /// Builds an engine after validating `cfg`.
+    pub fn new(name: impl Into<String>, cfg: Config) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let seed = Instant::now().elapsed().as_nanos() as u64
+            ^ (std::process::id() as u64).rotate_left(32)
+            ^ (&cfg as *const Config as u64);
+        Ok(Engine {
+            name: name.into(),
+            state: Mutex::new(State {
+                cfg,
+                idle: Vec::new(),
+                in_use: 0,
+                opening: 0,
+                closing: 0,
+                waiters: VecDeque::new(),
+                closed: false,
+                generation: 0,
+                next_id: 0,
+                rng: seed | 1,
+            }),
+            maintenance: Condvar::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn config(&self) -> Config {
+        self.state.lock().cfg.clone()
+    }
+
+    pub fn status(&self) -> Status {
+        let st = self.state.lock();
+        Status {
+            min_size: st.cfg.min_size,
+            max_size: st.cfg.max_size,
+            size: st.size(),
+            idle: st.idle.len(),
+            in_use: st.in_use,
+            opening: st.opening,
+            waiting: st.waiters.len(),
+            closed: st.closed,
+        }
+    }
+
+    /// The error for a checkout that waited `timeout` in vain, describing the pool now.
+    pub fn timeout_error(&self, timeout: Duration) -> AcquireError {
+        let st = self.state.lock();
+        AcquireError::Timeout {
+            pool: self.name.clone(),
+            timeout,
+            size: st.size(),
+            max_size: st.cfg.max_size,
+            in_use: st.in_use,
+            opening: st.opening,
+            waiting: st.waiters.len(),
+        }
+    }
+
+    /// Asks for a connection. `wake` is called only when the request has to queue.
+    pub fn checkout(
+        &self,
+        now: Instant,
+        wake: impl FnOnce() -> Box<dyn Wake>,
+    ) -> Result<Checkout<C>, AcquireError> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(AcquireError::Closed {
+                pool: self.name.clone(),
+            });
+        }
+        if let Some(answer) = st.take_idle(now, &self.stats) {
+            return Ok(answer);
+        }
+        if st.size() < st.cfg.max_size {
+            st.opening += 1;
+            return Ok(Checkout::Open(OpenPermit {
+                generation: st.generation,
+            }));
+        }
+        if st.cfg.max_waiting > 0 && st.waiters.len() >= st.cfg.max_waiting {
+            self.stats.rejected.fetch_add(1, Relaxed);
+            return Err(AcquireError::TooManyWaiters {
+                pool: self.name.clone(),
+                max_waiting: st.cfg.max_waiting,
+            });
+        }
+        let waiter = Arc::new(Waiter::new(wake(), now));
+        st.waiters.push_back(Arc::clone(&waiter));
+        self.stats.requests_queued.fetch_add(1, Relaxed);
+        Ok(Checkout::Wait(waiter))
+    }
+
+    /// Gives up a connection that failed its checkout check, and in the same step gives
+    /// the caller what replaces it: another idle connection, or the freed slot as a permit.
+    /// The caller keeps its place: it never queues behind later arrivals.
+    pub fn replace(
+        &self,
+        conn: Pooled<C>,
+        reason: CloseReason,
+        now: Instant,
+    ) -> (Retired<C>, Result<Checkout<C>, AcquireError>) {
+        let mut st = self.state.lock();
+        if conn.meta.generation != st.generation {
+            let foreign = Retired {
+                conn,
+                reason,
+                foreign: true,
+            };
+            return (foreign, self.closed_error());
+        }
+        st.in_use -= 1;
+        let retired = st.retire(conn, reason, &self.stats);
+        if st.closed {
+            return (retired, self.closed_error());
+        }
+        if let Some(answer) = st.take_idle(now, &self.stats) {
+            return (retired, Ok(answer));
+        }
+        st.opening += 1;
+        let permit = OpenPermit {
+            generation: st.generation,
+        };
+        (retired, Ok(Checkout::Open(permit)))
+    }
+
+    fn closed_error<T>(&self) -> Result<T, AcquireError> {
+        Err(AcquireError::Closed {
+            pool: self.name.clone(),
+        })
+    }
+
+    /// Takes back a connection. `healthy` is false when it came back broken or could not
+    /// be cleaned. Hands it straight to the first waiter if there is one.
+    pub fn release(&self, mut conn: Pooled<C>, healthy: bool, now: Instant) -> Disposal<C> {
+        let mut st = self.state.lock();
+        if conn.meta.generation != st.generation {
+            return Some(Retired {
+                conn,
+                reason: CloseReason::PoolClosed,
+                foreign: true,
+            });
+        }
+        st.in_use -= 1;
+        self.stats
+            .usage
+            .record(now.saturating_duration_since(conn.meta.last_used));
+        let reason = if !healthy {
+            Some(CloseReason::Broken)
+        } else if st.closed {
+            Some(CloseReason::PoolClosed)
+        } else if State::<C>::expired(&conn.meta, now) {
+            Some(CloseReason::Lifetime)
+        } else if st.cfg.max_uses > 0 && conn.meta.uses >= st.cfg.max_uses {
+            Some(CloseReason::MaxUses)
+        } else if st.size() >= st.cfg.max_size {
+            Some(CloseReason::Resize)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Some(st.retire(conn, reason, &self.stats));
+        }
+        conn.meta.last_used = now;
+        if let Some(w) = st.waiters.pop_front() {
+            st.in_use += 1;
+            conn.meta.uses += 1;
+            let check = Check {
+                probe: true,
+                round_trip: false,
+            };
+            w.give(Grant::Conn(conn, check));
+            drop(st);
+            w.notify();
+            return None;
+        }
+        st.idle.push(conn);
+        self.evict_stale_idle(&mut st, now)
+    }
+
+    /// Retires the longest-idle connection if it sat idle past `max_idle` while the pool is
+    /// above `min_size`. One per call keeps the return path short; maintenance does the rest.
+    fn evict_stale_idle(&self, st: &mut State<C>, now: Instant) -> Disposal<C> {
+        let max_idle = st.cfg.max_idle?;
+        let oldest = st.idle.first()?;
+        if st.size() <= st.cfg.min_size
+            || now.saturating_duration_since(oldest.meta.last_used) <= max_idle
+        {
+            return None;
+        }
+        let conn = st.idle.remove(0);
+        Some(st.retire(conn, CloseReason::Idle, &self.stats))
+    }
+
+    /// Records a connection opened with `permit` for the caller, who now holds it.
+    /// `Err` means the pool closed (or forked) meanwhile: close the connection.
+    pub fn opened(
+        &self,
+        permit: OpenPermit,
+        payload: C,
+        now: Instant,
+        took: Duration,
+    ) -> Result<Pooled<C>, Retired<C>> {
+        let mut st = self.state.lock();
+        let mut meta = st.new_meta(now, 1);
+        if permit.generation != st.generation {
+            // Opened across a fork: no slot of this generation to free.
+            meta.generation = permit.generation;
+            return Err(Retired {
+                conn: Pooled { payload, meta },
+                reason: CloseReason::PoolClosed,
+                foreign: false,
+            });
+        }
+        let conn = Pooled { payload, meta };
+        st.opening -= 1;
+        self.stats.opens.fetch_add(1, Relaxed);
+        self.stats.open_time.record(took);
+        if st.closed {
+            return Err(st.retire(conn, CloseReason::PoolClosed, &self.stats));
+        }
+        st.in_use += 1;
+        Ok(conn)
+    }
+
+    /// Records a connection opened by maintenance: it goes to the first waiter, or idle.
+    pub fn opened_idle(
+        &self,
+        permit: OpenPermit,
+        payload: C,
+        now: Instant,
+        took: Duration,
+    ) -> Disposal<C> {
+        let conn = match self.opened(permit, payload, now, took) {
+            Ok(conn) => conn,
+            Err(retired) => return Some(retired),
+        };
+        let mut st = self.state.lock();
+        st.in_use -= 1;
+        if let Some(w) = st.waiters.pop_front() {
+            st.in_use += 1;
+            let check = Check {
+                probe: true,
+                round_trip: false,
+            };
+            w.give(Grant::Conn(conn, check));
+            drop(st);
+            w.notify();
+            return None;
+        }
+        st.idle.push(conn);
+        None
+    }
+
+    /// A connection attempt failed: its slot goes to the first waiter, who tries itself.
+    pub fn open_failed(&self, permit: OpenPermit) {
+        let mut st = self.state.lock();
+        self.stats.open_errors.fetch_add(1, Relaxed);
+        if permit.generation != st.generation {
+            return;
+        }
+        st.opening -= 1;
+        let woken = st.grant_open();
+        self.below_min(&st);
+        drop(st);
+        if let Some(w) = woken {
+            w.notify();
+        }
+    }
+
+    /// A holder dropped a connection without returning it; the connection is gone with it.
+    /// Frees its slot. Returns false if it did not belong to this generation.
+    pub fn lost(&self, meta: &ConnMeta, now: Instant) -> bool {
+        let mut st = self.state.lock();
+        if meta.generation != st.generation {
+            return false;
+        }
+        st.in_use -= 1;
+        self.stats.leaked.fetch_add(1, Relaxed);
+        self.stats
+            .usage
+            .record(now.saturating_duration_since(meta.last_used));
+        let woken = st.grant_open();
+        self.below_min(&st);
+        drop(st);
+        if let Some(w) = woken {
+            w.notify();
+        }
+        true
+    }
+
+    /// Reports that a retired connection is now closed (or, if foreign, set aside): its
+    /// slot is free again and goes to the first waiter. Call it for every [`Retired`].
+    pub fn discarded(&self, retired: Retired<C>) -> C {
+        if !retired.foreign {
+            let mut st = self.state.lock();
+            if retired.conn.meta.generation == st.generation {
+                st.closing -= 1;
+                let woken = st.grant_open();
+                self.below_min(&st);
+                drop(st);
+                if let Some(w) = woken {
+                    w.notify();
+                }
+            }
+        }
+        retired.conn.payload
+    }
+
+    /// Withdraws a waiter whose wait ran out (or was cancelled). A grant given at the last
+    /// moment is returned and belongs to the caller; `None` means it was withdrawn.
+    pub fn cancel(&self, waiter: &Arc<Waiter<C>>) -> Option<Grant<C>> {
+        let mut st = self.state.lock();
+        if let Some(pos) = st.waiters.iter().position(|w| Arc::ptr_eq(w, waiter)) {
+            st.waiters.remove(pos);
+            return None;
+        }
+        drop(st);
+        // Not queued any more, so it was granted, under the lock we just took.
+        waiter.try_take()
+    }
+
+    /// Closes the pool: idle connections are handed back for closing, waiters are woken
+    /// with [`Grant::Closed`], connections in use are retired when they come back.
+    pub fn close(&self) -> Vec<Retired<C>> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Vec::new();
+        }
+        st.closed = true;
+        let idle = std::mem::take(&mut st.idle);
+        let retired: Vec<Retired<C>> = idle
+            .into_iter()
+            .map(|conn| st.retire(conn, CloseReason::PoolClosed, &self.stats))
+            .collect();
+        let waiters: Vec<_> = st.waiters.drain(..).collect();
+        for w in &waiters {
+            w.give(Grant::Closed);
+        }
+        drop(st);
+        self.maintenance.notify_all();
+        for w in waiters {
+            w.notify();
+        }
+        retired
+    }
+
+    /// Changes `min_size` and `max_size` at run time. Idle connections above the new
+    /// maximum are handed back for closing; busy ones are closed when they return.
+    pub fn resize(&self, min_size: usize, max_size: usize) -> Result<Vec<Retired<C>>, ConfigError> {
+        let mut st = self.state.lock();
+        let cfg = Config {
+            min_size,
+            max_size,
+            ..st.cfg.clone()
+        };
+        cfg.validate()?;
+        st.cfg = cfg;
+        let mut retired = Vec::new();
+        while st.size() > st.cfg.max_size && !st.idle.is_empty() {
+            let conn = st.idle.remove(0);
+            retired.push(st.retire(conn, CloseReason::Resize, &self.stats));
+        }
+        let mut woken = Vec::new();
+        while let Some(w) = st.grant_open() {
+            woken.push(w);
+        }
+        self.below_min(&st);
+        drop(st);
+        for w in woken {
+            w.notify();
+        }
+        Ok(retired)
+    }
+
+    /// Computes the helper's work: expired and stale idle connections to close, and
+    /// permits to open connections up to `min_size`. Returns `None` once the pool is closed.
+    pub fn maintain(&self, now: Instant) -> Option<Maintenance<C>> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return None;
+        }
+        let mut retire = Vec::new();
+        let mut i = 0;
+        while i < st.idle.len() {
+            if State::<C>::expired(&st.idle[i].meta, now) {
+                let conn = st.idle.remove(i);
+                retire.push(st.retire(conn, CloseReason::Lifetime, &self.stats));
+            } else {
+                i += 1;
+            }
+        }
+        while let Some(r) = self.evict_stale_idle(&mut st, now) {
+            retire.push(r);
+        }
+        let mut open = Vec::new();
+        while st.size() < st.cfg.min_size {
+            st.opening += 1;
+            open.push(OpenPermit {
+                generation: st.generation,
+            });
+        }
+        let stale_at = st
+            .cfg
+            .max_idle
+            .filter(|_| st.size() > st.cfg.min_size)
+            .and_then(|max_idle| st.idle.first().map(|c| c.meta.last_used + max_idle));
+        let next_due = st
+            .idle
+            .iter()
+            .filter_map(|c| c.meta.expires)
+            .chain(stale_at)
+            .min();
+        Some(Maintenance {
+            retire,
+            open,
+            next_due,
+        })
+    }
+
+    /// Blocks the maintenance helper until `deadline`, the pool falling below `min_size`,
+    /// or close. Returns false once the pool is closed.
+    pub fn wait_for_maintenance(&self, deadline: Instant) -> bool {
+        let mut st = self.state.lock();
+        loop {
+            if st.closed {
+                return false;
+            }
+            if st.size() < st.cfg.min_size || Instant::now() >= deadline {
+                return true;
+            }
+            if self.maintenance.wait_until(&mut st, deadline).timed_out() {
+                return !st.closed;
+            }
+        }
+    }
+
+    fn below_min(&self, st: &State<C>) {
+        if st.size() < st.cfg.min_size {
+            self.maintenance.notify_one();
+        }
+    }
+
+    /// Before `fork()`: takes the engine lock so the child never inherits it mid-update.
+    /// Must be followed, in both processes, by [`Engine::after_fork_in_parent`] or
+    /// [`Engine::after_fork_in_child`].
+    pub fn before_fork(&self) {
+        std::mem::forget(self.state.lock());
+    }
+
+    /// After `fork()`, in the parent: carries on as before.
+    pub fn after_fork_in_parent(&self) {
+        // SAFETY: locked by `before_fork` on this thread, and the guard was forgotten.
+        unsafe { self.state.force_unlock() };
+    }
+
+    /// After `fork()`, in the child: starts a new generation with no connections. Returns
+    /// the parent's idle connections; the caller must keep them unused and unclosed (see
+    /// [`Retired::foreign`]). Connections the parent had in use are treated as foreign when
+    /// they come back.
+    pub fn after_fork_in_child(&self) -> Vec<Pooled<C>> {
+        // SAFETY: locked by `before_fork` on this thread, and the guard was forgotten.
+        unsafe { self.state.force_unlock() };
+        let mut st = self.state.lock();
+        st.generation += 1;
+        st.in_use = 0;
+        st.opening = 0;
+        st.closing = 0;
+        // Their threads do not exist in the child.
+        st.waiters.clear();
+        std::mem::take(&mut st.idle)
+    }
+}

@@ -1,0 +1,41 @@
+//! # lido-core
+//!
+//! The pool engine of django-lido, in plain Rust. It decides who gets which connection and
+//! when to open, check, recycle or close one; the caller does the I/O. It knows nothing of
+//! Python or of any database driver: a connection is an opaque `C`.
+//!
+//! ```
+//! use lido_core::{Checkout, Config, Engine, ThreadWake};
+//! use std::time::{Duration, Instant};
+//!
+//! let engine: Engine<String> = Engine::new("demo", Config { max_size: 2, ..Config::default() })?;
+//! // Nothing is open yet, so the engine hands out a permit to open a connection.
+//! let conn = match engine.checkout(Instant::now(), || Box::new(ThreadWake::current()))? {
+//!     Checkout::Open(permit) => {
+//!         let opened = "a connection".to_string(); // the caller's driver I/O
+//!         engine.opened(permit, opened, Instant::now(), Duration::from_millis(2)).unwrap()
+//!     }
+//!     _ => unreachable!(),
+//! };
+//! assert_eq!(engine.status().in_use, 1);
+//! // Returned healthy: it goes idle, ready for the next checkout.
+//! assert!(engine.release(conn, true, Instant::now()).is_none());
+//! assert_eq!(engine.status().idle, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod config;
+pub mod conn;
+pub mod engine;
+pub mod error;
+pub mod liveness;
+pub mod stats;
+pub mod wait;
+
+pub use config::{Config, ConfigError};
+pub use conn::{Check, CloseReason, ConnMeta, Pooled, Retired};
+pub use engine::{Checkout, Disposal, Engine, Maintenance, OpenPermit, Status};
+pub use error::AcquireError;
+pub use liveness::{probe_socket, Liveness};
+pub use stats::{Histogram, HistogramSummary, Stats};
+pub use wait::{Grant, ThreadWake, Waiter, Wake};

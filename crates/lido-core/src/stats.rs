@@ -1,0 +1,172 @@
+//! Counters and latency histograms, updated without the engine lock.
+
+use crate::conn::CloseReason;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Buckets per power of two; 4 gives about 19% resolution.
+const SUB: usize = 4;
+const BUCKETS: usize = 64 * SUB;
+
+/// A log-linear histogram of durations in nanoseconds.
+pub struct Histogram {
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+    max_ns: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+            max_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+fn bucket_of(ns: u64) -> usize {
+    if ns < SUB as u64 {
+        return ns as usize;
+    }
+    let log = 63 - ns.leading_zeros() as usize; // >= 2
+    let sub = ((ns >> (log - 2)) & (SUB as u64 - 1)) as usize;
+    (log - 1) * SUB + sub
+}
+
+/// Upper bound of a bucket, in nanoseconds.
+fn bucket_upper(i: usize) -> u64 {
+    if i < SUB {
+        return i as u64;
+    }
+    let log = i / SUB + 1;
+    let sub = (i % SUB) as u64;
+    let upper = ((SUB as u128 + sub as u128 + 1) << (log - 2)) - 1;
+    u64::try_from(upper).unwrap_or(u64::MAX)
+}
+
+/// A point-in-time summary of a [`Histogram`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HistogramSummary {
+    pub count: u64,
+    pub sum: Duration,
+    pub max: Duration,
+    pub p50: Duration,
+    pub p90: Duration,
+    pub p99: Duration,
+}
+
+impl Histogram {
+    pub fn record(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.buckets[bucket_of(ns)].fetch_add(1, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+        self.max_ns.fetch_max(ns, Relaxed);
+    }
+
+    pub fn summary(&self) -> HistogramSummary {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        let quantile = |q: f64| -> Duration {
+            if total == 0 {
+                return Duration::ZERO;
+            }
+            let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return Duration::from_nanos(bucket_upper(i));
+                }
+            }
+            Duration::ZERO
+        };
+        let max = Duration::from_nanos(self.max_ns.load(Relaxed));
+        HistogramSummary {
+            count: self.count.load(Relaxed),
+            sum: Duration::from_nanos(self.sum_ns.load(Relaxed)),
+            max,
+            p50: quantile(0.5).min(max),
+            p90: quantile(0.9).min(max),
+            p99: quantile(0.99).min(max),
+        }
+    }
+}
+
+/// Everything counted over a pool's life.
+#[derive(Default)]
+pub struct Stats {
+    /// Checkouts served.
+    pub requests: AtomicU64,
+    /// Checkouts that had to wait.
+    pub requests_queued: AtomicU64,
+    /// Checkouts that timed out.
+    pub timeouts: AtomicU64,
+    /// Checkouts rejected by `max_waiting`.
+    pub rejected: AtomicU64,
+    /// Connections opened.
+    pub opens: AtomicU64,
+    /// Failed connection attempts.
+    pub open_errors: AtomicU64,
+    /// Connections returned in a state that needed a rollback.
+    pub returns_rolled_back: AtomicU64,
+    /// Connections whose holder dropped them without returning them.
+    pub leaked: AtomicU64,
+    /// Connections closed, by reason (index: `CloseReason as usize`).
+    pub closes: [AtomicU64; CloseReason::ALL.len()],
+    /// Time from checkout request to connection in hand.
+    pub acquire_wait: Histogram,
+    /// Time a connection was held.
+    pub usage: Histogram,
+    /// Time to open a connection.
+    pub open_time: Histogram,
+}
+
+impl Stats {
+    pub(crate) fn closed(&self, reason: CloseReason) {
+        self.closes[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn closes_for(&self, reason: CloseReason) -> u64 {
+        self.closes[reason.index()].load(Relaxed)
+    }
+
+    pub fn closes_total(&self) -> u64 {
+        self.closes.iter().map(|c| c.load(Relaxed)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_contain_their_values() {
+        let mut last = 0;
+        // Up to 2^60 ns (36 years); larger buckets saturate.
+        for i in 0..59 * SUB {
+            let up = bucket_upper(i);
+            assert!(up >= last, "bucket {i}");
+            assert_eq!(bucket_of(up), i, "upper bound of bucket {i} lands in it");
+            last = up;
+        }
+    }
+
+    #[test]
+    fn quantiles_are_within_resolution() {
+        let h = Histogram::default();
+        for us in 1..=1000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let s = h.summary();
+        assert_eq!(s.count, 1000);
+        assert_eq!(s.max, Duration::from_micros(1000));
+        let p50 = s.p50.as_micros() as f64;
+        assert!((500.0..=500.0 * 1.25).contains(&p50), "p50 {p50}");
+        let p99 = s.p99.as_micros() as f64;
+        assert!((990.0..=1000.0).contains(&p99), "p99 {p99}");
+    }
+}

@@ -1,0 +1,436 @@
+//! Deterministic tests of the engine's decisions, with time passed in by hand.
+
+use lido_core::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn engine(cfg: Config) -> Engine<u32> {
+    Engine::new("t", cfg).unwrap()
+}
+
+fn wake() -> Box<dyn Wake> {
+    Box::new(ThreadWake::current())
+}
+
+/// Checks out a connection, opening one with payload `p` if the engine asks.
+fn get(e: &Engine<u32>, now: Instant, p: u32) -> Pooled<u32> {
+    match e.checkout(now, wake).unwrap() {
+        Checkout::Ready(c, _) => c,
+        Checkout::Open(permit) => e.opened(permit, p, now, Duration::ZERO).unwrap(),
+        Checkout::Retire(_) => panic!("unexpected retire"),
+        Checkout::Wait(_) => panic!("unexpected wait"),
+    }
+}
+
+#[test]
+fn opens_up_to_max_then_queues_and_hands_off_fifo() {
+    let e = engine(Config {
+        max_size: 2,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let a = get(&e, t, 1);
+    let b = get(&e, t, 2);
+    let w1 = match e.checkout(t, wake).unwrap() {
+        Checkout::Wait(w) => w,
+        _ => panic!("should wait"),
+    };
+    let w2 = match e.checkout(t, wake).unwrap() {
+        Checkout::Wait(w) => w,
+        _ => panic!("should wait"),
+    };
+    assert_eq!(e.status().waiting, 2);
+    assert!(e.release(b, true, t).is_none());
+    // The first waiter got connection 2 directly; the second still waits.
+    match w1.try_take() {
+        Some(Grant::Conn(c, check)) => {
+            assert_eq!(c.payload, 2);
+            assert!(check.probe && !check.round_trip);
+            e.release(c, true, t);
+        }
+        _ => panic!("first waiter should hold connection 2"),
+    }
+    match w2.try_take() {
+        Some(Grant::Conn(c, _)) => assert_eq!(c.payload, 2),
+        _ => panic!("second waiter is next in line"),
+    }
+    let s = e.status();
+    assert_eq!((s.size, s.in_use, s.idle, s.waiting), (2, 2, 0, 0));
+    let _ = a;
+}
+
+#[test]
+fn failed_open_frees_the_slot_for_the_next_waiter() {
+    let e = engine(Config {
+        max_size: 1,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let permit = match e.checkout(t, wake).unwrap() {
+        Checkout::Open(p) => p,
+        _ => panic!(),
+    };
+    let w = match e.checkout(t, wake).unwrap() {
+        Checkout::Wait(w) => w,
+        _ => panic!(),
+    };
+    e.open_failed(permit);
+    assert!(matches!(w.try_take(), Some(Grant::Open(_))));
+    assert_eq!(e.status().opening, 1);
+    assert_eq!(
+        e.stats()
+            .open_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn too_many_waiters_is_rejected_at_once() {
+    let e = engine(Config {
+        max_size: 1,
+        max_waiting: 1,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let _a = get(&e, t, 1);
+    assert!(matches!(e.checkout(t, wake).unwrap(), Checkout::Wait(_)));
+    match e.checkout(t, wake) {
+        Err(AcquireError::TooManyWaiters { max_waiting: 1, .. }) => {}
+        _ => panic!("expected TooManyWaiters"),
+    }
+}
+
+#[test]
+fn cancel_withdraws_or_returns_a_late_grant() {
+    let e = engine(Config {
+        max_size: 1,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let a = get(&e, t, 1);
+    let w = match e.checkout(t, wake).unwrap() {
+        Checkout::Wait(w) => w,
+        _ => panic!(),
+    };
+    assert!(e.cancel(&w).is_none());
+    assert_eq!(e.status().waiting, 0);
+    let w = match e.checkout(t, wake).unwrap() {
+        Checkout::Wait(w) => w,
+        _ => panic!(),
+    };
+    e.release(a, true, t);
+    // Granted just before the cancel: the grant is the caller's.
+    assert!(matches!(e.cancel(&w), Some(Grant::Conn(..))));
+}
+
+#[test]
+fn timeout_error_describes_the_pool() {
+    let e = engine(Config {
+        max_size: 1,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let _a = get(&e, t, 1);
+    let msg = e.timeout_error(Duration::from_millis(1500)).to_string();
+    assert!(msg.contains("pool 't'"), "{msg}");
+    assert!(msg.contains("1.50 s"), "{msg}");
+    assert!(msg.contains("size 1/1, in use 1"), "{msg}");
+}
+
+#[test]
+fn lifo_reuse_and_round_trip_check_only_after_idle_window() {
+    let e = engine(Config {
+        max_size: 3,
+        check_after_idle: Some(Duration::from_secs(1)),
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let a = get(&e, t, 1);
+    let b = get(&e, t, 2);
+    e.release(a, true, t);
+    e.release(b, true, t + Duration::from_millis(10));
+    match e.checkout(t + Duration::from_millis(20), wake).unwrap() {
+        Checkout::Ready(c, check) => {
+            assert_eq!(c.payload, 2, "most recently returned first");
+            assert!(check.probe && !check.round_trip);
+            e.release(c, true, t + Duration::from_millis(30));
+        }
+        _ => panic!(),
+    }
+    match e.checkout(t + Duration::from_secs(5), wake).unwrap() {
+        Checkout::Ready(_, check) => assert!(check.round_trip, "idle 5 s > 1 s window"),
+        _ => panic!(),
+    }
+}
+
+#[test]
+fn lifetime_with_jitter_retires_on_checkout_and_return() {
+    let life = Duration::from_secs(100);
+    let e = engine(Config {
+        max_size: 50,
+        max_lifetime: Some(life),
+        lifetime_jitter: 0.2,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let conns: Vec<_> = (0..50).map(|i| get(&e, t, i)).collect();
+    let expiries: Vec<_> = conns.iter().map(|c| c.meta.expires.unwrap() - t).collect();
+    for x in &expiries {
+        assert!(*x <= life && *x >= life.mul_f64(0.8), "{x:?}");
+    }
+    let distinct: std::collections::HashSet<_> = expiries.iter().collect();
+    assert!(distinct.len() > 40, "jitter spreads expiry times");
+    // Returned after its lifetime: retired instead of kept.
+    let mut it = conns.into_iter();
+    let c = it.next().unwrap();
+    let r = e.release(c, true, t + life).expect("expired on return");
+    assert_eq!(r.reason, CloseReason::Lifetime);
+    e.discarded(r);
+    // Kept idle, then expired while idle: retired at checkout.
+    let c = it.next().unwrap();
+    assert!(e.release(c, true, t).is_none());
+    match e.checkout(t + life, wake).unwrap() {
+        Checkout::Retire(r) => {
+            assert_eq!(r.reason, CloseReason::Lifetime);
+            e.discarded(r);
+        }
+        _ => panic!("expired idle connection must not be handed out"),
+    }
+}
+
+#[test]
+fn max_uses_and_broken_returns_are_closed() {
+    let e = engine(Config {
+        max_size: 2,
+        max_uses: 2,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let c = get(&e, t, 1);
+    assert!(e.release(c, true, t).is_none());
+    let c = get(&e, t, 9);
+    assert_eq!(c.meta.uses, 2);
+    let r = e.release(c, true, t).unwrap();
+    assert_eq!(r.reason, CloseReason::MaxUses);
+    assert_eq!(
+        e.status().size,
+        1,
+        "the slot is held until the close is done"
+    );
+    e.discarded(r);
+    let c = get(&e, t, 2);
+    let r = e.release(c, false, t).unwrap();
+    assert_eq!(r.reason, CloseReason::Broken);
+    e.discarded(r);
+    assert_eq!(e.status().size, 0);
+    assert_eq!(e.stats().closes_total(), 2);
+}
+
+#[test]
+fn max_idle_closes_only_above_min_size() {
+    let e = engine(Config {
+        min_size: 1,
+        max_size: 3,
+        max_idle: Some(Duration::from_secs(10)),
+        max_lifetime: None,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let a = get(&e, t, 1);
+    let b = get(&e, t, 2);
+    let c = get(&e, t, 3);
+    e.release(a, true, t);
+    e.release(b, true, t);
+    // 11 s later the bottom of the stack has been idle too long.
+    let r = e.release(c, true, t + Duration::from_secs(11)).unwrap();
+    assert_eq!((r.reason, r.conn.payload), (CloseReason::Idle, 1));
+    e.discarded(r);
+    let m = e.maintain(t + Duration::from_secs(11)).unwrap();
+    assert_eq!(m.retire.len(), 1, "one more stale, then min_size stops it");
+    for r in m.retire {
+        e.discarded(r);
+    }
+    assert_eq!(e.status().size, 1);
+    assert!(m.open.is_empty());
+}
+
+#[test]
+fn maintenance_opens_up_to_min_size_counting_opening() {
+    let e = engine(Config {
+        min_size: 3,
+        max_size: 5,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let m = e.maintain(t).unwrap();
+    assert_eq!(m.open.len(), 3);
+    assert_eq!(e.status().opening, 3);
+    assert!(
+        e.maintain(t).unwrap().open.is_empty(),
+        "opening counts toward min_size"
+    );
+    for (i, p) in m.open.into_iter().enumerate() {
+        assert!(e.opened_idle(p, i as u32, t, Duration::ZERO).is_none());
+    }
+    assert_eq!(e.status().idle, 3);
+}
+
+#[test]
+fn close_wakes_waiters_retires_idle_and_later_returns() {
+    let e = engine(Config {
+        max_size: 2,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let a = get(&e, t, 1);
+    let b = get(&e, t, 2);
+    e.release(b, true, t);
+    let _ = get(&e, t, 2); // take it back so the pool is full
+    let w = match e.checkout(t, wake).unwrap() {
+        Checkout::Wait(w) => w,
+        _ => panic!(),
+    };
+    let retired = e.close();
+    assert!(retired.is_empty());
+    assert!(matches!(w.try_take(), Some(Grant::Closed)));
+    let r = e.release(a, true, t).unwrap();
+    assert_eq!(r.reason, CloseReason::PoolClosed);
+    e.discarded(r);
+    assert!(matches!(
+        e.checkout(t, wake),
+        Err(AcquireError::Closed { .. })
+    ));
+    assert!(e.maintain(t).is_none());
+    assert!(!e.wait_for_maintenance(t + Duration::from_secs(60)));
+}
+
+#[test]
+fn resize_shrinks_idle_and_grows_for_waiters() {
+    let e = engine(Config {
+        max_size: 3,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let cs: Vec<_> = (0..3).map(|i| get(&e, t, i)).collect();
+    let w = match e.checkout(t, wake).unwrap() {
+        Checkout::Wait(w) => w,
+        _ => panic!(),
+    };
+    e.resize(0, 4).unwrap();
+    assert!(
+        matches!(w.try_take(), Some(Grant::Open(_))),
+        "new slot goes to the waiter"
+    );
+    let retired = e.resize(0, 1).unwrap();
+    assert!(retired.is_empty(), "nothing idle to close");
+    let mut reasons = Vec::new();
+    for c in cs {
+        if let Some(r) = e.release(c, true, t) {
+            reasons.push(r.reason);
+            e.discarded(r);
+        }
+    }
+    assert_eq!(
+        reasons,
+        vec![CloseReason::Resize; 3],
+        "opening slot keeps the pool at 1"
+    );
+    assert_eq!(e.resize(3, 2).unwrap_err().option, "min_size");
+}
+
+#[test]
+fn replace_hands_back_another_idle_or_a_permit() {
+    let e = engine(Config {
+        max_size: 2,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let a = get(&e, t, 1);
+    let b = get(&e, t, 2);
+    e.release(a, true, t);
+    let (retired, next) = e.replace(b, CloseReason::CheckFailed, t);
+    assert_eq!(e.discarded(retired), 2);
+    match next.unwrap() {
+        Checkout::Ready(c, _) => {
+            assert_eq!(c.payload, 1);
+            let (retired, next) = e.replace(c, CloseReason::CheckFailed, t);
+            e.discarded(retired);
+            assert!(matches!(next.unwrap(), Checkout::Open(_)));
+        }
+        _ => panic!(),
+    }
+    assert_eq!(e.stats().closes_for(CloseReason::CheckFailed), 2);
+}
+
+#[test]
+fn lost_connection_frees_its_slot_for_a_waiter() {
+    let e = engine(Config {
+        max_size: 1,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let a = get(&e, t, 1);
+    let w = match e.checkout(t, wake).unwrap() {
+        Checkout::Wait(w) => w,
+        _ => panic!(),
+    };
+    assert!(e.lost(&a.meta, t));
+    assert!(matches!(w.try_take(), Some(Grant::Open(_))));
+    assert_eq!(
+        e.stats().leaked.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn fork_child_starts_empty_and_treats_parent_connections_as_foreign() {
+    let e = engine(Config {
+        max_size: 2,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let a = get(&e, t, 1);
+    let b = get(&e, t, 2);
+    e.release(b, true, t);
+    e.before_fork();
+    let parents_idle = e.after_fork_in_child();
+    assert_eq!(parents_idle.len(), 1);
+    assert_eq!(e.status().size, 0);
+    let r = e.release(a, true, t).unwrap();
+    assert!(
+        r.foreign,
+        "a parent's connection is never closed by the child"
+    );
+    assert!(!e.lost(&r.conn.meta, t));
+    e.discarded(r);
+    assert_eq!(e.status().size, 0);
+    let c = get(&e, t, 3);
+    assert_eq!(c.payload, 3);
+    assert_eq!(e.status().in_use, 1);
+}
+
+#[test]
+fn parked_waiter_is_woken_by_another_thread() {
+    let e = Arc::new(engine(Config {
+        max_size: 1,
+        ..Config::default()
+    }));
+    let a = get(&e, Instant::now(), 1);
+    let e2 = Arc::clone(&e);
+    let h = std::thread::spawn(move || {
+        let w = match e2.checkout(Instant::now(), wake).unwrap() {
+            Checkout::Wait(w) => w,
+            _ => panic!(),
+        };
+        match w.park_until(Instant::now() + Duration::from_secs(30)) {
+            Some(Grant::Conn(c, _)) => c.payload,
+            _ => panic!("no grant"),
+        }
+    });
+    while e.status().waiting == 0 {
+        std::thread::yield_now();
+    }
+    e.release(a, true, Instant::now());
+    assert_eq!(h.join().unwrap(), 1);
+}
