@@ -606,13 +606,14 @@ impl<C> Engine<C> {
 
     /// Blocks the maintenance helper until `deadline`, the pool falling below `min_size`,
     /// or close. Returns false once the pool is closed.
-    pub fn wait_for_maintenance(&self, deadline: Instant) -> bool {
+    /// With `pause`, a deficit does not end the wait (back-off after failed opens).
+    pub fn wait_for_maintenance(&self, deadline: Instant, pause: bool) -> bool {
         let mut st = self.state.lock();
         loop {
             if st.closed {
                 return false;
             }
-            if st.size() < st.cfg.min_size || Instant::now() >= deadline {
+            if (!pause && st.size() < st.cfg.min_size) || Instant::now() >= deadline {
                 return true;
             }
             if self.maintenance.wait_until(&mut st, deadline).timed_out() {

@@ -26,9 +26,37 @@ impl Liveness {
     }
 }
 
-/// Peeks at one byte of `fd` without blocking and without consuming it.
+/// Polls `fd` without blocking: the quiet case, the one on every checkout, costs one
+/// `poll()`; only a socket with something pending is peeked at to tell data from EOF.
 #[cfg(unix)]
 pub fn probe_socket(fd: i32) -> Liveness {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one pollfd we own, zero timeout.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        if n == 0 {
+            return Liveness::Alive;
+        }
+        if n > 0 {
+            break;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Liveness::Closed;
+        }
+    }
+    if p.revents & libc::POLLNVAL != 0 {
+        return Liveness::Closed;
+    }
+    peek(fd)
+}
+
+/// Peeks at one byte of `fd` without blocking and without consuming it.
+#[cfg(unix)]
+fn peek(fd: i32) -> Liveness {
     let mut byte = 0u8;
     loop {
         // SAFETY: a one-byte buffer we own; MSG_PEEK leaves the stream untouched.

@@ -11,7 +11,6 @@ const BUCKETS: usize = 64 * SUB;
 /// A log-linear histogram of durations in nanoseconds.
 pub struct Histogram {
     buckets: Box<[AtomicU64]>,
-    count: AtomicU64,
     sum_ns: AtomicU64,
     max_ns: AtomicU64,
 }
@@ -20,7 +19,6 @@ impl Default for Histogram {
     fn default() -> Self {
         Histogram {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
             sum_ns: AtomicU64::new(0),
             max_ns: AtomicU64::new(0),
         }
@@ -59,12 +57,27 @@ pub struct HistogramSummary {
 }
 
 impl Histogram {
+    /// Records one duration. On the checkout/return path, so it keeps atomic
+    /// read-modify-writes to two (the count is the buckets' sum; the maximum rarely moves).
     pub fn record(&self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.buckets[bucket_of(ns)].fetch_add(1, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-        self.sum_ns.fetch_add(ns, Relaxed);
-        self.max_ns.fetch_max(ns, Relaxed);
+        if ns > 0 {
+            self.sum_ns.fetch_add(ns, Relaxed);
+            if ns > self.max_ns.load(Relaxed) {
+                self.max_ns.fetch_max(ns, Relaxed);
+            }
+        }
+    }
+
+    /// Records a zero duration (a checkout that did not wait): one atomic add.
+    pub fn record_zero(&self) {
+        self.buckets[0].fetch_add(1, Relaxed);
+    }
+
+    /// How many durations were recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
     }
 
     pub fn summary(&self) -> HistogramSummary {
@@ -86,7 +99,7 @@ impl Histogram {
         };
         let max = Duration::from_nanos(self.max_ns.load(Relaxed));
         HistogramSummary {
-            count: self.count.load(Relaxed),
+            count: total,
             sum: Duration::from_nanos(self.sum_ns.load(Relaxed)),
             max,
             p50: quantile(0.5).min(max),
@@ -99,8 +112,6 @@ impl Histogram {
 /// Everything counted over a pool's life.
 #[derive(Default)]
 pub struct Stats {
-    /// Checkouts served.
-    pub requests: AtomicU64,
     /// Checkouts that had to wait.
     pub requests_queued: AtomicU64,
     /// Checkouts that timed out.
@@ -117,7 +128,8 @@ pub struct Stats {
     pub leaked: AtomicU64,
     /// Connections closed, by reason (index: `CloseReason as usize`).
     pub closes: [AtomicU64; CloseReason::ALL.len()],
-    /// Time from checkout request to connection in hand.
+    /// Time from checkout request to connection in hand; zero for checkouts that did not
+    /// queue. Its count is the number of checkouts served.
     pub acquire_wait: Histogram,
     /// Time a connection was held.
     pub usage: Histogram,

@@ -204,7 +204,7 @@ fn run(seed: u64, threads: usize, ops: usize, close_midway: bool) {
         std::thread::spawn(move || {
             while w
                 .engine
-                .wait_for_maintenance(Instant::now() + Duration::from_millis(1))
+                .wait_for_maintenance(Instant::now() + Duration::from_millis(1), false)
             {
                 let Some(m) = w.engine.maintain(Instant::now()) else {
                     break;

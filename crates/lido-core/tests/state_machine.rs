@@ -302,7 +302,7 @@ fn close_wakes_waiters_retires_idle_and_later_returns() {
         Err(AcquireError::Closed { .. })
     ));
     assert!(e.maintain(t).is_none());
-    assert!(!e.wait_for_maintenance(t + Duration::from_secs(60)));
+    assert!(!e.wait_for_maintenance(t + Duration::from_secs(60), false));
 }
 
 #[test]

@@ -1,0 +1,19 @@
+"""django-lido: a database connection pool with its engine in Rust.
+
+``Pool`` works with any DB-API driver on its own; the Django database backends build on it.
+"""
+
+from django_lido._lido import __version__
+from django_lido.drivers import Driver
+from django_lido.errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
+from django_lido.pool import Pool
+
+__all__ = [
+    "Driver",
+    "Pool",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "TooManyWaiters",
+    "__version__",
+]

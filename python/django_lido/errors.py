@@ -1,0 +1,5 @@
+"""The pool's own exceptions. Errors of the database driver pass through unchanged."""
+
+from django_lido._lido import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
+
+__all__ = ["PoolClosed", "PoolError", "PoolTimeout", "TooManyWaiters"]

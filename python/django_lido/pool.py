@@ -1,0 +1,202 @@
+"""``Pool``: a connection pool for any DB-API driver, on the Rust engine.
+
+Checkout and return (``getconn``/``putconn``) are inherited from the Rust core, so they run
+no Python frame of ours; this module adds option handling, hooks, the maintenance thread
+and conveniences.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django_lido import lifecycle
+from django_lido._lido import Maintainer, PoolCore
+from django_lido.drivers import driver_for
+from django_lido.options import validate
+
+logger = logging.getLogger("django_lido.pool")
+
+Conn = Any
+
+_names = iter(range(1, 1 << 62))
+
+
+def _maintain_forever(m: Maintainer, name: str) -> None:
+    """The maintenance thread: sleeps on the engine until work is due, then does it."""
+    delay, pause = 0.0, False
+    while m.wait(delay, pause):
+        try:
+            result = m.run()
+        except Exception:
+            logger.exception("pool %r: maintenance failed", name)
+            result = (1.0, True)
+        if result is None:
+            return
+        delay, pause = result
+
+
+class Pool(PoolCore):
+    """A pool of DB-API connections.
+
+    ``connect`` is a zero-argument callable returning a new connection, or a libpq
+    connection string (then psycopg 3 opens the connections).
+
+    Options (seconds for times; None means "never"):
+
+    - ``min_size`` (0): connections kept open even when idle.
+    - ``max_size`` (10): hard cap on open connections, counting those being opened.
+    - ``timeout`` (30): how long ``getconn()`` waits before raising ``PoolTimeout``.
+    - ``max_waiting`` (0 = no limit): more waiters than this raise ``TooManyWaiters``.
+    - ``max_lifetime`` (3600): a connection is closed once this old, minus a random
+      ``lifetime_jitter`` (0.1) fraction, so connections opened together do not all
+      expire together.
+    - ``max_idle`` (600): idle connections above ``min_size`` are closed after this long.
+    - ``max_uses`` (0 = no limit): a connection is closed after this many checkouts.
+    - ``check_after_idle`` (1): a connection idle longer than this gets a round-trip
+      ``check`` at checkout. Every checkout also runs a zero-round-trip probe of the
+      socket (disable with ``probe=False``), which sees connections the server closed.
+    - ``check``: callable(conn) for the round trip; raises if the connection is bad.
+      Default: the driver's cheapest query.
+    - ``configure``: callable(conn), run once on each new connection.
+    - ``reset``: callable(conn), run on each return after any rollback; if it raises,
+      the connection is closed instead of reused.
+    - ``name``: used in messages, logs and statistics.
+
+    Returned connections are rolled back if a transaction is open or failed. A connection
+    dropped by its holder without ``putconn()`` frees its slot and is logged as leaked.
+    """
+
+    def __new__(
+        cls,
+        connect: Callable[[], Conn] | str,
+        *,
+        name: str | None = None,
+        check: Callable[[Conn], object] | None = None,
+        configure: Callable[[Conn], object] | None = None,
+        reset: Callable[[Conn], object] | None = None,
+        probe: bool = True,
+        **options: Any,
+    ) -> Pool:
+        opts = validate(options)
+        if isinstance(connect, str):
+            connect = _psycopg_connect(connect)
+        if not callable(connect):
+            raise TypeError(f"connect must be a callable or a connection string, not {connect!r}")
+        for hook_name, hook in (("check", check), ("configure", configure), ("reset", reset)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{hook_name} must be callable or None, not {hook!r}")
+        name = name if name is not None else f"pool-{next(_names)}"
+        opener = connect if configure is None else _configured(connect, configure)
+        self = super().__new__(
+            cls,
+            opener,
+            driver_for,
+            name=name,
+            probe=bool(probe),
+            check=check,
+            reset=reset,
+            on_leak=_leak_logger(name),
+            on_error=_error_logger(name),
+            **opts,
+        )
+        self._maintenance: threading.Thread | None = None
+        self._start_maintenance()
+        lifecycle.register(self)
+        return self
+
+    def _start_maintenance(self) -> None:
+        t = threading.Thread(
+            target=_maintain_forever,
+            args=(self._maintainer(), self.name),
+            name=f"lido-{self.name}-maintenance",
+            daemon=True,
+        )
+        t.start()
+        self._maintenance = t
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Closes the pool: waiters get ``PoolClosed``, idle connections close now and
+        those in use when they come back. Waits up to ``timeout`` for the maintenance
+        thread to end."""
+        super().close()
+        t = self._maintenance
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Opens connections now until ``min_size`` are open (they then sit idle)."""
+        held = []
+        try:
+            while self.stats()["pool_size"] < self.stats()["pool_min"]:
+                held.append(self.getconn(timeout))
+        finally:
+            for conn in held:
+                self.putconn(conn)
+
+    @contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[Conn]:
+        """A connection for the block: committed at a normal exit, rolled back (by the
+        return) if the block raises, and returned to the pool either way."""
+        conn = self.getconn(timeout)
+        try:
+            yield conn
+            conn.commit()
+        finally:
+            self.putconn(conn)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _after_fork_in_child(self) -> None:
+        super()._after_fork_in_child()
+        self._start_maintenance()
+
+
+def _configured(connect: Callable[[], Conn], configure: Callable[[Conn], object]) -> Callable:
+    def open_and_configure() -> Conn:
+        conn = connect()
+        try:
+            configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    return open_and_configure
+
+
+def _psycopg_connect(conninfo: str) -> Callable[[], Conn]:
+    import psycopg
+
+    def connect() -> Conn:
+        return psycopg.connect(conninfo)
+
+    return connect
+
+
+def _leak_logger(name: str) -> Callable[[int, float], None]:
+    def on_leak(conn_id: int, held_for: float) -> None:
+        logger.warning(
+            "pool %r: connection #%d was dropped by its holder after %.3f s without being "
+            "returned; its slot is free again (return connections with putconn() or use "
+            "pool.connection())",
+            name,
+            conn_id,
+            held_for,
+        )
+
+    return on_leak
+
+
+def _error_logger(name: str) -> Callable[[str, BaseException], None]:
+    def on_error(what: str, exc: BaseException) -> None:
+        logger.warning("pool %r: error %s: %s", name, what, exc, exc_info=exc)
+
+    return on_error
