@@ -15,7 +15,7 @@ pub enum Liveness {
     Closed,
     /// Bytes arrived while idle.
     UnexpectedData,
-    /// The descriptor is not a socket; nothing can be said.
+    /// Something is pending on a descriptor that is not a socket; nothing can be said.
     Unknown,
 }
 
@@ -118,11 +118,18 @@ mod tests {
     }
 
     #[test]
-    fn a_pipe_is_unknown() {
+    fn a_quiet_pipe_is_alive_and_a_readable_one_unknown() {
         let mut fds = [0; 2];
         // SAFETY: fds is a two-element array as pipe() requires.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        assert_eq!(probe_socket(fds[0]), Liveness::Unknown);
+        assert_eq!(probe_socket(fds[0]), Liveness::Alive);
+        // SAFETY: writing one byte to the pipe we own.
+        assert_eq!(unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) }, 1);
+        assert_eq!(
+            probe_socket(fds[0]),
+            Liveness::Unknown,
+            "cannot peek at a pipe"
+        );
         // SAFETY: closing descriptors we own.
         unsafe {
             libc::close(fds[0]);
