@@ -83,8 +83,15 @@ struct State<C> {
 }
 
 impl<C> State<C> {
+    /// Slots taken, counting connections being opened and being closed: the hard cap.
     fn size(&self) -> usize {
-        self.idle.len() + self.in_use + self.opening + self.closing
+        self.live() + self.closing
+    }
+
+    /// Connections that will still be there once the closes under way are done: what
+    /// decisions to shrink (resize, max_idle) look at.
+    fn live(&self) -> usize {
+        self.idle.len() + self.in_use + self.opening
     }
 
     /// Hands `conn`, already taken out of `idle`/`in_use`/`opening`, to the caller to close.
@@ -339,7 +346,7 @@ impl<C> Engine<C> {
             Some(CloseReason::Lifetime)
         } else if st.cfg.max_uses > 0 && conn.meta.uses >= st.cfg.max_uses {
             Some(CloseReason::MaxUses)
-        } else if st.size() >= st.cfg.max_size {
+        } else if st.live() >= st.cfg.max_size {
             Some(CloseReason::Resize)
         } else {
             None
@@ -369,7 +376,7 @@ impl<C> Engine<C> {
     fn evict_stale_idle(&self, st: &mut State<C>, now: Instant) -> Disposal<C> {
         let max_idle = st.cfg.max_idle?;
         let oldest = st.idle.first()?;
-        if st.size() <= st.cfg.min_size
+        if st.live() <= st.cfg.min_size
             || now.saturating_duration_since(oldest.meta.last_used) <= max_idle
         {
             return None;
@@ -543,7 +550,7 @@ impl<C> Engine<C> {
         cfg.validate()?;
         st.cfg = cfg;
         let mut retired = Vec::new();
-        while st.size() > st.cfg.max_size && !st.idle.is_empty() {
+        while st.live() > st.cfg.max_size && !st.idle.is_empty() {
             let conn = st.idle.remove(0);
             retired.push(st.retire(conn, CloseReason::Resize, &self.stats));
         }
@@ -589,13 +596,17 @@ impl<C> Engine<C> {
         let stale_at = st
             .cfg
             .max_idle
-            .filter(|_| st.size() > st.cfg.min_size)
+            .filter(|_| st.live() > st.cfg.min_size)
             .and_then(|max_idle| st.idle.first().map(|c| c.meta.last_used + max_idle));
+        // Connections returned later go idle unseen by this computation: look again
+        // every max_idle/2, so a stale one is closed within 1.5 x max_idle.
+        let next_look = st.cfg.max_idle.map(|max_idle| now + max_idle / 2);
         let next_due = st
             .idle
             .iter()
             .filter_map(|c| c.meta.expires)
             .chain(stale_at)
+            .chain(next_look)
             .min();
         Some(Maintenance {
             retire,

@@ -434,3 +434,29 @@ fn parked_waiter_is_woken_by_another_thread() {
     e.release(a, true, Instant::now());
     assert_eq!(h.join().unwrap(), 1);
 }
+
+#[test]
+fn shrinking_counts_connections_still_being_closed_as_gone() {
+    let e = engine(Config {
+        min_size: 1,
+        max_size: 4,
+        max_idle: Some(Duration::from_secs(1)),
+        max_lifetime: None,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let cs: Vec<_> = (0..4).map(|i| get(&e, t, i)).collect();
+    for c in cs {
+        assert!(e.release(c, true, t).is_none());
+    }
+    // Nothing is reported closed yet, and still only the three above min_size go.
+    let m = e.maintain(t + Duration::from_secs(2)).unwrap();
+    assert_eq!(m.retire.len(), 3);
+    assert_eq!(e.status().idle, 1);
+    let retired = e.resize(0, 1).unwrap();
+    assert!(retired.is_empty(), "1 live connection fits max_size 1");
+    for r in m.retire {
+        e.discarded(r);
+    }
+    assert_eq!(e.status().size, 1);
+}
