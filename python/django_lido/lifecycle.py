@@ -13,6 +13,8 @@ import os
 import weakref
 from typing import Protocol
 
+from django_lido._lido import _interpreter_exiting
+
 
 class _ForkAware(Protocol):
     def _before_fork(self) -> None: ...
@@ -49,6 +51,9 @@ def _after_in_child() -> None:
 
 
 def _close_all() -> None:
+    # Threads still waiting for a connection now stay parked instead of waking into a
+    # finalizing interpreter (see _lido._interpreter_exiting).
+    _interpreter_exiting()
     for pool in list(_pools):
         with contextlib.suppress(Exception):  # exit must go on
             pool.close()

@@ -11,10 +11,11 @@ use crate::conn::{Check, CloseReason, ConnMeta, Pooled, Retired};
 use crate::error::AcquireError;
 use crate::stats::Stats;
 use crate::wait::{Grant, Waiter, Wake};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 /// Leave to open one connection. The slot it stands for counts towards `max_size` until
@@ -80,6 +81,11 @@ struct State<C> {
     generation: u64,
     next_id: u64,
     rng: u64,
+    /// The maintenance thread, parked while it waits. Per-thread parking rather than a
+    /// condition variable keeps a fork safe: the child just forgets the parent's thread.
+    maintainer: Option<Thread>,
+    /// Maintenance was asked for since the helper last looked.
+    maintenance_due: bool,
 }
 
 impl<C> State<C> {
@@ -102,6 +108,13 @@ impl<C> State<C> {
             conn,
             reason,
             foreign: false,
+        }
+    }
+
+    fn wake_maintainer(&mut self) {
+        self.maintenance_due = true;
+        if let Some(t) = &self.maintainer {
+            t.unpark();
         }
     }
 
@@ -179,8 +192,6 @@ impl<C> State<C> {
 pub struct Engine<C> {
     name: String,
     state: Mutex<State<C>>,
-    /// Signals the maintenance helper: the pool fell below `min_size`, or closed.
-    maintenance: Condvar,
     stats: Stats,
 }
 
@@ -204,8 +215,9 @@ impl<C> Engine<C> {
                 generation: 0,
                 next_id: 0,
                 rng: seed | 1,
+                maintainer: None,
+                maintenance_due: false,
             }),
-            maintenance: Condvar::new(),
             stats: Stats::default(),
         })
     }
@@ -454,7 +466,7 @@ impl<C> Engine<C> {
         }
         st.opening -= 1;
         let woken = st.grant_open();
-        self.below_min(&st);
+        self.below_min(&mut st);
         drop(st);
         if let Some(w) = woken {
             w.notify();
@@ -474,7 +486,7 @@ impl<C> Engine<C> {
             .usage
             .record(now.saturating_duration_since(meta.last_used));
         let woken = st.grant_open();
-        self.below_min(&st);
+        self.below_min(&mut st);
         drop(st);
         if let Some(w) = woken {
             w.notify();
@@ -490,7 +502,7 @@ impl<C> Engine<C> {
             if retired.conn.meta.generation == st.generation {
                 st.closing -= 1;
                 let woken = st.grant_open();
-                self.below_min(&st);
+                self.below_min(&mut st);
                 drop(st);
                 if let Some(w) = woken {
                     w.notify();
@@ -530,8 +542,8 @@ impl<C> Engine<C> {
         for w in &waiters {
             w.give(Grant::Closed);
         }
+        st.wake_maintainer();
         drop(st);
-        self.maintenance.notify_all();
         for w in waiters {
             w.notify();
         }
@@ -558,7 +570,7 @@ impl<C> Engine<C> {
         while let Some(w) = st.grant_open() {
             woken.push(w);
         }
-        self.below_min(&st);
+        self.below_min(&mut st);
         drop(st);
         for w in woken {
             w.notify();
@@ -619,23 +631,27 @@ impl<C> Engine<C> {
     /// or close. Returns false once the pool is closed.
     /// With `pause`, a deficit does not end the wait (back-off after failed opens).
     pub fn wait_for_maintenance(&self, deadline: Instant, pause: bool) -> bool {
-        let mut st = self.state.lock();
         loop {
-            if st.closed {
-                return false;
+            let now = Instant::now();
+            {
+                let mut st = self.state.lock();
+                if st.closed {
+                    return false;
+                }
+                let asked = std::mem::take(&mut st.maintenance_due);
+                if (!pause && (asked || st.size() < st.cfg.min_size)) || now >= deadline {
+                    st.maintainer = None;
+                    return true;
+                }
+                st.maintainer = Some(thread::current());
             }
-            if (!pause && st.size() < st.cfg.min_size) || Instant::now() >= deadline {
-                return true;
-            }
-            if self.maintenance.wait_until(&mut st, deadline).timed_out() {
-                return !st.closed;
-            }
+            thread::park_timeout(deadline - now);
         }
     }
 
-    fn below_min(&self, st: &State<C>) {
+    fn below_min(&self, st: &mut State<C>) {
         if st.size() < st.cfg.min_size {
-            self.maintenance.notify_one();
+            st.wake_maintainer();
         }
     }
 
@@ -664,6 +680,8 @@ impl<C> Engine<C> {
         st.in_use = 0;
         st.opening = 0;
         st.closing = 0;
+        // The parent's maintenance thread does not exist here.
+        st.maintainer = None;
         // Their threads do not exist in the child.
         st.waiters.clear();
         std::mem::take(&mut st.idle)

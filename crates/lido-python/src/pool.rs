@@ -12,7 +12,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString};
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,24 @@ impl Hasher for AddressHasher {
 }
 
 type ByAddress<V> = HashMap<usize, V, BuildHasherDefault<AddressHasher>>;
+
+/// Set by the interpreter's exit handler. A thread woken after that must not return to
+/// Python: once finalization starts, taking the GIL ends the thread with pthread_exit,
+/// whose forced unwind through Rust frames aborts the process. Staying parked is harmless
+/// in a process that is exiting (Python 3.14 does the same for its own threads).
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// Marks the interpreter as exiting; see [`EXITING`].
+#[pyfunction]
+pub fn _interpreter_exiting() {
+    EXITING.store(true, Relaxed);
+}
+
+fn park_forever_if_exiting() {
+    while EXITING.load(Relaxed) {
+        std::thread::park();
+    }
+}
 
 /// What the engine stores for an idle connection.
 struct PyConn {
@@ -530,7 +548,11 @@ impl PoolCore {
                 Checkout::Wait(waiter) => {
                     queued_at = Some(start);
                     let w = Arc::clone(&waiter);
-                    let grant = match py.detach(move || w.park_until(deadline)) {
+                    let grant = match py.detach(move || {
+                        let grant = w.park_until(deadline);
+                        park_forever_if_exiting();
+                        grant
+                    }) {
                         Some(g) => g,
                         None => match inner.engine.cancel(&waiter) {
                             Some(g) => g,
@@ -744,7 +766,14 @@ impl Maintainer {
     fn wait(&self, py: Python<'_>, seconds: f64, pause: bool) -> bool {
         let inner = Arc::clone(&self.inner);
         let deadline = Instant::now() + Duration::from_secs_f64(seconds.clamp(0.0, 3600.0));
-        py.detach(move || inner.engine.wait_for_maintenance(deadline, pause))
+        py.detach(move || {
+            let open = inner.engine.wait_for_maintenance(deadline, pause);
+            // Closed: the exit handler is joining this thread before finalization; go on.
+            if open {
+                park_forever_if_exiting();
+            }
+            open
+        })
     }
 
     /// Does one round of maintenance: closes expired and stale idle connections and opens
