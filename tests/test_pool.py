@@ -484,3 +484,13 @@ def test_stats_names(make_pool):
     assert s["connection_open"]["count"] == 1
     assert s["usage"]["count"] == 1
     assert s["acquire_wait"]["count"] == 1
+
+
+def test_connection_type_without_weakrefs_is_refused_clearly():
+    import sqlite3
+
+    pool = Pool(lambda: sqlite3.connect(":memory:"), max_size=1, name="lite")
+    with pytest.raises(TypeError, match=r"sqlite3\.Connection cannot be weakly referenced"):
+        pool.getconn()
+    assert pool.stats()["pool_size"] == 0  # the slot was given back
+    pool.close()

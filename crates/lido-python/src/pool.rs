@@ -6,7 +6,7 @@ use lido_core::{
     HistogramSummary, OpenPermit, Pooled, Retired, ThreadWake,
 };
 use parking_lot::Mutex;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString};
@@ -411,7 +411,23 @@ fn admit(inner: &Arc<Inner>, py: Python<'_>, mut conn: PyConn) -> PyResult<PyCon
         },
     )?;
     let weakref = py.import("weakref")?.getattr("ref")?;
-    conn.watch = weakref.call1((conn.obj.bind(py), watch))?.unbind();
+    conn.watch = match weakref.call1((conn.obj.bind(py), watch)) {
+        Ok(w) => w.unbind(),
+        Err(e) if e.is_instance_of::<PyTypeError>(py) => {
+            let kind = conn
+                .obj
+                .bind(py)
+                .get_type()
+                .fully_qualified_name()
+                .map_or_else(|_| "?".to_owned(), |n| n.to_string());
+            return Err(PyTypeError::new_err(format!(
+                "pool '{}': connections of type {kind} cannot be weakly referenced, and the \
+                 pool needs that to notice connections dropped without being returned",
+                inner.engine.name()
+            )));
+        }
+        Err(e) => return Err(e),
+    };
     Ok(conn)
 }
 
