@@ -131,7 +131,7 @@ class Pool(PoolCore):
         """Opens connections now until ``min_size`` are open (they then sit idle)."""
         held = []
         try:
-            while self.stats()["pool_size"] < self.stats()["pool_min"]:
+            while (s := self.stats())["pool_size"] < s["pool_min"]:
                 held.append(self.getconn(timeout))
         finally:
             for conn in held:

@@ -114,7 +114,7 @@ impl Histogram {
 pub struct Stats {
     /// Checkouts that had to wait.
     pub requests_queued: AtomicU64,
-    /// Checkouts that timed out.
+    /// Checkouts that timed out (counted by the caller, who owns the wait).
     pub timeouts: AtomicU64,
     /// Checkouts rejected by `max_waiting`.
     pub rejected: AtomicU64,

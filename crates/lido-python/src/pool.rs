@@ -124,7 +124,6 @@ struct Inner {
     leases: Mutex<ByAddress<Pooled<Held>>>,
     /// After a fork, the parent's connections: kept alive and never closed here.
     foreign: Mutex<(HashSet<usize>, Vec<Py<PyAny>>)>,
-    timeouts: AtomicU64,
     /// Consecutive failed maintenance opens, for back-off.
     open_failures: AtomicU64,
 }
@@ -520,7 +519,6 @@ impl PoolCore {
                 driver: PyOnceLock::new(),
                 leases: Mutex::new(ByAddress::default()),
                 foreign: Mutex::new((HashSet::new(), Vec::new())),
-                timeouts: AtomicU64::new(0),
                 open_failures: AtomicU64::new(0),
             }),
         })
@@ -538,7 +536,7 @@ impl PoolCore {
         let deadline = start + timeout;
         let wake = || -> Box<dyn lido_core::Wake> { Box::new(ThreadWake::current()) };
         let mut step = inner.engine.checkout(start, wake).map_err(acquire_error)?;
-        // Set once the request has to wait or open, for the acquire-wait histogram.
+        // Set once the request has to queue, for the acquire-wait histogram.
         let mut queued_at = None;
         loop {
             step = match step {
@@ -573,7 +571,7 @@ impl PoolCore {
                         None => match inner.engine.cancel(&waiter) {
                             Some(g) => g,
                             None => {
-                                inner.timeouts.fetch_add(1, Relaxed);
+                                inner.engine.stats().timeouts.fetch_add(1, Relaxed);
                                 return Err(acquire_error(inner.engine.timeout_error(timeout)));
                             }
                         },
@@ -675,7 +673,7 @@ impl PoolCore {
         d.set_item("requests_waiting", s.waiting)?;
         d.set_item("requests_num", st.acquire_wait.count())?;
         d.set_item("requests_queued", st.requests_queued.load(Relaxed))?;
-        d.set_item("requests_timeouts", inner.timeouts.load(Relaxed))?;
+        d.set_item("requests_timeouts", st.timeouts.load(Relaxed))?;
         d.set_item("requests_rejected", st.rejected.load(Relaxed))?;
         let wait = st.acquire_wait.summary();
         let usage = st.usage.summary();
