@@ -20,10 +20,19 @@ DEV_REQS=(
   "psycopg-pool>=3.2"
   "SQLAlchemy>=2.0"
   "ruff>=0.4"
+  "Django>=5.2,<5.3"
+  "psycopg2-binary>=2.9.9"
+  "tblib>=3"
+  "django-db-connection-pool>=1.2"
 )
+# Python 3.13 runs the other supported Django (6.1, which needs Python >= 3.12).
 PY313_REQS=(
   "pytest>=8"
   "psycopg[binary]>=3.1"
+  "psycopg-pool>=3.2"
+  "Django>=6.1,<6.2"
+  "psycopg2-binary>=2.9.9"
+  "tblib>=3"
 )
 
 as_root() {
@@ -61,6 +70,20 @@ else
   as_root rm -f /usr/sbin/policy-rc.d
   trap - EXIT
 fi
+
+# --- PostGIS (the postgis backend's tests), GDAL/GEOS for GeoDjango, PgBouncer --------------
+# Debian names the PostGIS package after the server's major version.
+PG_MAJOR=$(ls -d /usr/lib/postgresql/*/bin | sed -E 's|.*/postgresql/([0-9]+)/bin|\1|' | sort -n | tail -n1)
+missing=()
+[ -f "/usr/share/postgresql/$PG_MAJOR/extension/postgis.control" ] ||
+  missing+=("postgresql-$PG_MAJOR-postgis-3")
+ldconfig -p | grep -q 'libgdal\.so' || missing+=(gdal-bin)
+ldconfig -p | grep -q 'libgeos_c\.so' || missing+=(libgeos-c1v5)
+command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+if [ "${#missing[@]}" -gt 0 ]; then
+  apt_install "${missing[@]}"
+fi
+say "PostGIS, GDAL, GEOS, PgBouncer: present"
 
 # --- Rust toolchain ----------------------------------------------------------------------------
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then

@@ -16,6 +16,7 @@ from typing import Any
 from django_lido import lifecycle
 from django_lido._lido import Maintainer, PoolCore
 from django_lido.drivers import driver_for
+from django_lido.errors import PoolClosed
 from django_lido.options import validate
 
 logger = logging.getLogger("django_lido.pool")
@@ -126,6 +127,15 @@ class Pool(PoolCore):
         t = self._maintenance
         if t is not None and t is not threading.current_thread():
             t.join(timeout)
+
+    def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """For code written for psycopg_pool (Django's stock backend calls it before each
+        checkout): a pool is open from the start, so this only waits for ``min_size``
+        connections when ``wait`` is true. A closed pool cannot be reopened."""
+        if self.closed:
+            raise PoolClosed(f"pool {self.name!r} is closed and cannot be reopened")
+        if wait:
+            self.wait(timeout)
 
     def wait(self, timeout: float | None = None) -> None:
         """Opens connections now until ``min_size`` are open (they then sit idle)."""

@@ -1,0 +1,179 @@
+"""Reads the pool's settings from a Django ``DATABASES`` entry.
+
+Pooling is on by default: ``OPTIONS["pool"]`` may be a dict of pool options, ``True``
+(defaults), or ``False``/``None`` (no pool: Django's own connection handling). The keys of
+Django's native pool (psycopg_pool's) are accepted where they mean the same thing here,
+and so is the ``MAX_CONNS``/``MIN_CONNS`` spelling of older pooled backends. Every other
+OPTIONS key still goes to the driver. Mistakes raise ``ImproperlyConfigured`` naming the
+setting, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+from django_lido.options import validate
+
+# OPTIONS keys this layer consumes; the rest go to the driver.
+POOL_KEY = "pool"
+LEGACY_KEYS = {"MAX_CONNS": "max_size", "MIN_CONNS": "min_size"}
+CONSUMED_KEYS = frozenset({POOL_KEY, *LEGACY_KEYS})
+
+RESET_POLICIES = ("auto", "full", "rollback")
+
+# Engine options, passed through to ``Pool`` after validation.
+ENGINE_KEYS = (
+    "min_size",
+    "max_size",
+    "timeout",
+    "max_waiting",
+    "max_lifetime",
+    "lifetime_jitter",
+    "max_idle",
+    "max_uses",
+    "check_after_idle",
+)
+# Options of this layer.
+EXTRA_KEYS = ("name", "check", "reset", "probe", "transaction_pooler", "open")
+
+# psycopg_pool options that have no meaning here, with the reason given to the user.
+UNSUPPORTED = {
+    "num_workers": "connections are opened by the threads that need them, with no workers",
+    "reconnect_timeout": "a failed connect raises the driver's error to the caller at once",
+    "reconnect_failed": "a failed connect raises the driver's error to the caller at once",
+    "kwargs": "connection arguments come from NAME, USER, HOST, PORT and OPTIONS",
+    "connection_class": "the connection class is the driver's, as Django chooses it",
+    "configure": "per-connection set-up is the backend's (time zone, role, isolation level)",
+    "close_returns": "Django returns connections when it closes them",
+}
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """What a DATABASES entry asks of the pool. ``engine`` holds ``Pool`` options."""
+
+    engine: Mapping[str, Any]
+    name: str | None = None
+    check: Callable[[Any], object] | None = None
+    reset: str | Callable[[Any], object] = "auto"
+    probe: bool = True
+    transaction_pooler: bool = False
+    open: bool = False
+
+    def pool_key(self) -> tuple[Any, ...]:
+        """What distinguishes two pools' behaviour (hooks by identity)."""
+        return (
+            tuple(sorted(self.engine.items())),
+            self.name,
+            id(self.check) if self.check is not None else None,
+            self.reset if isinstance(self.reset, str) else id(self.reset),
+            self.probe,
+            self.transaction_pooler,
+        )
+
+
+def _setting(alias: str, key: str) -> str:
+    return f"DATABASES[{alias!r}]['OPTIONS'][{key!r}]"
+
+
+def pool_settings(alias: str, options: Mapping[str, Any]) -> PoolSettings | None:
+    """The pool settings of the ``DATABASES[alias]`` entry whose OPTIONS are ``options``,
+    or None when pooling is switched off."""
+    raw = options.get(POOL_KEY, True)
+    legacy = {new: options[old] for old, new in LEGACY_KEYS.items() if old in options}
+    if raw is None or raw is False:
+        if legacy:
+            raise ImproperlyConfigured(
+                f"{_setting(alias, POOL_KEY)} is {raw!r} (no pool) but "
+                f"{', '.join(k for k in LEGACY_KEYS if k in options)} is set: "
+                "remove one of them"
+            )
+        return None
+    if raw is True:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ImproperlyConfigured(
+            f"{_setting(alias, POOL_KEY)} must be a dict of pool options, True or False, "
+            f"not {raw!r}"
+        )
+    where = _setting(alias, POOL_KEY)
+    given = dict(raw)
+    for key, value in legacy.items():
+        if key in given and given[key] != value:
+            old = next(k for k, v in LEGACY_KEYS.items() if v == key)
+            raise ImproperlyConfigured(
+                f"{_setting(alias, old)}={value!r} conflicts with {where}[{key!r}]="
+                f"{given[key]!r}: set only one of them"
+            )
+        given.setdefault(key, value)
+
+    for key in given:
+        if not isinstance(key, str):
+            raise ImproperlyConfigured(f"{where} has a non-string key {key!r}")
+        if key in UNSUPPORTED:
+            raise ImproperlyConfigured(
+                f"{where}[{key!r}] is not supported by django-lido: {UNSUPPORTED[key]}"
+            )
+    unknown = sorted(set(given) - set(ENGINE_KEYS) - set(EXTRA_KEYS))
+    if unknown:
+        raise ImproperlyConfigured(
+            f"unknown pool option(s) {', '.join(map(repr, unknown))} in {where}; allowed: "
+            f"{', '.join(sorted((*ENGINE_KEYS, *EXTRA_KEYS)))}"
+        )
+
+    engine_opts = {k: given[k] for k in ENGINE_KEYS if k in given}
+    # psycopg_pool's max_size=None means "same as min_size"; keep that meaning.
+    if "max_size" in engine_opts and engine_opts["max_size"] is None:
+        del engine_opts["max_size"]
+        if "min_size" in engine_opts:
+            engine_opts["max_size"] = engine_opts["min_size"]
+    if "min_size" in engine_opts and "max_size" not in engine_opts:
+        # Unlike psycopg_pool (max_size defaults to min_size), a larger min_size raises
+        # the default max_size with it rather than being an error.
+        from django_lido.options import DEFAULTS
+
+        engine_opts["max_size"] = max(engine_opts["min_size"], DEFAULTS["max_size"])
+    try:
+        engine = validate(engine_opts)
+    except (TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(f"{where}: {exc}") from None
+    if engine["max_size"] < 1:
+        raise ImproperlyConfigured(
+            f"{where}['max_size']={engine['max_size']!r}: must be at least 1"
+        )
+    if engine["min_size"] > engine["max_size"]:
+        raise ImproperlyConfigured(
+            f"{where}: min_size={engine['min_size']!r} is above max_size="
+            f"{engine['max_size']!r}; min_size must be <= max_size"
+        )
+
+    name = given.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ImproperlyConfigured(f"{where}['name'] must be a string, not {name!r}")
+    check = given.get("check")
+    if check is not None and not callable(check):
+        raise ImproperlyConfigured(f"{where}['check'] must be callable or None, not {check!r}")
+    reset = given.get("reset", "auto")
+    if reset is None:
+        reset = "auto"
+    if not callable(reset) and reset not in RESET_POLICIES:
+        raise ImproperlyConfigured(
+            f"{where}['reset']={reset!r}: allowed are {', '.join(map(repr, RESET_POLICIES))} "
+            "or a callable taking the connection"
+        )
+    flags = {}
+    for key in ("probe", "transaction_pooler", "open"):
+        if key in given:
+            if not isinstance(given[key], bool):
+                raise ImproperlyConfigured(f"{where}[{key!r}] must be True or False")
+            flags[key] = given[key]
+    return PoolSettings(engine=engine, name=name, check=check, reset=reset, **flags)
+
+
+def driver_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """OPTIONS without the keys this layer consumes."""
+    return {k: v for k, v in options.items() if k not in CONSUMED_KEYS}

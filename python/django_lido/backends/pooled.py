@@ -1,0 +1,173 @@
+"""The glue between a Django ``DatabaseWrapper`` and a shared ``Pool``.
+
+Django "connects" when a thread first needs the database and "closes" at the end of the
+request (``close_old_connections``) or on an explicit ``close()``. With this mixin,
+connecting takes a connection from the process's pool for these settings and closing gives
+it back; nothing else in Django's connection handling changes.
+
+A vendor backend mixes ``PooledDatabaseMixin`` in front of Django's stock
+``DatabaseWrapper`` and implements the ``_lido_*`` hooks: how to open and set up a physical
+connection, which parameters make two pools different, and its reset policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
+
+from django_lido.backends import registry
+from django_lido.backends.pool_options import PoolSettings, pool_settings
+from django_lido.pool import Pool
+
+Conn = Any
+
+
+def freeze(params: Mapping[str, Any]) -> tuple[tuple[str, Hashable], ...]:
+    """A hashable, order-independent form of connection parameters."""
+    out = []
+    for key, value in params.items():
+        try:
+            hash(value)
+        except TypeError:
+            value = repr(value)
+        out.append((key, value))
+    return tuple(sorted(out))
+
+
+class PooledDatabaseMixin:
+    """Makes a stock Django ``DatabaseWrapper`` take its connections from a pool.
+
+    ``connection.pool`` is the ``django_lido.Pool`` these settings use (None when pooling
+    is off with ``OPTIONS["pool"] = False``, and for Django's no-database connection).
+    """
+
+    # The pool the current connection came from; None for an unpooled connection.
+    _lido_conn_pool: Pool | None = None
+    # While ``get_new_connection`` runs: the pool Django's stock code must take from.
+    _lido_next_pool: Pool | None = None
+    # Cache of the last look-up: (raw OPTIONS pool settings, parsed) and
+    # (connection parameters, pool), compared by equality on each connect.
+    _lido_settings_cache: tuple[Any, PoolSettings | None] | None = None
+    _lido_pool_cache: tuple[dict[str, Any], Pool] | None = None
+
+    # --- vendor hooks --------------------------------------------------------------------
+    lido_vendor: str = ""
+
+    def _lido_target(self, conn_params: dict[str, Any]) -> registry.Target:
+        raise NotImplementedError
+
+    def _lido_key(self, conn_params: dict[str, Any]) -> Hashable:
+        """What, besides the pool settings, tells two pools apart."""
+        raise NotImplementedError
+
+    def _lido_opener(
+        self, conn_params: dict[str, Any], settings: PoolSettings
+    ) -> tuple[Callable[[], Conn], Callable[[Conn], object] | None]:
+        """A function opening one set-up physical connection, and the reset hook."""
+        raise NotImplementedError
+
+    # --- settings and pool look-up --------------------------------------------------------
+    def _lido_settings(self) -> PoolSettings | None:
+        options = self.settings_dict["OPTIONS"]  # type: ignore[attr-defined]
+        raw = (options.get("pool", True), options.get("MAX_CONNS"), options.get("MIN_CONNS"))
+        cached = self._lido_settings_cache
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        settings = pool_settings(self.alias, options)  # type: ignore[attr-defined]
+        self._lido_settings_cache = (raw, settings)
+        return settings
+
+    def _lido_registry_key(self, conn_params: dict[str, Any], settings: PoolSettings) -> Hashable:
+        return (type(self).__module__, self._lido_key(conn_params), settings.pool_key())
+
+    def _lido_pool_for(self, conn_params: dict[str, Any]) -> Pool | None:
+        """The pool for these parameters (created on first use), or None if pooling is off."""
+        if self.alias == NO_DB_ALIAS:  # type: ignore[attr-defined]
+            return None
+        settings = self._lido_settings()
+        if settings is None:
+            return None
+        cached = self._lido_pool_cache
+        if cached is not None and not cached[1].closed and cached[0] == conn_params:
+            return cached[1]
+        key = self._lido_registry_key(conn_params, settings)
+        pool = registry.get(key)
+        if pool is None or pool.closed:
+            if pool is not None:
+                registry.close(key)
+            target = self._lido_target(conn_params)
+
+            def create() -> Pool:
+                connect, reset = self._lido_opener(dict(conn_params), settings)
+                name = settings.name or f"{self.alias}:{target.database}"  # type: ignore[attr-defined]
+                pool = Pool(
+                    connect,
+                    name=name,
+                    check=settings.check,
+                    reset=reset,
+                    probe=settings.probe,
+                    **settings.engine,
+                )
+                if settings.open:
+                    pool.wait()
+                return pool
+
+            pool = registry.get_or_create(key, target, create)
+        self._lido_pool_cache = (conn_params, pool)
+        return pool
+
+    @property
+    def pool(self) -> Pool | None:
+        if self._lido_next_pool is not None:
+            return self._lido_next_pool
+        if self.alias == NO_DB_ALIAS or self._lido_settings() is None:  # type: ignore[attr-defined]
+            return None
+        return self._lido_pool_for(self.get_connection_params())  # type: ignore[attr-defined]
+
+    # --- Django's hook points -------------------------------------------------------------
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Conn:
+        pool = self._lido_pool_for(conn_params)
+        # Django's stock code takes the connection from ``self.pool`` (Django's native pool
+        # protocol: open(), getconn()) and then does its per-connection set-up.
+        self._lido_next_pool = pool
+        try:
+            conn = super().get_new_connection(conn_params)  # type: ignore[misc]
+        finally:
+            self._lido_next_pool = None
+        self._lido_conn_pool = pool
+        return conn
+
+    def _close(self) -> None:
+        conn = self.connection  # type: ignore[attr-defined]
+        if conn is None:
+            return
+        pool = self._lido_conn_pool
+        with self.wrap_database_errors:  # type: ignore[attr-defined]
+            if pool is None:
+                conn.close()
+                return
+            try:
+                pool.putconn(conn)
+            finally:
+                # The connection is the pool's again: never usable through this wrapper.
+                self.connection = None
+                self._lido_conn_pool = None
+
+    def close_pool(self) -> None:
+        """Closes the pool of this alias's current settings, if one is open; the next
+        connect makes a new one. Connections in use close when they come back."""
+        self._lido_pool_cache = None
+        if self.alias == NO_DB_ALIAS:  # type: ignore[attr-defined]
+            return
+        settings = self._lido_settings()
+        if settings is not None:
+            conn_params = self.get_connection_params()  # type: ignore[attr-defined]
+            registry.close(self._lido_registry_key(conn_params, settings))
+
+    def close_if_health_check_failed(self) -> None:
+        # Django's pooled PostgreSQL backend skips this ("the pool only returns healthy
+        # connections"), but a thread may keep its pooled connection across requests
+        # (CONN_MAX_AGE > 0): then CONN_HEALTH_CHECKS applies as without a pool.
+        BaseDatabaseWrapper.close_if_health_check_failed(self)  # type: ignore[arg-type]

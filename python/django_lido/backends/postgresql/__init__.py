@@ -1,0 +1,1 @@
+"""``ENGINE: "django_lido.backends.postgresql"``: Django's PostgreSQL backend on the pool."""

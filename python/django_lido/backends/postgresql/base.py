@@ -1,0 +1,158 @@
+"""PostgreSQL on the pool, with psycopg 3 or psycopg2 (picked the way Django picks them).
+
+``ENGINE: "django_lido.backends.postgresql"``; pool options go in ``OPTIONS["pool"]`` (see
+``django_lido.backends.pool_options``), every other OPTIONS key to the driver as before.
+
+Per physical connection, once: connect in autocommit, ``SET ROLE`` for ``assume_role``.
+Per checkout, with no round trip unless a setting changed: the time zone is compared with
+the one the server last reported and set only if it differs, and Django's own checkout
+steps (autocommit, isolation level) are local to the driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.postgresql import base as stock
+from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+from django_lido.backends import registry
+from django_lido.backends.pool_options import CONSUMED_KEYS, PoolSettings, driver_options
+from django_lido.backends.pooled import PooledDatabaseMixin, freeze
+from django_lido.backends.postgresql.creation import DatabaseCreation
+from django_lido.backends.postgresql.session import Session
+from django_lido.errors import PoolTimeout
+
+Conn = Any
+
+# psycopg's own default: a query is prepared on the server after this many executions.
+PSYCOPG_PREPARE_THRESHOLD = 5
+
+
+def _native_compatible_timeout() -> type[PoolTimeout]:
+    """Code written for Django's native pool catches ``psycopg_pool.PoolTimeout``; with
+    psycopg_pool installed, the timeout raised here is both that and ours."""
+    try:
+        from psycopg_pool import PoolTimeout as NativePoolTimeout
+    except ImportError:
+        return PoolTimeout
+    return type("PoolTimeout", (PoolTimeout, NativePoolTimeout), {"__module__": __name__})
+
+
+class PostgresPoolMixin(PooledDatabaseMixin):
+    """PostgreSQL specifics of pooling; mixed in front of a stock PostgreSQL wrapper."""
+
+    lido_vendor = "postgresql"
+    _lido_timeout_class: type[PoolTimeout] | None = None
+
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Conn:
+        try:
+            return super().get_new_connection(conn_params)
+        except PoolTimeout as exc:
+            cls = PostgresPoolMixin._lido_timeout_class
+            if cls is None:
+                cls = PostgresPoolMixin._lido_timeout_class = (
+                    _native_compatible_timeout() if is_psycopg3 else PoolTimeout
+                )
+            if cls is PoolTimeout or isinstance(exc, cls):
+                raise
+            raise cls(*exc.args) from None
+
+    def get_connection_params(self) -> dict[str, Any]:
+        settings_dict = self.settings_dict  # type: ignore[has-type]
+        options = settings_dict["OPTIONS"]
+        if CONSUMED_KEYS.isdisjoint(options):
+            params = super().get_connection_params()  # type: ignore[misc]
+        else:
+            # Django's code must see only driver options (with psycopg2 it refuses "pool").
+            self.settings_dict = {**settings_dict, "OPTIONS": driver_options(options)}
+            try:
+                params = super().get_connection_params()  # type: ignore[misc]
+            finally:
+                self.settings_dict = settings_dict
+        if is_psycopg3 and self.alias != stock.NO_DB_ALIAS:  # type: ignore[attr-defined]
+            settings = self._lido_settings()
+            if settings is not None:
+                if settings.transaction_pooler:
+                    # Prepared statements live in one server session; behind a transaction
+                    # pooler the next statement may run in another.
+                    params["prepare_threshold"] = None
+                elif "prepare_threshold" not in options:
+                    params["prepare_threshold"] = PSYCOPG_PREPARE_THRESHOLD
+        return params
+
+    def _lido_target(self, conn_params: dict[str, Any]) -> registry.Target:
+        return registry.Target(
+            vendor=self.lido_vendor,
+            host=str(conn_params.get("host") or ""),
+            port=str(conn_params.get("port") or ""),
+            database=str(conn_params.get("dbname") or ""),
+        )
+
+    def _lido_key(self, conn_params: dict[str, Any]) -> Hashable:
+        options = self.settings_dict["OPTIONS"]  # type: ignore[attr-defined]
+        # The adapters context follows TIME_ZONE; Django's create_cursor() copes with a
+        # connection opened under another one, so it does not split pools.
+        params = {k: v for k, v in conn_params.items() if k != "context"}
+        return (
+            self.Database.__name__,  # type: ignore[attr-defined]
+            freeze(params),
+            options.get("assume_role"),
+            options.get("isolation_level"),
+        )
+
+    def _lido_opener(
+        self, conn_params: dict[str, Any], settings: PoolSettings
+    ) -> tuple[Callable[[], Conn], Callable[[Conn], object] | None]:
+        # Nothing here may refer to ``self``: the pool outlives this thread's wrapper.
+        connect = self.Database.connect  # type: ignore[attr-defined]
+        session = Session(
+            role=self.settings_dict["OPTIONS"].get("assume_role"),  # type: ignore[attr-defined]
+            psycopg3=is_psycopg3,
+        )
+
+        def open_connection() -> Conn:
+            if is_psycopg3:
+                conn = connect(**conn_params, autocommit=True)
+            else:
+                conn = connect(**conn_params)
+                conn.autocommit = True
+            try:
+                session.set_up(conn)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        return open_connection, session.reset_hook(settings.reset)
+
+    def ensure_timezone(self) -> bool:
+        # Django's pooled backend closes its whole pool here (tests change TIME_ZONE);
+        # pooled connections here are put right at their next checkout instead.
+        if self.connection is None:  # type: ignore[attr-defined]
+            return False
+        return self._configure_timezone(self.connection)  # type: ignore[attr-defined]
+
+    def init_connection_state(self) -> None:
+        if self._lido_conn_pool is None:
+            super().init_connection_state()  # type: ignore[misc]
+            return
+        BaseDatabaseWrapper.init_connection_state(self)  # type: ignore[arg-type]
+        # A local comparison with the time zone the server last reported; a round trip
+        # only when it differs (a new connection, or TIME_ZONE changed).
+        if self._configure_timezone(self.connection) and not self.get_autocommit():  # type: ignore[attr-defined]
+            self.connection.commit()  # type: ignore[attr-defined]
+
+    def chunked_cursor(self) -> Any:
+        settings = self._lido_settings()
+        if settings is not None and settings.transaction_pooler:
+            # A named (server-side) cursor outlives the transaction that a transaction
+            # pooler ties to one server connection.
+            return self._cursor()  # type: ignore[attr-defined]
+        return super().chunked_cursor()  # type: ignore[misc]
+
+
+class DatabaseWrapper(PostgresPoolMixin, stock.DatabaseWrapper):
+    creation_class = DatabaseCreation
