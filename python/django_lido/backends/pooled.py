@@ -50,7 +50,7 @@ class PooledDatabaseMixin:
     # Cache of the last look-up: (raw OPTIONS pool settings, parsed) and
     # (connection parameters, pool), compared by equality on each connect.
     _lido_settings_cache: tuple[Any, PoolSettings | None] | None = None
-    _lido_pool_cache: tuple[dict[str, Any], Pool] | None = None
+    _lido_pool_cache: tuple[dict[str, Any], PoolSettings, Pool] | None = None
 
     # --- vendor hooks --------------------------------------------------------------------
     lido_vendor: str = ""
@@ -90,8 +90,13 @@ class PooledDatabaseMixin:
         if settings is None:
             return None
         cached = self._lido_pool_cache
-        if cached is not None and not cached[1].closed and cached[0] == conn_params:
-            return cached[1]
+        if (
+            cached is not None
+            and cached[1] is settings
+            and not cached[2].closed
+            and cached[0] == conn_params
+        ):
+            return cached[2]
         key = self._lido_registry_key(conn_params, settings)
         pool = registry.get(key)
         if pool is None or pool.closed:
@@ -115,7 +120,7 @@ class PooledDatabaseMixin:
                 return pool
 
             pool = registry.get_or_create(key, target, create)
-        self._lido_pool_cache = (conn_params, pool)
+        self._lido_pool_cache = (conn_params, settings, pool)
         return pool
 
     @property

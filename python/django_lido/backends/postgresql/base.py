@@ -18,6 +18,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.postgresql import base as stock
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
+from django_lido import checks
 from django_lido.backends import registry
 from django_lido.backends.pool_options import CONSUMED_KEYS, PoolSettings, driver_options
 from django_lido.backends.pooled import PooledDatabaseMixin, freeze
@@ -145,6 +146,20 @@ class PostgresPoolMixin(PooledDatabaseMixin):
         if self._configure_timezone(self.connection) and not self.get_autocommit():  # type: ignore[attr-defined]
             self.connection.commit()  # type: ignore[attr-defined]
 
+    def lido_server_connection_limit(self) -> int | None:
+        """How many connections the server accepts for this user and database (the
+        tightest of max_connections less the reserved ones, the role's and the database's
+        CONNECTION LIMIT)."""
+        with self.cursor() as cursor:  # type: ignore[attr-defined]
+            cursor.execute(
+                "SELECT current_setting('max_connections')::int"
+                " - current_setting('superuser_reserved_connections')::int,"
+                " (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user),"
+                " (SELECT datconnlimit FROM pg_database WHERE datname = current_database())"
+            )
+            limits = [n for n in cursor.fetchone() if n is not None and n >= 0]
+        return min(limits) if limits else None
+
     def chunked_cursor(self) -> Any:
         settings = self._lido_settings()
         if settings is not None and settings.transaction_pooler:
@@ -156,3 +171,6 @@ class PostgresPoolMixin(PooledDatabaseMixin):
 
 class DatabaseWrapper(PostgresPoolMixin, stock.DatabaseWrapper):
     creation_class = DatabaseCreation
+
+
+checks.register()

@@ -1,0 +1,66 @@
+"""Django set-up shared by the backend tests: settings configured once per process, and
+``DATABASES`` entries for a test server."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import django
+from django.conf import settings
+from django.db.utils import ConnectionHandler
+
+LIDO_ENGINE = "django_lido.backends.postgresql"
+_unique = itertools.count()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{next(_unique)}"
+
+
+def configure(pg: Any, **databases: dict[str, Any]) -> None:
+    """Configures Django once for this process (later calls do nothing)."""
+    if settings.configured:
+        return
+    settings.configure(
+        DATABASES=databases,
+        INSTALLED_APPS=["django_lido"],
+        USE_TZ=False,
+        TIME_ZONE="UTC",
+        SECRET_KEY="django-lido-tests",
+        DEFAULT_AUTO_FIELD="django.db.models.AutoField",
+    )
+    django.setup()
+
+
+def database(
+    pg: Any,
+    *,
+    name: str = "postgres",
+    engine: str = LIDO_ENGINE,
+    pool: Any = None,
+    options: dict[str, Any] | None = None,
+    **entry: Any,
+) -> dict[str, Any]:
+    """A DATABASES entry for ``pg``; ``pool`` goes to OPTIONS["pool"] unless None. A unique
+    ``application_name`` keeps each test's pool and server connections its own."""
+    params = pg._conn_params(dbname=name, tcp=False)
+    opts: dict[str, Any] = {"application_name": unique("lido_dj")}
+    if pool is not None:
+        opts["pool"] = pool
+    opts.update(options or {})
+    return {
+        "ENGINE": engine,
+        "NAME": name,
+        "USER": params.get("user", ""),
+        "PASSWORD": params.get("password", ""),
+        "HOST": params["host"],
+        "PORT": params["port"],
+        "OPTIONS": opts,
+        **entry,
+    }
+
+
+def handler(**databases: dict[str, Any]) -> ConnectionHandler:
+    """A private ConnectionHandler (Django's ``connections`` for these entries)."""
+    return ConnectionHandler(databases)

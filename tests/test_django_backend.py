@@ -1,0 +1,500 @@
+"""The Django PostgreSQL backend on the pool (psycopg 3 in this process; psycopg2 in a
+subprocess), against a real server."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import django_lido
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, OperationalError
+from django.test.utils import override_settings
+from django_helpers import configure, database, handler, unique
+
+CREATION_DB = "lido_creation_src"
+
+
+@pytest.fixture(scope="module")
+def dj(pg: Any) -> Any:
+    if not pg.execute("SELECT 1 FROM pg_database WHERE datname = %s", [CREATION_DB]):
+        pg.create_database(CREATION_DB)
+    configure(
+        pg,
+        default=database(pg, pool={"max_size": 4}),
+        lido_testdb=database(
+            pg, name=CREATION_DB, pool={"max_size": 4}, TEST={"NAME": "test_" + CREATION_DB}
+        ),
+    )
+    return pg
+
+
+def one(w: Any, sql: str, params: Any = None) -> Any:
+    with w.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchone()[0]
+
+
+def app_of(w: Any) -> str:
+    return w.settings_dict["OPTIONS"]["application_name"]
+
+
+# --- checkout and return ----------------------------------------------------------------------
+
+
+def test_close_returns_the_connection_and_connect_reuses_it(dj: Any) -> None:
+    w = handler(default=database(dj, pool={"max_size": 2}))["default"]
+    pids = []
+    for _ in range(3):
+        pids.append(one(w, "SELECT pg_backend_pid()"))
+        w.close()
+        assert w.connection is None
+    assert len(set(pids)) == 1
+    stats = w.pool.stats()
+    assert (stats["pool_size"], stats["in_use"], stats["requests_num"]) == (1, 0, 3)
+    assert dj.backend_count(app_of(w)) == 1
+
+
+def test_pooling_is_on_by_default_and_off_with_false(dj: Any) -> None:
+    w = handler(default=database(dj))["default"]
+    assert isinstance(w.pool, django_lido.Pool)
+    assert w.pool.stats()["pool_max"] == 10
+
+    w = handler(default=database(dj, pool=False))["default"]
+    assert w.pool is None
+    pids = set()
+    for _ in range(2):
+        pids.add(one(w, "SELECT pg_backend_pid()"))
+        w.close()
+    assert len(pids) == 2, "without a pool, close() closes the server connection"
+
+
+def test_legacy_max_conns_min_conns(dj: Any) -> None:
+    w = handler(default=database(dj, options={"MAX_CONNS": 3, "MIN_CONNS": 1}))["default"]
+    # The keys must not reach libpq (it would refuse an unknown keyword).
+    assert one(w, "SELECT 1") == 1
+    w.close()
+    stats = w.pool.stats()
+    assert (stats["pool_min"], stats["pool_max"]) == (1, 3)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"pool": {"max_sise": 4}}, "unknown pool option(s) 'max_sise'"),
+        ({"pool": {"min_size": 5, "max_size": 2}}, "min_size=5 is above max_size=2"),
+        ({"pool": {"timeout": -1}}, "timeout=-1"),
+        ({"pool": {"max_size": 0}}, "['max_size']=0: must be at least 1"),
+        ({"pool": {"max_size": "8"}}, "max_size='8': an integer"),
+        ({"pool": "yes"}, "must be a dict of pool options, True or False"),
+        ({"pool": {"num_workers": 2}}, "'num_workers'] is not supported"),
+        ({"pool": {"reset": "everything"}}, "'auto', 'full', 'rollback'"),
+        ({"pool": {"max_size": 4}, "MAX_CONNS": 8}, "['MAX_CONNS']=8 conflicts with"),
+        ({"pool": False, "MAX_CONNS": 8}, "is False (no pool) but MAX_CONNS is set"),
+    ],
+)
+def test_bad_pool_options_name_the_setting(dj: Any, options: dict[str, Any], expected: str) -> None:
+    w = handler(default=database(dj, options=options))["default"]
+    with pytest.raises(ImproperlyConfigured) as info:
+        w.ensure_connection()
+    message = str(info.value)
+    assert "DATABASES['default']['OPTIONS']" in message
+    assert expected in message
+
+
+def test_pools_are_keyed_by_connection_parameters(dj: Any) -> None:
+    base = database(dj, pool={"max_size": 2})
+    h = handler(
+        default=base,
+        replica={**base, "OPTIONS": dict(base["OPTIONS"])},
+        other_db={**base, "NAME": "template1", "OPTIONS": dict(base["OPTIONS"])},
+    )
+    assert h["default"].pool is h["replica"].pool
+    assert h["default"].pool is not h["other_db"].pool
+    # A change of settings under the same alias gives another pool, not the old one.
+    w = h["default"]
+    first = w.pool
+    w.settings_dict["OPTIONS"]["pool"] = {"max_size": 3}
+    assert w.pool is not first
+    assert w.pool.stats()["pool_max"] == 3
+
+
+def test_thread_sharing_rules_still_hold(dj: Any) -> None:
+    w = handler(default=database(dj, pool={"max_size": 2}))["default"]
+    w.ensure_connection()
+    errors: list[BaseException] = []
+
+    def use() -> None:
+        try:
+            one(w, "SELECT 1")
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=use)
+    t.start()
+    t.join()
+    assert len(errors) == 1 and isinstance(errors[0], DatabaseError)
+    assert "can only be used in that same thread" in str(errors[0])
+    w.close()
+
+
+def test_timeout_error_is_ours_and_django_natives(dj: Any) -> None:
+    import psycopg_pool
+
+    entry = database(dj, pool={"max_size": 1, "timeout": 0.2})
+    h = handler(default=entry)
+    holder = h["default"]
+    holder.ensure_connection()
+    try:
+        other = holder.copy()
+        with pytest.raises(django_lido.PoolTimeout) as info:
+            other.connect()
+        assert isinstance(info.value, psycopg_pool.PoolTimeout)
+        assert "size 1/1, in use 1" in str(info.value)
+        # Through Django's error wrapping, as for any connect error.
+        with pytest.raises(OperationalError):
+            other.ensure_connection()
+    finally:
+        holder.close()
+
+
+# --- nothing passes between holders ------------------------------------------------------
+
+
+def test_uncommitted_writes_never_reach_the_next_holder(dj: Any) -> None:
+    table = unique("lido_writes")
+    dj.execute(f"CREATE TABLE {table} (n int)")
+    w = handler(default=database(dj, pool={"max_size": 1}))["default"]
+    w.set_autocommit(False)
+    with w.cursor() as cur:
+        cur.execute(f"INSERT INTO {table} VALUES (1)")
+    pid = one(w, "SELECT pg_backend_pid()")
+    w.close()  # returned mid-transaction
+    assert one(w, f"SELECT count(*) FROM {table}") == 0
+    assert one(w, "SELECT pg_backend_pid()") == pid
+    assert w.pool.stats()["returns_rolled_back"] == 1
+    w.close()
+
+
+def test_a_dead_threads_connection_is_reclaimed_and_its_writes_lost(dj: Any) -> None:
+    table = unique("lido_leak")
+    dj.execute(f"CREATE TABLE {table} (n int)")
+    h = handler(default=database(dj, pool={"max_size": 1, "timeout": 10}))
+
+    def take_and_die() -> None:
+        w = h["default"]
+        w.set_autocommit(False)
+        with w.cursor() as cur:
+            cur.execute(f"INSERT INTO {table} VALUES (1)")
+        # the thread ends holding the connection, without close()
+
+    t = threading.Thread(target=take_and_die)
+    t.start()
+    t.join()
+    gc.collect()
+    w = h["default"]
+    assert one(w, f"SELECT count(*) FROM {table}") == 0
+    assert w.pool.stats()["connections_leaked"] == 1
+    w.close()
+
+
+def test_reset_auto_puts_back_settings_the_server_reports(dj: Any) -> None:
+    w = handler(default=database(dj, pool={"max_size": 1}))["default"]
+    app, style = app_of(w), one(w, "SHOW DateStyle")
+    pid = one(w, "SELECT pg_backend_pid()")
+    with w.cursor() as cur:
+        cur.execute("SET DateStyle = 'German'; SET application_name = 'somebody else'")
+    w.close()
+    assert one(w, "SELECT pg_backend_pid()") == pid
+    assert one(w, "SHOW DateStyle") == style
+    assert one(w, "SHOW application_name") == app
+    w.close()
+
+
+def test_reset_full_clears_all_session_state(dj: Any) -> None:
+    w = handler(default=database(dj, pool={"max_size": 1, "reset": "full"}))["default"]
+    pid = one(w, "SELECT pg_backend_pid()")
+    with w.cursor() as cur:
+        cur.execute("SET search_path = pg_catalog")
+        cur.execute("CREATE TEMP TABLE lido_scratch (n int)")
+        cur.execute("SELECT pg_advisory_lock(4242)")
+        cur.execute("LISTEN lido_channel")
+        cur.execute("SET work_mem = '77MB'")
+    w.close()
+    assert one(w, "SELECT pg_backend_pid()") == pid
+    assert one(w, "SHOW search_path") == '"$user", public'
+    assert one(w, "SELECT count(*) FROM pg_class WHERE relname = 'lido_scratch'") == 0
+    assert one(w, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    assert one(w, "SELECT count(*) FROM pg_listening_channels()") == 0
+    assert one(w, "SHOW work_mem") != "77MB"
+    w.close()
+
+
+def test_assume_role_is_set_once_per_physical_connection(dj: Any) -> None:
+    role = unique("lido_role")
+    dj.execute(f"CREATE ROLE {role}")
+    user = dj._conn_params(dbname=None, tcp=False)["user"]
+    dj.execute(f"GRANT {role} TO {user}")
+    w = handler(default=database(dj, pool={"max_size": 1}, options={"assume_role": role}))[
+        "default"
+    ]
+    for _ in range(3):
+        assert one(w, "SELECT current_user") == role
+        w.close()
+    assert w.pool.stats()["connections_num"] == 1
+
+
+# --- the lean path: checkout sends nothing -----------------------------------------------------
+
+
+def test_checkout_and_return_send_nothing_to_the_server(dj: Any) -> None:
+    w = handler(default=database(dj, pool={"max_size": 1}))["default"]
+    one(w, "SELECT 1")  # the physical connection and its set-up
+    raw = w.connection
+    w.close()
+    with tempfile.TemporaryFile("w+") as trace:
+        raw.pgconn.trace(trace.fileno())
+        try:
+            for _ in range(20):
+                w.ensure_connection()
+                assert w.connection is raw
+                w.close()
+        finally:
+            raw.pgconn.untrace()
+        trace.seek(0)
+        sent = [line for line in trace.read().splitlines() if "\tF\t" in line]
+    assert sent == []
+    # The trace does see traffic when there is some (the assertion above can fail).
+    with tempfile.TemporaryFile("w+") as trace:
+        raw.pgconn.trace(trace.fileno())
+        try:
+            one(w, "SELECT 1")
+        finally:
+            raw.pgconn.untrace()
+        trace.seek(0)
+        assert any("\tF\t" in line for line in trace.read().splitlines())
+    w.close()
+
+
+def test_time_zone_change_is_applied_at_checkout_without_a_new_connection(dj: Any) -> None:
+    entry = database(dj, pool={"max_size": 1})
+    w = handler(default=entry)["default"]
+    pid = one(w, "SELECT pg_backend_pid()")
+    assert one(w, "SHOW TimeZone") == "UTC"
+    w.close()
+    with override_settings(TIME_ZONE="Asia/Tokyo"):
+        w = handler(default=entry)["default"]  # a fresh wrapper reads the setting
+        assert one(w, "SHOW TimeZone") == "Asia/Tokyo"
+        assert one(w, "SELECT pg_backend_pid()") == pid
+        w.close()
+    w = handler(default=entry)["default"]
+    assert one(w, "SHOW TimeZone") == "UTC"
+    assert w.pool.stats()["connections_num"] == 1
+    w.close()
+
+
+# --- prepared statements and transaction poolers ------------------------------------------------
+
+
+def test_prepared_statements_are_on_unless_behind_a_transaction_pooler(dj: Any) -> None:
+    w = handler(default=database(dj, pool={"max_size": 1}, options={"server_side_binding": True}))[
+        "default"
+    ]
+    for _ in range(8):
+        assert one(w, "SELECT count(*) FROM pg_class WHERE relkind = %s", ["r"]) > 0
+    assert w.connection.prepare_threshold == 5
+    assert one(w, "SELECT count(*) FROM pg_prepared_statements") >= 1
+    w.close()
+
+    w = handler(
+        default=database(
+            dj,
+            pool={"max_size": 1, "transaction_pooler": True},
+            options={"server_side_binding": True},
+        )
+    )["default"]
+    for _ in range(8):
+        one(w, "SELECT count(*) FROM pg_class WHERE relkind = %s", ["r"])
+    assert w.connection.prepare_threshold is None
+    assert one(w, "SELECT count(*) FROM pg_prepared_statements") == 0
+    # No named (server-side) cursor either: chunked reads use a plain cursor.
+    cur = w.chunked_cursor()
+    assert getattr(cur.cursor, "name", None) in (None, "")
+    cur.close()
+    w.close()
+
+
+# --- CONN_MAX_AGE and CONN_HEALTH_CHECKS with a pool -------------------------------------------
+
+
+def test_conn_max_age_zero_gives_the_connection_back_at_request_end(dj: Any) -> None:
+    w = handler(default=database(dj, pool={"max_size": 2}, CONN_MAX_AGE=0))["default"]
+    one(w, "SELECT 1")
+    assert w.pool.stats()["in_use"] == 1
+    w.close_if_unusable_or_obsolete()  # what close_old_connections() does
+    assert w.connection is None and w.pool.stats()["in_use"] == 0
+
+
+def test_conn_max_age_keeps_the_connection_across_requests_until_it_expires(dj: Any) -> None:
+    w = handler(default=database(dj, pool={"max_size": 2}, CONN_MAX_AGE=60))["default"]
+    one(w, "SELECT 1")
+    w.close_if_unusable_or_obsolete()
+    assert w.connection is not None and w.pool.stats()["in_use"] == 1
+    w.close_at = 0  # as if 60 s had passed
+    w.close_if_unusable_or_obsolete()
+    assert w.connection is None and w.pool.stats()["in_use"] == 0
+
+
+def test_conn_health_checks_apply_to_a_connection_kept_across_requests(dj: Any) -> None:
+    entry = database(dj, pool={"max_size": 2}, CONN_MAX_AGE=None, CONN_HEALTH_CHECKS=True)
+    w = handler(default=entry)["default"]
+    one(w, "SELECT 1")
+    w.close_if_unusable_or_obsolete()  # request end: kept
+    dj.terminate_backends(application_name=app_of(w))
+    # Next request: Django's health check finds the connection dead and takes another.
+    assert one(w, "SELECT 1") == 1
+    w.close()
+
+
+def test_a_terminated_idle_connection_is_replaced_transparently(dj: Any) -> None:
+    w = handler(default=database(dj, pool={"max_size": 2}))["default"]
+    pid = one(w, "SELECT pg_backend_pid()")
+    w.close()
+    dj.terminate_backends(application_name=app_of(w))
+    assert one(w, "SELECT pg_backend_pid()") != pid
+    w.close()
+
+
+# --- test databases ----------------------------------------------------------------------------
+
+
+def test_test_databases_clone_and_destroy_with_pooled_connections_open(dj: Any) -> None:
+    from django.db import connections
+
+    conn = connections["lido_testdb"]
+    old_name = conn.settings_dict["NAME"]
+    test_name = conn.creation.create_test_db(verbosity=0, autoclobber=True)
+    try:
+        # Leave pooled connections to the test database idle in the pool, from two threads.
+        def use() -> None:
+            c = connections["lido_testdb"]
+            one(c, "SELECT 1")
+            c.close()
+
+        threads = [threading.Thread(target=use) for _ in range(2)]
+        for t in threads:
+            t.start()
+        one(conn, "SELECT pg_sleep(0.05)")
+        for t in threads:
+            t.join()
+        assert conn.pool.stats()["pool_size"] >= 1
+        conn.creation.clone_test_db(suffix="1", verbosity=0, keepdb=False)
+        clone = conn.creation.get_test_db_clone_settings("1")["NAME"]
+        assert dj.execute("SELECT 1 FROM pg_database WHERE datname = %s", [clone])
+        conn.creation.destroy_test_db(None, verbosity=0, suffix="1")
+        assert not dj.execute("SELECT 1 FROM pg_database WHERE datname = %s", [clone])
+    finally:
+        one(conn, "SELECT 1")  # a pooled connection open again, right before the drop
+        conn.close()
+        conn.creation.destroy_test_db(old_name, verbosity=0)
+    assert not dj.execute("SELECT 1 FROM pg_database WHERE datname = %s", [test_name])
+
+
+# --- system checks -----------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_system_checks_report_misconfigurations(dj: Any) -> None:
+    from django_lido.checks import check_pool_settings, check_server_limits
+
+    databases = {
+        "bad": database(dj, pool={"max_size": 2, "min_size": 3}),
+        "kept": database(dj, pool={"max_size": 2}, CONN_MAX_AGE=None),
+        "big": database(dj, pool={"max_size": 100000}),
+        "default": database(dj, pool={"max_size": 2}),
+    }
+    connections = handler(**databases)
+    with (
+        override_settings(DATABASES=databases),
+        mock.patch("django.db.connections", connections),
+    ):
+        found = {(m.id, m.msg.split(":")[0]) for m in check_pool_settings()}
+        assert ("django_lido.E001", "DATABASES['bad']['OPTIONS']['pool']") in found
+        assert any(i == "django_lido.W001" and "'kept'" in msg for i, msg in found)
+        assert not any("'default'" in msg or "'big'" in msg for _, msg in found)
+        limits = check_server_limits(databases=["big", "default"])
+        assert [m.id for m in limits] == ["django_lido.W004"]
+        assert "max_size=100000" in limits[0].msg
+        for alias in databases:
+            connections[alias].close()
+
+
+# --- psycopg2 -------------------------------------------------------------------------------
+
+PSYCOPG2_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["psycopg"] = None  # Django then picks psycopg2
+    import django
+    from django.conf import settings
+    from django.db.utils import ConnectionHandler
+    entry = json.loads(sys.argv[1])
+    settings.configure(DATABASES={"default": entry}, USE_TZ=False, TIME_ZONE="UTC")
+    django.setup()
+    import psycopg2
+    w = ConnectionHandler({"default": entry})["default"]
+    def one(sql):
+        with w.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchone()[0]
+    with w.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS lido_pg2 (n int)")
+    out = {"driver": type(w.connection).__module__}
+    pids = []
+    for _ in range(3):
+        pids.append(one("SELECT pg_backend_pid()"))
+        w.close()
+    w.set_autocommit(False)
+    with w.cursor() as cur:
+        cur.execute("INSERT INTO lido_pg2 VALUES (1)")
+        cur.execute("SET DateStyle = 'German'")
+    w.close()
+    out["rows"] = one("SELECT count(*) FROM lido_pg2")
+    out["datestyle"] = one("SHOW DateStyle")
+    out["pids"] = pids + [one("SELECT pg_backend_pid()")]
+    w.close()
+    out["stats"] = {k: w.pool.stats()[k] for k in ("returns_rolled_back", "connections_num")}
+    print(json.dumps(out))
+    """
+)
+
+
+def test_psycopg2_backend(dj: Any) -> None:
+    pytest.importorskip("psycopg2")
+    entry = database(dj, pool={"max_size": 2})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", PSYCOPG2_SCRIPT, json.dumps(entry)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=Path(__file__).parent,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["driver"].startswith("psycopg2")
+    assert out["rows"] == 0, "uncommitted insert leaked to the next holder"
+    assert out["datestyle"] == "ISO, MDY"
+    assert len(set(out["pids"])) == 1
+    assert out["stats"] == {"returns_rolled_back": 1, "connections_num": 1}
