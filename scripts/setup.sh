@@ -24,6 +24,8 @@ DEV_REQS=(
   "psycopg2-binary>=2.9.9"
   "tblib>=3"
   "django-db-connection-pool>=1.2"
+  "PyMySQL>=1.1"
+  "mysqlclient>=2.2"
 )
 # Python 3.13 runs the other supported Django (6.1, which needs Python >= 3.12).
 PY313_REQS=(
@@ -33,6 +35,8 @@ PY313_REQS=(
   "Django>=6.1,<6.2"
   "psycopg2-binary>=2.9.9"
   "tblib>=3"
+  "PyMySQL>=1.1"
+  "mysqlclient>=2.2"
 )
 
 as_root() {
@@ -80,10 +84,15 @@ missing=()
 ldconfig -p | grep -q 'libgdal\.so' || missing+=(gdal-bin)
 ldconfig -p | grep -q 'libgeos_c\.so' || missing+=(libgeos-c1v5)
 command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+# MariaDB server binaries for the MySQL harness; headers to build mysqlclient.
+command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+command -v mariadb_config >/dev/null || command -v mysql_config >/dev/null ||
+  missing+=(default-libmysqlclient-dev)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
-say "PostGIS, GDAL, GEOS, PgBouncer: present"
+say "PostGIS, GDAL, GEOS, PgBouncer, MariaDB: present"
 
 # --- Rust toolchain ----------------------------------------------------------------------------
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
