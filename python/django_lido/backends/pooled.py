@@ -71,7 +71,10 @@ class PooledDatabaseMixin:
     # --- settings and pool look-up --------------------------------------------------------
     def _lido_settings(self) -> PoolSettings | None:
         options = self.settings_dict["OPTIONS"]  # type: ignore[attr-defined]
-        raw = (options.get("pool", True), options.get("MAX_CONNS"), options.get("MIN_CONNS"))
+        pool = options.get("pool", True)
+        # A copy of a dict, so that a change made in place is seen too.
+        raw = (dict(pool) if isinstance(pool, dict) else pool,
+               options.get("MAX_CONNS"), options.get("MIN_CONNS"))  # fmt: skip
         cached = self._lido_settings_cache
         if cached is not None and cached[0] == raw:
             return cached[1]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.postgresql import base as stock
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
@@ -47,6 +48,7 @@ class PostgresPoolMixin(PooledDatabaseMixin):
 
     lido_vendor = "postgresql"
     _lido_timeout_class: type[PoolTimeout] | None = None
+    _lido_params_cache: tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]] | None = None
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Conn:
         try:
@@ -62,6 +64,29 @@ class PostgresPoolMixin(PooledDatabaseMixin):
             raise cls(*exc.args) from None
 
     def get_connection_params(self) -> dict[str, Any]:
+        # Django builds the parameters on every connect, that is at every checkout; they
+        # change only with the settings, so the last result is reused while the settings
+        # that go into it compare equal (a few fields, the OPTIONS dict, the time zone).
+        sd = self.settings_dict  # type: ignore[has-type]
+        options = sd["OPTIONS"]
+        fingerprint = (
+            sd["NAME"],
+            sd["USER"],
+            sd["PASSWORD"],
+            sd["HOST"],
+            sd["PORT"],
+            self.timezone,  # type: ignore[attr-defined]
+            django_settings.USE_TZ,
+            self._lido_settings() if self.alias != stock.NO_DB_ALIAS else None,  # type: ignore[attr-defined]
+        )
+        cached = self._lido_params_cache
+        if cached is not None and cached[0] == fingerprint and cached[1] == options:
+            return cached[2]
+        params = self._lido_build_connection_params()
+        self._lido_params_cache = (fingerprint, dict(options), params)
+        return params
+
+    def _lido_build_connection_params(self) -> dict[str, Any]:
         settings_dict = self.settings_dict  # type: ignore[has-type]
         options = settings_dict["OPTIONS"]
         if CONSUMED_KEYS.isdisjoint(options):
@@ -143,8 +168,22 @@ class PostgresPoolMixin(PooledDatabaseMixin):
         BaseDatabaseWrapper.init_connection_state(self)  # type: ignore[arg-type]
         # A local comparison with the time zone the server last reported; a round trip
         # only when it differs (a new connection, or TIME_ZONE changed).
-        if self._configure_timezone(self.connection) and not self.get_autocommit():  # type: ignore[attr-defined]
-            self.connection.commit()  # type: ignore[attr-defined]
+        conn = self.connection  # type: ignore[attr-defined]
+        if is_psycopg3:
+            name = self.timezone_name  # type: ignore[attr-defined]
+            reported = conn.pgconn.parameter_status(b"TimeZone")
+            if not name or (reported is not None and reported.decode() == name):
+                return
+        if self._configure_timezone(conn) and not self.get_autocommit():  # type: ignore[attr-defined]
+            conn.commit()
+
+    def _set_autocommit(self, autocommit: bool) -> None:
+        # Django sets autocommit at every connect, so at every checkout; a pooled
+        # connection usually has the right mode already (the flag is local to the driver).
+        conn = self.connection  # type: ignore[attr-defined]
+        if self._lido_conn_pool is not None and conn.autocommit == autocommit:
+            return
+        super()._set_autocommit(autocommit)  # type: ignore[misc]
 
     def lido_server_connection_limit(self) -> int | None:
         """How many connections the server accepts for this user and database (the

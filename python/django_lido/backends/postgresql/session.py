@@ -50,13 +50,11 @@ FULL_RESET_SQL = (
 
 
 def _psycopg3_snapshot(conn: Conn) -> tuple[bytes | None, ...]:
-    status = conn.pgconn.parameter_status
-    return tuple(status(name) for name in _REPORTED_BYTES)
+    return tuple(map(conn.pgconn.parameter_status, _REPORTED_BYTES))
 
 
 def _psycopg2_snapshot(conn: Conn) -> tuple[str | None, ...]:
-    status = conn.get_parameter_status
-    return tuple(status(name) for name in REPORTED_PARAMETERS)
+    return tuple(map(conn.get_parameter_status, REPORTED_PARAMETERS))
 
 
 _REPORTED_BYTES = tuple(name.encode() for name in REPORTED_PARAMETERS)
