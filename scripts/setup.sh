@@ -26,6 +26,7 @@ DEV_REQS=(
   "django-db-connection-pool>=1.2"
   "PyMySQL>=1.1"
   "mysqlclient>=2.2"
+  "gunicorn>=23"
 )
 # Python 3.13 runs the other supported Django (6.1, which needs Python >= 3.12).
 PY313_REQS=(
