@@ -18,9 +18,25 @@ def unique(prefix: str) -> str:
     return f"{prefix}_{next(_unique)}"
 
 
+def global_alias(alias: str, entry: dict[str, Any]) -> Any:
+    """``django.db.connections[alias]`` for an entry added to the settings at run time (the
+    settings are configured once per process, possibly by another test module)."""
+    from django.db import connections
+
+    if alias not in connections.settings:
+        filled = ConnectionHandler({"default": {}, alias: entry}).settings[alias]
+        assert connections.settings is settings.DATABASES
+        settings.DATABASES[alias] = filled
+    return connections[alias]
+
+
 def configure(pg: Any, **databases: dict[str, Any]) -> None:
-    """Configures Django once for this process (later calls do nothing)."""
+    """Configures Django once for this process; later calls only add the aliases that are
+    missing (test modules run in any order)."""
     if settings.configured:
+        for alias, entry in databases.items():
+            if alias != "default":
+                global_alias(alias, entry)
         return
     settings.configure(
         DATABASES=databases,

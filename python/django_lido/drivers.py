@@ -5,10 +5,15 @@ The engine asks a driver for five things: the transaction status of a returned c
 how to roll back, a round-trip check, how to close, and the socket's file descriptor for
 the zero-round-trip probe. The status and fileno hooks run on the hot path, so they are C
 callables (``operator.attrgetter``/``methodcaller``) where the driver allows.
+
+MySQL/MariaDB drivers (mysqlclient, PyMySQL) report the transaction state in the server
+status flags of the last reply, which the client keeps: no round trip either.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter, methodcaller
@@ -110,6 +115,164 @@ GENERIC = Driver(
 )
 
 
+# --- MySQL and MariaDB ----------------------------------------------------------------------
+# The server sends its status flags with every OK (and EOF) packet; the drivers keep the
+# last ones. Outside autocommit a transaction may be open without the flag (PyMySQL does
+# not update the flags from the EOF packet that ends a result set, and the first statement
+# of a transaction may be a SELECT), so autocommit off counts as "in transaction".
+SERVER_STATUS_IN_TRANS = 0x0001
+SERVER_STATUS_AUTOCOMMIT = 0x0002
+SERVER_STATUS_NO_BACKSLASH_ESCAPES = 0x0200
+COM_RESET_CONNECTION = 0x1F
+
+
+def _mysql_tx_status(flags: int) -> int:
+    if flags & SERVER_STATUS_IN_TRANS or not flags & SERVER_STATUS_AUTOCOMMIT:
+        return TX_INTRANS
+    return TX_IDLE
+
+
+def _pymysql_status(conn: Conn) -> int:
+    if conn._sock is None:  # closed, or broken by an I/O error
+        return TX_UNKNOWN
+    result = conn._result
+    if result is not None and result.unbuffered_active:
+        return TX_ACTIVE  # an unbuffered (SSCursor) result not read to the end
+    return _mysql_tx_status(conn.server_status)
+
+
+def _pymysql_fileno(conn: Conn) -> int:
+    sock = conn._sock
+    return sock.fileno() if sock is not None else -1
+
+
+def _pymysql_close(conn: Conn) -> None:
+    result = conn._result
+    if result is not None and result.unbuffered_active:
+        # Otherwise PyMySQL tries to read the rest when the result is collected, after the
+        # socket is gone.
+        result.unbuffered_active = False
+    if not conn._closed:  # PyMySQL raises on a second close()
+        conn.close()
+
+
+def _mysqlclient_close(conn: Conn) -> None:
+    if conn.open:  # mysqlclient raises on a second close()
+        conn.close()
+
+
+def pymysql_reset_connection(conn: Conn) -> None:
+    """COM_RESET_CONNECTION: the session as after connecting (same database), one round
+    trip. PyMySQL has no public method for it."""
+    conn._execute_command(COM_RESET_CONNECTION, b"")
+    conn._read_ok_packet()
+
+
+class MySQLClientNative:
+    """What mysqlclient does not expose, read from its client library (MariaDB
+    Connector/C) through the connection's ``MYSQL*``: the server status flags, the current
+    database and ``mysql_reset_connection``. Only the reset is a round trip."""
+
+    # enum mariadb_value in MariaDB Connector/C's mysql.h
+    SCHEMA = 15
+    SERVER_STATUS = 30
+    CAPSULE = b"_mysql.connection.native_connection"
+
+    def __init__(self, path: str) -> None:
+        # The status and schema reads are field reads: called through PyDLL they keep the
+        # GIL, which is cheaper and makes the shared result buffers safe. The reset does
+        # I/O and goes through CDLL, which releases the GIL.
+        get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+        get_pointer.argtypes = (ctypes.py_object, ctypes.c_char_p)
+        get_pointer.restype = ctypes.c_void_p
+        self._get_pointer = get_pointer
+        infov = ctypes.PyDLL(path).mariadb_get_infov
+        infov.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
+        infov.restype = ctypes.c_int
+        self._infov = infov
+        self._uint = ctypes.c_uint()
+        self._uint_ref = ctypes.byref(self._uint)
+        self._str = ctypes.c_char_p()
+        self._str_ref = ctypes.byref(self._str)
+        reset = getattr(ctypes.CDLL(path), "mysql_reset_connection", None)
+        if reset is not None:
+            reset.argtypes = (ctypes.c_void_p,)
+            reset.restype = ctypes.c_int
+        self._reset = reset
+
+    def _mysql(self, conn: Conn) -> int:
+        # Raises (2006) once the connection is closed.
+        return self._get_pointer(conn._get_native_connection(), self.CAPSULE)
+
+    def server_status(self, conn: Conn) -> int:
+        """The status flags of the server's last reply."""
+        if self._infov(self._mysql(conn), self.SERVER_STATUS, self._uint_ref):
+            raise RuntimeError("mariadb_get_infov(MARIADB_CONNECTION_SERVER_STATUS) failed")
+        return self._uint.value
+
+    def status(self, conn: Conn) -> int:
+        """The transaction status in libpq's codes (the pool's status hook)."""
+        return _mysql_tx_status(self.server_status(conn))
+
+    def schema(self, conn: Conn) -> str | None:
+        """The current database as the client last heard of it (the server reports a
+        ``USE`` through session tracking)."""
+        self._str.value = None
+        self._infov(self._mysql(conn), self.SCHEMA, self._str_ref)
+        value = self._str.value
+        return value.decode() if value is not None else None
+
+    @property
+    def can_reset(self) -> bool:
+        return self._reset is not None
+
+    def reset_connection(self, conn: Conn) -> None:
+        """COM_RESET_CONNECTION (one round trip)."""
+        if self._reset is None:
+            raise RuntimeError("mysqlclient's client library has no mysql_reset_connection")
+        if self._reset(self._mysql(conn)):
+            raise conn.OperationalError(conn.errno(), conn.error())
+
+
+@functools.cache
+def mysqlclient_native() -> MySQLClientNative | None:
+    """The native helpers, or None when mysqlclient is not built on MariaDB Connector/C
+    (then a returned connection is always rolled back)."""
+    try:
+        from MySQLdb import _mysql
+
+        if not hasattr(_mysql.connection, "_get_native_connection"):
+            return None
+        return MySQLClientNative(_mysql.__file__)
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+PYMYSQL = Driver(
+    name="pymysql",
+    status_source=_pymysql_status,
+    status_attr="",
+    rollback=methodcaller("rollback"),
+    check=methodcaller("ping", False),  # COM_PING; never reconnect (older PyMySQL would)
+    close=_pymysql_close,
+    fileno=_pymysql_fileno,
+)
+
+
+@functools.cache
+def _mysqlclient_driver() -> Driver:
+    native = mysqlclient_native()
+    return Driver(
+        name="mysqlclient",
+        status_source=native.status if native is not None else None,
+        status_attr="",
+        rollback=methodcaller("rollback"),
+        check=methodcaller("ping"),  # COM_PING
+        close=_mysqlclient_close,
+        fileno=methodcaller("fileno"),
+    )
+
+
 def driver_for(conn: Conn) -> Driver:
     """The hooks for ``conn``'s driver, chosen by the module that defines its class."""
     module = type(conn).__module__ or ""
@@ -118,4 +281,8 @@ def driver_for(conn: Conn) -> Driver:
         return PSYCOPG
     if root == "psycopg2":
         return PSYCOPG2
+    if root == "pymysql":
+        return PYMYSQL
+    if root == "MySQLdb":
+        return _mysqlclient_driver()
     return GENERIC

@@ -7,7 +7,9 @@ it back; nothing else in Django's connection handling changes.
 
 A vendor backend mixes ``PooledDatabaseMixin`` in front of Django's stock
 ``DatabaseWrapper`` and implements the ``_lido_*`` hooks: how to open and set up a physical
-connection, which parameters make two pools different, and its reset policy.
+connection, which parameters make two pools different, and its reset policy; and says with
+``lido_stock_uses_pool`` whether Django's stock ``get_new_connection`` already takes from
+``self.pool``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ class PooledDatabaseMixin:
 
     # --- vendor hooks --------------------------------------------------------------------
     lido_vendor: str = ""
+    # Whether Django's stock ``get_new_connection`` takes its connection from ``self.pool``
+    # (Django's native pool protocol, as in its PostgreSQL backend). If not (MySQL), the
+    # mixin takes the connection from the pool itself and the stock code opens only
+    # unpooled connections.
+    lido_stock_uses_pool: bool = True
 
     def _lido_target(self, conn_params: dict[str, Any]) -> registry.Target:
         raise NotImplementedError
@@ -137,13 +144,16 @@ class PooledDatabaseMixin:
     # --- Django's hook points -------------------------------------------------------------
     def get_new_connection(self, conn_params: dict[str, Any]) -> Conn:
         pool = self._lido_pool_for(conn_params)
-        # Django's stock code takes the connection from ``self.pool`` (Django's native pool
-        # protocol: open(), getconn()) and then does its per-connection set-up.
-        self._lido_next_pool = pool
-        try:
-            conn = super().get_new_connection(conn_params)  # type: ignore[misc]
-        finally:
-            self._lido_next_pool = None
+        if pool is not None and not self.lido_stock_uses_pool:
+            conn = pool.getconn()
+        else:
+            # Django's stock code takes the connection from ``self.pool`` (Django's native
+            # pool protocol: open(), getconn()) and then does its per-connection set-up.
+            self._lido_next_pool = pool
+            try:
+                conn = super().get_new_connection(conn_params)  # type: ignore[misc]
+            finally:
+                self._lido_next_pool = None
         self._lido_conn_pool = pool
         return conn
 

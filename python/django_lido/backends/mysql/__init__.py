@@ -1,0 +1,1 @@
+"""``ENGINE: "django_lido.backends.mysql"``: Django's MySQL/MariaDB backend on the pool."""

@@ -1,0 +1,188 @@
+"""MySQL and MariaDB on the pool, with mysqlclient or PyMySQL (``pymysql.install_as_MySQLdb()``),
+whichever Django's stock backend imports as ``MySQLdb``.
+
+``ENGINE: "django_lido.backends.mysql"``; pool options go in ``OPTIONS["pool"]`` (see
+``django_lido.backends.pool_options``), every other OPTIONS key to the driver as before.
+
+Per physical connection, once: connect with autocommit on, then ``sql_auto_is_null = 0`` and
+the isolation level in one statement (Django's stock backend sends them at every connect).
+Per checkout nothing is sent: Django's autocommit step compares with the server status the
+driver already has. See ``session.py`` for what happens on return.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.mysql import base as stock
+
+from django_lido import checks
+from django_lido.backends import registry
+from django_lido.backends.mysql.creation import DatabaseCreation
+from django_lido.backends.mysql.session import Session
+from django_lido.backends.pool_options import CONSUMED_KEYS, PoolSettings, driver_options
+from django_lido.backends.pooled import PooledDatabaseMixin, freeze
+from django_lido.errors import PoolTimeout
+
+Conn = Any
+
+
+class MySQLPoolMixin(PooledDatabaseMixin):
+    """MySQL specifics of pooling; mixed in front of a stock MySQL wrapper."""
+
+    lido_vendor = "mysql"
+    # Django's MySQL backend has no pool: the mixin takes connections from ours itself.
+    lido_stock_uses_pool = False
+    # Set while Django connects: the session of a pooled connection is set up already.
+    _lido_checked_out = False
+    # Set while Django's health check runs: a connection it finds unusable is discarded,
+    # not returned to the pool.
+    _lido_discard = False
+
+    def get_connection_params(self) -> dict[str, Any]:
+        settings_dict = self.settings_dict  # type: ignore[has-type]
+        options = settings_dict["OPTIONS"]
+        if CONSUMED_KEYS.isdisjoint(options):
+            return super().get_connection_params()  # type: ignore[misc]
+        # Django passes every OPTIONS key to the driver, which would refuse "pool".
+        self.settings_dict = {**settings_dict, "OPTIONS": driver_options(options)}
+        try:
+            return super().get_connection_params()  # type: ignore[misc]
+        finally:
+            self.settings_dict = settings_dict
+
+    def _lido_driver_name(self) -> str:
+        # "MySQLdb" for mysqlclient; "pymysql" after pymysql.install_as_MySQLdb().
+        return str(self.Database.__name__)  # type: ignore[attr-defined]
+
+    def _lido_target(self, conn_params: dict[str, Any]) -> registry.Target:
+        return registry.Target(
+            vendor=self.lido_vendor,
+            host=str(conn_params.get("unix_socket") or conn_params.get("host") or ""),
+            port=str(conn_params.get("port") or ""),
+            database=str(conn_params.get("database") or conn_params.get("db") or ""),
+        )
+
+    def _lido_key(self, conn_params: dict[str, Any]) -> Hashable:
+        # Django's converters dict is the same object for every wrapper: no need to hash it.
+        params = {
+            k: ("django" if k == "conv" and v is stock.django_conversions else v)
+            for k, v in conn_params.items()
+        }
+        return (
+            self._lido_driver_name(),
+            freeze(params),
+            self.isolation_level,  # type: ignore[attr-defined]  # set by get_connection_params
+        )
+
+    def _lido_opener(
+        self, conn_params: dict[str, Any], settings: PoolSettings
+    ) -> tuple[Callable[[], Conn], Callable[[Conn], object] | None]:
+        # Nothing here may refer to ``self``: the pool outlives this thread's wrapper.
+        connect = self.Database.connect  # type: ignore[attr-defined]
+        session = Session(
+            driver=self._lido_driver_name(),
+            params=conn_params,
+            isolation_level=self.isolation_level,  # type: ignore[attr-defined]
+        )
+        if settings.reset == "full" and not session.can_reset:
+            raise ImproperlyConfigured(
+                f"DATABASES[{self.alias!r}]['OPTIONS']['pool']['reset']='full' needs "  # type: ignore[attr-defined]
+                "COM_RESET_CONNECTION, which this mysqlclient cannot send (it is not built "
+                "on MariaDB Connector/C); use PyMySQL, or reset='auto' or 'rollback'"
+            )
+        # Django turns autocommit on at every checkout; a connection opened with it on
+        # makes that a no-op (the drivers otherwise switch it off at connect).
+        params = conn_params if "autocommit" in conn_params else {**conn_params, "autocommit": True}
+
+        def open_connection() -> Conn:
+            conn = connect(**params)
+            try:
+                # What Django's stock get_new_connection does (Django < 6.0): mysqlclient's
+                # bytes encoder is broken.
+                encoders = getattr(conn, "encoders", None)
+                if encoders is not None and encoders.get(bytes) is bytes:
+                    encoders.pop(bytes)
+                session.set_up(conn)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        return open_connection, session.reset_hook(settings.reset)
+
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Conn:
+        try:
+            conn = super().get_new_connection(conn_params)
+        except PoolTimeout as exc:
+            # Also the driver's OperationalError, so that Django wraps it like any failed
+            # connect (as psycopg_pool's PoolTimeout is with the PostgreSQL backend).
+            cls = _driver_timeout(self.Database)  # type: ignore[attr-defined]
+            if isinstance(exc, cls):
+                raise
+            raise cls(*exc.args) from None
+        self._lido_checked_out = self._lido_conn_pool is not None
+        return conn
+
+    def init_connection_state(self) -> None:
+        # Django calls this right after get_new_connection(). For a pooled connection the
+        # session was set up when the physical connection was opened; any other call (a
+        # direct one) sets it up as Django's stock backend does.
+        if not self._lido_checked_out:
+            super().init_connection_state()  # type: ignore[misc]
+            return
+        self._lido_checked_out = False
+        BaseDatabaseWrapper.init_connection_state(self)  # type: ignore[arg-type]
+
+    def is_usable(self) -> bool:
+        # After close() the pooled connection is the pool's again (as with Django's
+        # PostgreSQL pool, whose is_usable() has the same test).
+        if self.connection is None:  # type: ignore[attr-defined]
+            return False
+        return bool(super().is_usable())  # type: ignore[misc]
+
+    def close_if_health_check_failed(self) -> None:
+        self._lido_discard = True
+        try:
+            super().close_if_health_check_failed()
+        finally:
+            self._lido_discard = False
+
+    def _close(self) -> None:
+        conn = self.connection  # type: ignore[attr-defined]
+        if self._lido_discard and conn is not None and self._lido_conn_pool is not None:
+            # Closed first, the connection comes back to the pool as broken and is dropped.
+            with contextlib.suppress(Exception):
+                conn.close()
+        super()._close()
+
+    def lido_server_connection_limit(self) -> int | None:
+        """How many connections the server accepts for this user: the tightest of
+        ``max_connections`` and ``max_user_connections`` (whose session value is the
+        account's own limit when it has one)."""
+        with self.cursor() as cursor:  # type: ignore[attr-defined]
+            cursor.execute("SELECT @@max_connections, @@max_user_connections")
+            limits = [n for n in cursor.fetchone() if n is not None and n > 0]
+        return min(limits) if limits else None
+
+
+_timeouts: dict[Any, type[PoolTimeout]] = {}
+
+
+def _driver_timeout(database: Any) -> type[PoolTimeout]:
+    cls = _timeouts.get(database)
+    if cls is None:
+        bases = (PoolTimeout, database.OperationalError)
+        cls = _timeouts[database] = type("PoolTimeout", bases, {"__module__": __name__})
+    return cls
+
+
+class DatabaseWrapper(MySQLPoolMixin, stock.DatabaseWrapper):
+    creation_class = DatabaseCreation
+
+
+checks.register()
