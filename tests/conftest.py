@@ -10,6 +10,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "fault: restarts, kills or otherwise disturbs a database server"
     )
+    config.addinivalue_line("markers", "slow: takes minutes rather than seconds")
+    config.addinivalue_line(
+        "markers",
+        "django_suite: runs Django's own test suite (see django_lido.testing.django_suite)",
+    )
 
 
 @pytest.fixture(scope="session")

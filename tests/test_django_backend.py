@@ -498,3 +498,31 @@ def test_psycopg2_backend(dj: Any) -> None:
     assert out["datestyle"] == "ISO, MDY"
     assert len(set(out["pids"])) == 1
     assert out["stats"] == {"returns_rolled_back": 1, "connections_num": 1}
+
+
+def test_custom_check_option_runs_at_checkout_after_idle(dj: Any) -> None:
+    checked: list[int] = []
+
+    def check(conn: Any) -> None:
+        checked.append(conn.info.backend_pid)
+        conn.execute("SELECT 1")
+
+    w = handler(
+        default=database(dj, pool={"max_size": 1, "check": check, "check_after_idle": 0})
+    )["default"]
+    pid = one(w, "SELECT pg_backend_pid()")
+    w.close()
+    assert one(w, "SELECT pg_backend_pid()") == pid
+    w.close()
+    assert checked == [pid]
+
+
+def test_connection_failing_djangos_health_check_is_discarded(dj: Any) -> None:
+    entry = database(dj, pool={"max_size": 2}, CONN_MAX_AGE=None, CONN_HEALTH_CHECKS=True)
+    w = handler(default=entry)["default"]
+    pid = one(w, "SELECT pg_backend_pid()")
+    w.close_if_unusable_or_obsolete()  # request end: kept (CONN_MAX_AGE=None)
+    with mock.patch.object(w, "is_usable", return_value=False):
+        assert one(w, "SELECT pg_backend_pid()") != pid
+    assert w.pool.stats()["pool_size"] == 1, "the unusable connection went back to the pool"
+    w.close()

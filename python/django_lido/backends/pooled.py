@@ -14,6 +14,7 @@ connection, which parameters make two pools different, and its reset policy; and
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
@@ -53,6 +54,8 @@ class PooledDatabaseMixin:
     # (connection parameters, pool), compared by equality on each connect.
     _lido_settings_cache: tuple[Any, PoolSettings | None] | None = None
     _lido_pool_cache: tuple[dict[str, Any], PoolSettings, Pool] | None = None
+    # Set while Django's health check runs: a connection it closes is discarded.
+    _lido_discard = False
 
     # --- vendor hooks --------------------------------------------------------------------
     lido_vendor: str = ""
@@ -166,6 +169,10 @@ class PooledDatabaseMixin:
             if pool is None:
                 conn.close()
                 return
+            if self._lido_discard:
+                # Closed first, the connection comes back to the pool broken and is dropped.
+                with contextlib.suppress(Exception):
+                    conn.close()
             try:
                 pool.putconn(conn)
             finally:
@@ -187,5 +194,10 @@ class PooledDatabaseMixin:
     def close_if_health_check_failed(self) -> None:
         # Django's pooled PostgreSQL backend skips this ("the pool only returns healthy
         # connections"), but a thread may keep its pooled connection across requests
-        # (CONN_MAX_AGE > 0): then CONN_HEALTH_CHECKS applies as without a pool.
-        BaseDatabaseWrapper.close_if_health_check_failed(self)  # type: ignore[arg-type]
+        # (CONN_MAX_AGE > 0): then CONN_HEALTH_CHECKS applies as without a pool, and a
+        # connection Django finds unusable is discarded, not given back to the pool.
+        self._lido_discard = True
+        try:
+            BaseDatabaseWrapper.close_if_health_check_failed(self)  # type: ignore[arg-type]
+        finally:
+            self._lido_discard = False

@@ -12,7 +12,6 @@ driver already has. See ``session.py`` for what happens on return.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -39,10 +38,6 @@ class MySQLPoolMixin(PooledDatabaseMixin):
     lido_stock_uses_pool = False
     # Set while Django connects: the session of a pooled connection is set up already.
     _lido_checked_out = False
-    # Set while Django's health check runs: a connection it finds unusable is discarded,
-    # not returned to the pool.
-    _lido_discard = False
-
     def get_connection_params(self) -> dict[str, Any]:
         settings_dict = self.settings_dict  # type: ignore[has-type]
         options = settings_dict["OPTIONS"]
@@ -144,21 +139,6 @@ class MySQLPoolMixin(PooledDatabaseMixin):
         if self.connection is None:  # type: ignore[attr-defined]
             return False
         return bool(super().is_usable())  # type: ignore[misc]
-
-    def close_if_health_check_failed(self) -> None:
-        self._lido_discard = True
-        try:
-            super().close_if_health_check_failed()
-        finally:
-            self._lido_discard = False
-
-    def _close(self) -> None:
-        conn = self.connection  # type: ignore[attr-defined]
-        if self._lido_discard and conn is not None and self._lido_conn_pool is not None:
-            # Closed first, the connection comes back to the pool as broken and is dropped.
-            with contextlib.suppress(Exception):
-                conn.close()
-        super()._close()
 
     def lido_server_connection_limit(self) -> int | None:
         """How many connections the server accepts for this user: the tightest of

@@ -24,6 +24,7 @@ from django_lido.backends import registry
 from django_lido.backends.pool_options import CONSUMED_KEYS, PoolSettings, driver_options
 from django_lido.backends.pooled import PooledDatabaseMixin, freeze
 from django_lido.backends.postgresql.creation import DatabaseCreation
+from django_lido.backends.postgresql.features import DatabaseFeatures
 from django_lido.backends.postgresql.session import Session
 from django_lido.errors import PoolTimeout
 
@@ -210,6 +211,7 @@ class PostgresPoolMixin(PooledDatabaseMixin):
 
 class DatabaseWrapper(PostgresPoolMixin, stock.DatabaseWrapper):
     creation_class = DatabaseCreation
+    features_class = DatabaseFeatures
 
 
 checks.register()
