@@ -1,10 +1,11 @@
 """Django's own test suite as an acceptance test for our database backends.
 
 The suite is taken from the sdist of the *installed* Django (downloaded once into a cache),
-run with ``tests/runtests.py`` against a throwaway PostgreSQL (or an existing server), once
-with Django's stock ENGINE and once with ours; every test that passes with the stock backend
-must pass with ours. Per-test outcomes are parsed from the ``-v 2`` output and cross-checked
-against the final ``Ran N tests`` / ``OK`` / ``FAILED`` lines, so a broken parse cannot pass.
+run with ``tests/runtests.py`` against a throwaway PostgreSQL or MariaDB (or an existing
+server), once with Django's stock ENGINE and once with ours; every test that passes with the
+stock backend must pass with ours. Per-test outcomes are parsed from the ``-v 2`` output and
+cross-checked against the final ``Ran N tests`` / ``OK`` / ``FAILED`` lines, so a broken parse
+cannot pass.
 
 Run ``python -m django_lido.testing.django_suite --help`` for the command line.
 """
@@ -30,12 +31,16 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from django_lido.testing.mariadb import ExistingMariaDB, MariaDBServer
 from django_lido.testing.servers import ExistingPostgres, PostgresServer
 
 __all__ = [
     "ACCEPTED_DIFFERENCES",
     "DEFAULT_MODULES",
+    "DRIVER_MODULES",
     "GIS_MODULES",
+    "MYSQL_DRIVERS",
+    "VENDORS",
     "Comparison",
     "SuiteResult",
     "compare",
@@ -46,6 +51,7 @@ __all__ = [
     "parse_output",
     "postgis_available",
     "run_suite",
+    "server_vendor",
     "suite_server",
 ]
 
@@ -58,16 +64,28 @@ DEFAULT_MODULES = (
     "basic",
 )
 GIS_MODULES = ("gis_tests",)
-DRIVERS = ("psycopg", "psycopg2")
+VENDORS = ("postgresql", "mysql")
+DRIVERS = ("psycopg", "psycopg2")  # PostgreSQL's
+MYSQL_DRIVERS = ("mysqlclient", "pymysql")
+VENDOR_DRIVERS = {"postgresql": DRIVERS, "mysql": MYSQL_DRIVERS}  # the first is the default
+# The module each driver is imported as (PyMySQL is made Django's MySQLdb by sitecustomize).
+DRIVER_MODULES = {
+    "psycopg": "psycopg",
+    "psycopg2": "psycopg2",
+    "mysqlclient": "MySQLdb",
+    "pymysql": "pymysql",
+}
 ENGINES = {
     ("stock", False): "django.db.backends.postgresql",
     ("stock", True): "django.contrib.gis.db.backends.postgis",
     ("lido", False): "django_lido.backends.postgresql",
     ("lido", True): "django_lido.backends.postgis",
 }
+MYSQL_ENGINES = {"stock": "django.db.backends.mysql", "lido": "django_lido.backends.mysql"}
 DEFAULT_POOL_OPTIONS: dict[str, Any] = {"max_size": 4}
 DEFAULT_TIMEOUT = 3600.0
 FORCE_PSYCOPG2_ENV = "LIDO_FORCE_PSYCOPG2"
+FORCE_PYMYSQL_ENV = "LIDO_FORCE_PYMYSQL"
 
 # Outcomes as unittest prints them at -v 2 ("skipped 'reason'" is shortened to "skipped").
 OUTCOMES = ("ok", "FAIL", "ERROR", "skipped", "expected failure", "unexpected success")
@@ -104,20 +122,30 @@ REQUIREMENTS = {"tblib": "tblib>=3.0.0"}  # pickles tracebacks of failures under
 
 _SITECUSTOMIZE = f"""\
 # Written by django_lido.testing.django_suite: Django imports psycopg (3) when it can, so
-# hiding it is the only way to run Django on psycopg2 while psycopg is installed.
+# hiding it is the only way to run Django on psycopg2 while psycopg is installed. Django's
+# MySQL backend imports MySQLdb, which PyMySQL can stand in for.
 import os
 import sys
 
 if os.environ.get({FORCE_PSYCOPG2_ENV!r}) == "1":
     sys.modules["psycopg"] = None
+if os.environ.get({FORCE_PYMYSQL_ENV!r}) == "1":
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
 """
 
 _PREFLIGHT = """\
 import json, sys
 import django
-from django.db.backends.postgresql.psycopg_any import is_psycopg3
-info = {"django": django.__version__, "python": sys.version.split()[0],
-        "driver": "psycopg" if is_psycopg3 else "psycopg2"}
+info = {"django": django.__version__, "python": sys.version.split()[0]}
+if "--mysql" in sys.argv:
+    from django.db.backends.mysql.base import Database
+    # "MySQLdb" (mysqlclient), or "pymysql" after pymysql.install_as_MySQLdb()
+    info["driver"] = {"MySQLdb": "mysqlclient"}.get(Database.__name__, Database.__name__)
+else:
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+    info["driver"] = "psycopg" if is_psycopg3 else "psycopg2"
 if "--gis" in sys.argv:
     from django.conf import settings
     settings.configure()
@@ -204,15 +232,28 @@ def ensure_requirements(modules: Iterable[str] = DEFAULT_MODULES) -> list[str]:
 # -- servers -----------------------------------------------------------------------------------
 
 Server = PostgresServer | ExistingPostgres
+MySQLServer = MariaDBServer | ExistingMariaDB
+AnyServer = Server | MySQLServer
+
+
+def server_vendor(server: AnyServer) -> str:
+    """``"mysql"`` for a MariaDB server, else ``"postgresql"``."""
+    return "mysql" if isinstance(server, (MariaDBServer, ExistingMariaDB)) else "postgresql"
 
 
 @contextlib.contextmanager
-def suite_server(database_url: str | None = None) -> Iterator[Server]:
-    """An existing server from ``database_url``, else a throwaway cluster (removed on exit)."""
+def suite_server(
+    database_url: str | None = None, vendor: str = "postgresql"
+) -> Iterator[AnyServer]:
+    """An existing server from ``database_url`` (``postgresql://`` or ``mysql://``), else a
+    throwaway PostgreSQL cluster or MariaDB server for ``vendor`` (removed on exit)."""
+    if vendor not in VENDORS:
+        raise ValueError(f"vendor must be one of {VENDORS}, got {vendor!r}")
     if database_url:
-        yield ExistingPostgres(database_url)
+        yield ExistingMariaDB(database_url) if vendor == "mysql" else ExistingPostgres(database_url)
         return
-    with PostgresServer() as server:
+    throwaway = MariaDBServer() if vendor == "mysql" else PostgresServer()
+    with throwaway as server:
         yield server
 
 
@@ -427,14 +468,33 @@ def _settings_source(databases: Mapping[str, Any]) -> str:
 
 
 def databases_setting(
-    server: Server,
+    server: AnyServer,
     *,
     engine: str,
     prefix: str,
     options: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``DATABASES`` with the ``default`` and ``other`` aliases the suite needs; the test
-    databases are ``test_<prefix>`` and ``test_<prefix>_other`` (plus clones per process)."""
+    databases are ``test_<prefix>`` and ``test_<prefix>_other`` (plus clones per process).
+
+    A throwaway server is reached over TCP; an existing MariaDB over its Unix socket when
+    its URL names one (``?unix_socket=``)."""
+    if isinstance(server, (MariaDBServer, ExistingMariaDB)):
+        my = server.conn_params(tcp=isinstance(server, MariaDBServer))
+        entry = {
+            "ENGINE": engine,
+            "HOST": my["HOST"],
+            "PORT": my["PORT"],
+            "USER": my["USER"],
+            "PASSWORD": my["PASSWORD"],
+            "OPTIONS": dict(options or {}),
+            # Django's MySQL tests expect 4-byte UTF-8 whatever the server's default.
+            "TEST": {"CHARSET": "utf8mb4"},
+        }
+        return {
+            "default": {**entry, "NAME": prefix},
+            "other": {**entry, "NAME": f"{prefix}_other"},
+        }
     params = server._conn_params(dbname=None, tcp=True)
     base = {
         "ENGINE": engine,
@@ -454,8 +514,9 @@ def databases_setting(
     }
 
 
-def _preflight(env: Mapping[str, str], gis: bool) -> dict[str, str]:
-    argv = [sys.executable, "-c", _PREFLIGHT, *(["--gis"] if gis else [])]
+def _preflight(env: Mapping[str, str], gis: bool, vendor: str = "postgresql") -> dict[str, str]:
+    flags = [*(["--gis"] if gis else []), *(["--mysql"] if vendor == "mysql" else [])]
+    argv = [sys.executable, "-c", _PREFLIGHT, *flags]
     proc = subprocess.run(argv, env=dict(env), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"the suite's interpreter cannot load Django:\n{proc.stderr}")
@@ -463,10 +524,10 @@ def _preflight(env: Mapping[str, str], gis: bool) -> dict[str, str]:
 
 
 def run_suite(
-    server: Server,
+    server: AnyServer,
     *,
     engine: str = "stock",
-    driver: str = "psycopg",
+    driver: str | None = None,
     gis: bool = False,
     modules: Sequence[str] | None = None,
     parallel: int = 2,
@@ -477,15 +538,32 @@ def run_suite(
     extra_args: Sequence[str] = (),
 ) -> SuiteResult:
     """Run ``tests/runtests.py`` for ``modules`` with ``engine`` ("stock" or "lido") on
-    ``driver`` ("psycopg" or "psycopg2") and parse every test's outcome.
+    ``driver`` and parse every test's outcome.
 
+    The server's vendor decides the ENGINEs and drivers: PostgreSQL with "psycopg" (default)
+    or "psycopg2", MariaDB/MySQL with "mysqlclient" (default) or "pymysql" (made Django's
+    ``MySQLdb`` with ``pymysql.install_as_MySQLdb()``); ``gis`` is PostgreSQL's only.
     ``pool_options`` is ``OPTIONS["pool"]`` for our ENGINE (default ``{"max_size": 4}``).
     The output goes to ``<log_dir>/<engine>-<driver>[-gis].log``.
     """
-    if driver not in DRIVERS:
-        raise ValueError(f"driver must be one of {DRIVERS}, got {driver!r}")
+    vendor = server_vendor(server)
+    drivers = VENDOR_DRIVERS[vendor]
+    driver = driver or drivers[0]
+    if driver not in drivers:
+        raise ValueError(f"driver must be one of {drivers} for {vendor}, got {driver!r}")
     if (engine, gis) not in ENGINES:
         raise ValueError(f"engine must be 'stock' or 'lido', got {engine!r}")
+    if gis and vendor != "postgresql":
+        raise ValueError("gis_tests run on PostgreSQL (PostGIS) only")
+    engine_path = MYSQL_ENGINES[engine] if vendor == "mysql" else ENGINES[engine, gis]
+    # Django clones MySQL test databases (one per process) with ``mysqldump | mysql``.
+    tools = ("mysqldump", "mysql") if vendor == "mysql" and parallel > 1 else ()
+    if missing := [tool for tool in tools if shutil.which(tool) is None]:
+        raise RuntimeError(
+            f"parallel={parallel} needs {' and '.join(missing)} on PATH (Django's MySQL "
+            "backend clones the test databases with them): install the MariaDB client, "
+            "or run with parallel=1"
+        )
     modules = tuple(modules or (GIS_MODULES if gis else DEFAULT_MODULES))
     source = source or django_source()
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="lido-django-suite-"))
@@ -497,9 +575,7 @@ def run_suite(
     if engine == "lido":
         options["pool"] = dict(DEFAULT_POOL_OPTIONS if pool_options is None else pool_options)
     prefix = f"djsuite_{engine}_{driver}" + ("_gis" if gis else "")
-    databases = databases_setting(
-        server, engine=ENGINES[engine, gis], prefix=prefix, options=options
-    )
+    databases = databases_setting(server, engine=engine_path, prefix=prefix, options=options)
 
     with tempfile.TemporaryDirectory(prefix="lido-django-settings-") as tmp:
         (Path(tmp) / "sitecustomize.py").write_text(_SITECUSTOMIZE)
@@ -507,13 +583,18 @@ def run_suite(
         env = dict(os.environ)
         if isinstance(server, PostgresServer):  # the developer's PG* settings are not for it
             env = {k: v for k, v in env.items() if not k.startswith("PG")}
+        elif isinstance(server, MariaDBServer):  # nor MYSQL_PWD, MYSQL_HOST... (mysqldump)
+            env = {k: v for k, v in env.items() if not k.startswith(("MYSQL_", "MARIADB_"))}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [tmp, os.environ.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("DJANGO_SETTINGS_MODULE", None)
         env[FORCE_PSYCOPG2_ENV] = "1" if driver == "psycopg2" else "0"
-        if driver == "psycopg" and importlib.util.find_spec("psycopg") is None:
-            raise RuntimeError("driver psycopg requested but psycopg (3) is not installed")
-        versions = _preflight(env, gis)
+        env[FORCE_PYMYSQL_ENV] = "1" if driver == "pymysql" else "0"
+        if importlib.util.find_spec(DRIVER_MODULES[driver]) is None:
+            raise RuntimeError(
+                f"driver {driver} requested but {DRIVER_MODULES[driver]} is not installed"
+            )
+        versions = _preflight(env, gis, vendor)
         if versions.pop("driver") != driver:
             raise RuntimeError(f"Django would not use {driver} in the suite's environment")
 
@@ -550,7 +631,7 @@ def run_suite(
         parsed.problems.append(f"the runner exited {returncode} after {parsed.final!r}")
     return SuiteResult(
         label=label,
-        engine=ENGINES[engine, gis],
+        engine=engine_path,
         driver=driver,
         modules=modules,
         parsed=parsed,
@@ -632,16 +713,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     run or an untrustworthy parse)."""
     parser = argparse.ArgumentParser(
         prog="python -m django_lido.testing.django_suite",
-        description="Run Django's own test suite with the stock and/or our PostgreSQL ENGINE.",
+        description=(
+            "Run Django's own test suite with the stock and/or our ENGINE, on PostgreSQL or "
+            "MySQL/MariaDB."
+        ),
     )
-    parser.add_argument("--driver", choices=DRIVERS, default="psycopg")
+    parser.add_argument(
+        "--vendor", choices=VENDORS, default="postgresql",
+        help="postgresql (a throwaway cluster) or mysql (a throwaway MariaDB) (default: "
+        "%(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--driver", choices=(*DRIVERS, *MYSQL_DRIVERS),
+        help="psycopg (default) or psycopg2 for postgresql; mysqlclient (default) or pymysql "
+        "for mysql",
+    )  # fmt: skip
     parser.add_argument("--engine", choices=("stock", "lido", "both"), default="both")
     parser.add_argument("--gis", action="store_true", help="run gis_tests on the PostGIS engines")
     parser.add_argument(
         "--modules", nargs="+", help=f"test labels (default: {' '.join(DEFAULT_MODULES)})"
     )
     parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--database-url", help="use this server instead of a throwaway one")
+    parser.add_argument(
+        "--database-url",
+        help="use this server (postgresql:// or mysql:// URL) instead of a throwaway one",
+    )
     parser.add_argument(
         "--pool-options", type=json.loads, default=DEFAULT_POOL_OPTIONS,
         help="JSON for our ENGINE's OPTIONS['pool'] (default: %(default)s)",
@@ -649,6 +745,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, help="where the logs go (default: a temp dir)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="per run, in s")
     args = parser.parse_args(argv)
+    driver = args.driver or VENDOR_DRIVERS[args.vendor][0]
+    if driver not in VENDOR_DRIVERS[args.vendor]:
+        parser.error(f"--driver {driver} is not a driver for --vendor {args.vendor}")
+    if args.gis and args.vendor != "postgresql":
+        parser.error("--gis needs --vendor postgresql")
 
     engines = ("stock", "lido") if args.engine == "both" else (args.engine,)
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="lido-django-suite-"))
@@ -659,13 +760,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Django source: {source}\nlogs: {log_dir}", flush=True)
 
     results: list[SuiteResult] = []
-    with suite_server(args.database_url) as server:
+    with suite_server(args.database_url, args.vendor) as server:
         if args.gis and (missing := gis_prerequisites(server)):
             print(f"cannot run gis_tests: {missing}", file=sys.stderr)
             return 2
         for engine in engines:
             result = run_suite(
-                server, engine=engine, driver=args.driver, gis=args.gis, modules=args.modules,
+                server, engine=engine, driver=driver, gis=args.gis, modules=args.modules,
                 parallel=args.parallel, pool_options=args.pool_options, log_dir=log_dir,
                 source=source, timeout=args.timeout,
             )  # fmt: skip
