@@ -34,6 +34,7 @@ PY313_REQS=(
   "psycopg[binary]>=3.1"
   "psycopg-pool>=3.2"
   "Django>=6.1,<6.2"
+  "django-db-connection-pool>=1.2"
   "psycopg2-binary>=2.9.9"
   "tblib>=3"
   "PyMySQL>=1.1"

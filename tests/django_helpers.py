@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
+import threading
 from typing import Any
 
 import django
@@ -80,3 +82,26 @@ def database(
 def handler(**databases: dict[str, Any]) -> ConnectionHandler:
     """A private ConnectionHandler (Django's ``connections`` for these entries)."""
     return ConnectionHandler(databases)
+
+
+def one(w: Any, sql: str, params: Any = None) -> Any:
+    """The first column of the first row of ``sql`` run through Django wrapper ``w``."""
+    with w.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchone()[0]
+
+
+def write_in_a_thread_that_dies(h: ConnectionHandler, sql: str) -> None:
+    """A thread takes ``h``'s default connection, runs ``sql`` in a transaction and ends
+    holding it, without commit or close; returns once the thread's objects are collected."""
+
+    def take_and_die() -> None:
+        w = h["default"]
+        w.set_autocommit(False)
+        with w.cursor() as cur:
+            cur.execute(sql)
+
+    t = threading.Thread(target=take_and_die)
+    t.start()
+    t.join()
+    gc.collect()

@@ -3,7 +3,6 @@ subprocess), against a real server."""
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
@@ -20,7 +19,14 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, OperationalError
 from django.test.utils import override_settings
-from django_helpers import configure, database, handler, unique
+from django_helpers import (
+    configure,
+    database,
+    handler,
+    one,
+    unique,
+    write_in_a_thread_that_dies,
+)
 
 CREATION_DB = "lido_creation_src"
 
@@ -37,12 +43,6 @@ def dj(pg: Any) -> Any:
         ),
     )
     return pg
-
-
-def one(w: Any, sql: str, params: Any = None) -> Any:
-    with w.cursor() as cur:
-        cur.execute(sql, params)
-        return cur.fetchone()[0]
 
 
 def app_of(w: Any) -> str:
@@ -191,17 +191,7 @@ def test_a_dead_threads_connection_is_reclaimed_and_its_writes_lost(dj: Any) -> 
     dj.execute(f"CREATE TABLE {table} (n int)")
     h = handler(default=database(dj, pool={"max_size": 1, "timeout": 10}))
 
-    def take_and_die() -> None:
-        w = h["default"]
-        w.set_autocommit(False)
-        with w.cursor() as cur:
-            cur.execute(f"INSERT INTO {table} VALUES (1)")
-        # the thread ends holding the connection, without close()
-
-    t = threading.Thread(target=take_and_die)
-    t.start()
-    t.join()
-    gc.collect()
+    write_in_a_thread_that_dies(h, f"INSERT INTO {table} VALUES (1)")
     w = h["default"]
     assert one(w, f"SELECT count(*) FROM {table}") == 0
     assert w.pool.stats()["connections_leaked"] == 1
@@ -507,9 +497,9 @@ def test_custom_check_option_runs_at_checkout_after_idle(dj: Any) -> None:
         checked.append(conn.info.backend_pid)
         conn.execute("SELECT 1")
 
-    w = handler(
-        default=database(dj, pool={"max_size": 1, "check": check, "check_after_idle": 0})
-    )["default"]
+    w = handler(default=database(dj, pool={"max_size": 1, "check": check, "check_after_idle": 0}))[
+        "default"
+    ]
     pid = one(w, "SELECT pg_backend_pid()")
     w.close()
     assert one(w, "SELECT pg_backend_pid()") == pid

@@ -21,7 +21,14 @@ import django_lido
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test.utils import override_settings
-from django_helpers import configure, global_alias, handler, unique
+from django_helpers import (
+    configure,
+    global_alias,
+    handler,
+    one,
+    unique,
+    write_in_a_thread_that_dies,
+)
 from django_lido.testing.mariadb import MariaDBServer
 from helpers import eventually
 
@@ -73,12 +80,6 @@ def dj(maria: MariaDBServer) -> MariaDBServer:
     pytest.importorskip("MySQLdb")
     configure(None, default=mysql_db(maria, pool={"max_size": 4}))
     return maria
-
-
-def one(w: Any, sql: str, params: Any = None) -> Any:
-    with w.cursor() as cur:
-        cur.execute(sql, params)
-        return cur.fetchone()[0]
 
 
 def general_log(server: MariaDBServer) -> Any:
@@ -469,20 +470,10 @@ def test_a_read_only_transaction_does_not_pin_its_snapshot(dj: MariaDBServer, ta
 def test_a_dead_threads_connection_is_reclaimed_and_its_writes_lost(
     dj: MariaDBServer, table: str
 ) -> None:
-    import gc
 
     h = handler(default=mysql_db(dj, pool={"max_size": 1, "timeout": 10}))
 
-    def take_and_die() -> None:
-        w = h["default"]
-        w.set_autocommit(False)
-        with w.cursor() as cur:
-            cur.execute(f"INSERT INTO {table} VALUES (1)")
-
-    t = threading.Thread(target=take_and_die)
-    t.start()
-    t.join()
-    gc.collect()
+    write_in_a_thread_that_dies(h, f"INSERT INTO {table} VALUES (1)")
     w = h["default"]
     assert one(w, f"SELECT count(*) FROM {table}") == 0
     assert w.pool.stats()["connections_leaked"] == 1

@@ -126,6 +126,25 @@ impl<C> State<C> {
         (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Hands a connection that is not in use to the first waiter (it is then in use, with
+    /// one more use, and checked by the probe only, since it was in use a moment ago), or
+    /// puts it on the idle stack. The caller notifies the returned waiter once the lock is
+    /// released.
+    fn hand_on(&mut self, mut conn: Pooled<C>) -> Option<Arc<Waiter<C>>> {
+        let Some(w) = self.waiters.pop_front() else {
+            self.idle.push(conn);
+            return None;
+        };
+        self.in_use += 1;
+        conn.meta.uses += 1;
+        let check = Check {
+            probe: true,
+            round_trip: false,
+        };
+        w.give(Grant::Conn(conn, check));
+        Some(w)
+    }
+
     fn new_meta(&mut self, now: Instant, uses: u64) -> ConnMeta {
         self.next_id += 1;
         let jitter = self.cfg.lifetime_jitter * self.random_unit();
@@ -367,19 +386,11 @@ impl<C> Engine<C> {
             return Some(st.retire(conn, reason, &self.stats));
         }
         conn.meta.last_used = now;
-        if let Some(w) = st.waiters.pop_front() {
-            st.in_use += 1;
-            conn.meta.uses += 1;
-            let check = Check {
-                probe: true,
-                round_trip: false,
-            };
-            w.give(Grant::Conn(conn, check));
+        if let Some(w) = st.hand_on(conn) {
             drop(st);
             w.notify();
             return None;
         }
-        st.idle.push(conn);
         self.evict_stale_idle(&mut st, now)
     }
 
@@ -436,24 +447,18 @@ impl<C> Engine<C> {
         now: Instant,
         took: Duration,
     ) -> Disposal<C> {
-        let conn = match self.opened(permit, payload, now, took) {
+        let mut conn = match self.opened(permit, payload, now, took) {
             Ok(conn) => conn,
             Err(retired) => return Some(retired),
         };
+        // Nobody has used it yet (`opened` counts the opener's use).
+        conn.meta.uses = 0;
         let mut st = self.state.lock();
         st.in_use -= 1;
-        if let Some(w) = st.waiters.pop_front() {
-            st.in_use += 1;
-            let check = Check {
-                probe: true,
-                round_trip: false,
-            };
-            w.give(Grant::Conn(conn, check));
+        if let Some(w) = st.hand_on(conn) {
             drop(st);
             w.notify();
-            return None;
         }
-        st.idle.push(conn);
         None
     }
 

@@ -228,6 +228,30 @@ fn max_uses_and_broken_returns_are_closed() {
 }
 
 #[test]
+fn max_uses_counts_only_real_uses_of_a_maintenance_opened_connection() {
+    let e = engine(Config {
+        min_size: 1,
+        max_size: 1,
+        max_uses: 2,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let permit = e.maintain(t).unwrap().open.pop().unwrap();
+    assert!(e.opened_idle(permit, 7, t, Duration::ZERO).is_none());
+    let c = get(&e, t, 0);
+    assert_eq!((c.payload, c.meta.uses), (7, 1));
+    assert!(
+        e.release(c, true, t).is_none(),
+        "one use of two: kept for another"
+    );
+    let c = get(&e, t, 0);
+    assert_eq!(c.meta.uses, 2);
+    let r = e.release(c, true, t).unwrap();
+    assert_eq!(r.reason, CloseReason::MaxUses);
+    e.discarded(r);
+}
+
+#[test]
 fn max_idle_closes_only_above_min_size() {
     let e = engine(Config {
         min_size: 1,

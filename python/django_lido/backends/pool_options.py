@@ -16,7 +16,7 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from django_lido.options import validate
+from django_lido.options import DEFAULTS, validate
 
 # OPTIONS keys this layer consumes; the rest go to the driver.
 POOL_KEY = "pool"
@@ -134,8 +134,6 @@ def pool_settings(alias: str, options: Mapping[str, Any]) -> PoolSettings | None
     if "min_size" in engine_opts and "max_size" not in engine_opts:
         # Unlike psycopg_pool (max_size defaults to min_size), a larger min_size raises
         # the default max_size with it rather than being an error.
-        from django_lido.options import DEFAULTS
-
         engine_opts["max_size"] = max(engine_opts["min_size"], DEFAULTS["max_size"])
     try:
         engine = validate(engine_opts)

@@ -18,10 +18,17 @@ import contextlib
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
 
 from django_lido.backends import registry
-from django_lido.backends.pool_options import PoolSettings, pool_settings
+from django_lido.backends.pool_options import (
+    CONSUMED_KEYS,
+    PoolSettings,
+    driver_options,
+    pool_settings,
+)
+from django_lido.errors import PoolTimeout
 from django_lido.pool import Pool
 
 Conn = Any
@@ -50,10 +57,12 @@ class PooledDatabaseMixin:
     _lido_conn_pool: Pool | None = None
     # While ``get_new_connection`` runs: the pool Django's stock code must take from.
     _lido_next_pool: Pool | None = None
-    # Cache of the last look-up: (raw OPTIONS pool settings, parsed) and
-    # (connection parameters, pool), compared by equality on each connect.
+    # Caches of the last look-ups, checked on each connect: (raw OPTIONS pool settings,
+    # parsed), (what the connection parameters depend on, OPTIONS, the parameters) and
+    # (the parameters, their pool).
     _lido_settings_cache: tuple[Any, PoolSettings | None] | None = None
-    _lido_pool_cache: tuple[dict[str, Any], PoolSettings, Pool] | None = None
+    _lido_params_cache: tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]] | None = None
+    _lido_pool_cache: tuple[dict[str, Any], Pool] | None = None
     # Set while Django's health check runs: a connection it closes is discarded.
     _lido_discard = False
 
@@ -78,6 +87,24 @@ class PooledDatabaseMixin:
         """A function opening one set-up physical connection, and the reset hook."""
         raise NotImplementedError
 
+    def _lido_timeout_bases(self) -> tuple[type[BaseException], ...]:
+        """What a ``PoolTimeout`` raised by the backend also is: the driver's
+        ``OperationalError``, so that Django wraps it like any failed connect."""
+        return (self.Database.OperationalError,)  # type: ignore[attr-defined]
+
+    def _lido_build_connection_params(self) -> dict[str, Any]:
+        """Django's connection parameters, built from the driver options only (Django passes
+        every OPTIONS key to the driver, and its psycopg2 code refuses "pool")."""
+        settings_dict = self.settings_dict  # type: ignore[has-type]
+        options = settings_dict["OPTIONS"]
+        if CONSUMED_KEYS.isdisjoint(options):
+            return super().get_connection_params()  # type: ignore[misc, no-any-return]
+        self.settings_dict = {**settings_dict, "OPTIONS": driver_options(options)}
+        try:
+            return super().get_connection_params()  # type: ignore[misc, no-any-return]
+        finally:
+            self.settings_dict = settings_dict
+
     # --- settings and pool look-up --------------------------------------------------------
     def _lido_settings(self) -> PoolSettings | None:
         options = self.settings_dict["OPTIONS"]  # type: ignore[attr-defined]
@@ -95,21 +122,42 @@ class PooledDatabaseMixin:
     def _lido_registry_key(self, conn_params: dict[str, Any], settings: PoolSettings) -> Hashable:
         return (type(self).__module__, self._lido_key(conn_params), settings.pool_key())
 
+    def get_connection_params(self) -> dict[str, Any]:
+        # Django builds the parameters on every connect, that is at every checkout; they
+        # change only with the settings, so the last result is reused (the same object)
+        # while what goes into it compares equal: a few fields, OPTIONS, the time zone and
+        # the pool settings.
+        sd = self.settings_dict  # type: ignore[has-type]
+        options = sd["OPTIONS"]
+        fingerprint = (
+            sd["NAME"],
+            sd["USER"],
+            sd["PASSWORD"],
+            sd["HOST"],
+            sd["PORT"],
+            self.timezone,  # type: ignore[attr-defined]
+            django_settings.USE_TZ,
+            self._lido_settings() if self.alias != NO_DB_ALIAS else None,  # type: ignore[attr-defined]
+        )
+        cached = self._lido_params_cache
+        if cached is not None and cached[0] == fingerprint and cached[1] == options:
+            return cached[2]
+        params = self._lido_build_connection_params()
+        self._lido_params_cache = (fingerprint, dict(options), params)
+        return params
+
     def _lido_pool_for(self, conn_params: dict[str, Any]) -> Pool | None:
         """The pool for these parameters (created on first use), or None if pooling is off."""
+        cached = self._lido_pool_cache
+        # The parameters object is the cached one while the settings, pool settings
+        # included, are unchanged (get_connection_params): then so is the pool.
+        if cached is not None and cached[0] is conn_params and not cached[1].closed:
+            return cached[1]
         if self.alias == NO_DB_ALIAS:  # type: ignore[attr-defined]
             return None
         settings = self._lido_settings()
         if settings is None:
             return None
-        cached = self._lido_pool_cache
-        if (
-            cached is not None
-            and cached[1] is settings
-            and not cached[2].closed
-            and cached[0] == conn_params
-        ):
-            return cached[2]
         key = self._lido_registry_key(conn_params, settings)
         pool = registry.get(key)
         if pool is None or pool.closed:
@@ -133,7 +181,7 @@ class PooledDatabaseMixin:
                 return pool
 
             pool = registry.get_or_create(key, target, create)
-        self._lido_pool_cache = (conn_params, settings, pool)
+        self._lido_pool_cache = (conn_params, pool)
         return pool
 
     @property
@@ -147,16 +195,19 @@ class PooledDatabaseMixin:
     # --- Django's hook points -------------------------------------------------------------
     def get_new_connection(self, conn_params: dict[str, Any]) -> Conn:
         pool = self._lido_pool_for(conn_params)
-        if pool is not None and not self.lido_stock_uses_pool:
-            conn = pool.getconn()
-        else:
-            # Django's stock code takes the connection from ``self.pool`` (Django's native
-            # pool protocol: open(), getconn()) and then does its per-connection set-up.
-            self._lido_next_pool = pool
-            try:
-                conn = super().get_new_connection(conn_params)  # type: ignore[misc]
-            finally:
-                self._lido_next_pool = None
+        try:
+            if pool is not None and not self.lido_stock_uses_pool:
+                conn = pool.getconn()
+            else:
+                # Django's stock code takes the connection from ``self.pool`` (Django's
+                # native pool protocol: open(), getconn()), then does its set-up.
+                self._lido_next_pool = pool
+                try:
+                    conn = super().get_new_connection(conn_params)  # type: ignore[misc]
+                finally:
+                    self._lido_next_pool = None
+        except PoolTimeout as exc:
+            raise _timeout_class(self._lido_timeout_bases())(*exc.args) from None
         self._lido_conn_pool = pool
         return conn
 
@@ -201,3 +252,15 @@ class PooledDatabaseMixin:
             BaseDatabaseWrapper.close_if_health_check_failed(self)  # type: ignore[arg-type]
         finally:
             self._lido_discard = False
+
+
+_timeout_classes: dict[tuple[type[BaseException], ...], type[PoolTimeout]] = {}
+
+
+def _timeout_class(bases: tuple[type[BaseException], ...]) -> type[PoolTimeout]:
+    """``PoolTimeout`` that is also each of ``bases`` (one class per combination)."""
+    cls = _timeout_classes.get(bases)
+    if cls is None:
+        cls = type("PoolTimeout", (PoolTimeout, *bases), {"__module__": __name__})
+        _timeout_classes[bases] = cls
+    return cls

@@ -22,10 +22,10 @@ import time
 import urllib.parse
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Self
+from typing import Any
 
 from ._spawn import SpawnedServer
-from .servers import _apt_install, _base_tempdir, _is_root, free_port
+from .servers import ExistingServer, _apt_install, _base_tempdir, _is_root, free_port
 
 __all__ = [
     "ExistingMariaDB",
@@ -360,7 +360,7 @@ class MariaDBServer(_MariaDBClient, SpawnedServer):
         return f"<MariaDBServer port={self.port} dir={self.tmpdir}>"
 
 
-class ExistingMariaDB(_MariaDBClient):
+class ExistingMariaDB(_MariaDBClient, ExistingServer):
     """An externally managed server from a ``mysql://`` (or ``mariadb://``) URL, such as
     ``MYSQL_URL`` in CI: ``mysql://user:password@host:port/dbname?unix_socket=/path``.
 
@@ -379,30 +379,6 @@ class ExistingMariaDB(_MariaDBClient):
         self.dbname = unquote(parts.path.lstrip("/")) or None
         query = dict(urllib.parse.parse_qsl(parts.query))
         self.unix_socket = query.get("unix_socket") or query.get("socket")
-
-    def _unsupported(self, what: str) -> RuntimeError:
-        return RuntimeError(f"ExistingMariaDB.{what}() needs a throwaway server")
-
-    def start(self) -> Self:
-        return self  # already running, managed elsewhere
-
-    def stop(self, mode: str = "fast") -> None:
-        raise self._unsupported("stop")
-
-    def restart(self) -> None:
-        raise self._unsupported("restart")
-
-    def kill(self) -> None:
-        raise self._unsupported("kill")
-
-    def cleanup(self) -> None:
-        """Nothing to clean up: the server is not ours."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        pass
 
     def __repr__(self) -> str:
         return f"<ExistingMariaDB {self.user}@{self.host}:{self.port}/{self.dbname or ''}>"

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ExistingPostgres",
+    "ExistingServer",
     "PostgresServer",
     "ThrowawayServer",
     "find_postgres_bindir",
@@ -570,7 +571,36 @@ class PostgresServer(_PostgresClient, ThrowawayServer):
             lock.unlink(missing_ok=True)
 
 
-class ExistingPostgres(_PostgresClient):
+class ExistingServer:
+    """Lifecycle of a server the test run does not own (from a URL): already started,
+    nothing to clean up, and stop/restart/kill refused, since they need a throwaway one."""
+
+    def _unsupported(self, what: str) -> RuntimeError:
+        return RuntimeError(f"{type(self).__name__}.{what}() needs a throwaway server")
+
+    def start(self) -> Self:
+        return self  # already running, managed elsewhere
+
+    def stop(self, mode: str = "fast") -> None:
+        raise self._unsupported("stop")
+
+    def restart(self) -> None:
+        raise self._unsupported("restart")
+
+    def kill(self) -> None:
+        raise self._unsupported("kill")
+
+    def cleanup(self) -> None:
+        """Nothing to clean up: the server is not ours."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+
+class ExistingPostgres(_PostgresClient, ExistingServer):
     """An externally managed server from a ``postgresql://`` URL (e.g. ``DATABASE_URL`` in CI).
 
     Offers the read/admin interface of ``PostgresServer``; lifecycle operations need a server
@@ -610,30 +640,6 @@ class ExistingPostgres(_PostgresClient):
             params["password"] = self.password
         params.update(self.options)
         return params
-
-    def _unsupported(self, what: str) -> RuntimeError:
-        return RuntimeError(f"ExistingPostgres.{what}() needs a throwaway server")
-
-    def start(self) -> Self:
-        return self  # already running, managed elsewhere
-
-    def stop(self, mode: str = "fast") -> None:
-        raise self._unsupported("stop")
-
-    def restart(self) -> None:
-        raise self._unsupported("restart")
-
-    def kill(self) -> None:
-        raise self._unsupported("kill")
-
-    def cleanup(self) -> None:
-        """Nothing to clean up: the server is not ours."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        pass
 
     def __repr__(self) -> str:
         return f"<ExistingPostgres {self.user}@{self.host}:{self.port}/{self.dbname}>"

@@ -23,9 +23,8 @@ from django_lido import checks
 from django_lido.backends import registry
 from django_lido.backends.mysql.creation import DatabaseCreation
 from django_lido.backends.mysql.session import Session
-from django_lido.backends.pool_options import CONSUMED_KEYS, PoolSettings, driver_options
+from django_lido.backends.pool_options import PoolSettings
 from django_lido.backends.pooled import PooledDatabaseMixin, freeze
-from django_lido.errors import PoolTimeout
 
 Conn = Any
 
@@ -38,17 +37,6 @@ class MySQLPoolMixin(PooledDatabaseMixin):
     lido_stock_uses_pool = False
     # Set while Django connects: the session of a pooled connection is set up already.
     _lido_checked_out = False
-    def get_connection_params(self) -> dict[str, Any]:
-        settings_dict = self.settings_dict  # type: ignore[has-type]
-        options = settings_dict["OPTIONS"]
-        if CONSUMED_KEYS.isdisjoint(options):
-            return super().get_connection_params()  # type: ignore[misc]
-        # Django passes every OPTIONS key to the driver, which would refuse "pool".
-        self.settings_dict = {**settings_dict, "OPTIONS": driver_options(options)}
-        try:
-            return super().get_connection_params()  # type: ignore[misc]
-        finally:
-            self.settings_dict = settings_dict
 
     def _lido_driver_name(self) -> str:
         # "MySQLdb" for mysqlclient; "pymysql" after pymysql.install_as_MySQLdb().
@@ -111,15 +99,7 @@ class MySQLPoolMixin(PooledDatabaseMixin):
         return open_connection, session.reset_hook(settings.reset)
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Conn:
-        try:
-            conn = super().get_new_connection(conn_params)
-        except PoolTimeout as exc:
-            # Also the driver's OperationalError, so that Django wraps it like any failed
-            # connect (as psycopg_pool's PoolTimeout is with the PostgreSQL backend).
-            cls = _driver_timeout(self.Database)  # type: ignore[attr-defined]
-            if isinstance(exc, cls):
-                raise
-            raise cls(*exc.args) from None
+        conn = super().get_new_connection(conn_params)
         self._lido_checked_out = self._lido_conn_pool is not None
         return conn
 
@@ -148,17 +128,6 @@ class MySQLPoolMixin(PooledDatabaseMixin):
             cursor.execute("SELECT @@max_connections, @@max_user_connections")
             limits = [n for n in cursor.fetchone() if n is not None and n > 0]
         return min(limits) if limits else None
-
-
-_timeouts: dict[Any, type[PoolTimeout]] = {}
-
-
-def _driver_timeout(database: Any) -> type[PoolTimeout]:
-    cls = _timeouts.get(database)
-    if cls is None:
-        bases = (PoolTimeout, database.OperationalError)
-        cls = _timeouts[database] = type("PoolTimeout", bases, {"__module__": __name__})
-    return cls
 
 
 class DatabaseWrapper(MySQLPoolMixin, stock.DatabaseWrapper):

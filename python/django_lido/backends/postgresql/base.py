@@ -14,19 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from django.conf import settings as django_settings
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.postgresql import base as stock
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
 from django_lido import checks
 from django_lido.backends import registry
-from django_lido.backends.pool_options import CONSUMED_KEYS, PoolSettings, driver_options
+from django_lido.backends.pool_options import PoolSettings
 from django_lido.backends.pooled import PooledDatabaseMixin, freeze
 from django_lido.backends.postgresql.creation import DatabaseCreation
 from django_lido.backends.postgresql.features import DatabaseFeatures
 from django_lido.backends.postgresql.session import Session
-from django_lido.errors import PoolTimeout
 
 Conn = Any
 
@@ -34,71 +32,26 @@ Conn = Any
 PSYCOPG_PREPARE_THRESHOLD = 5
 
 
-def _native_compatible_timeout() -> type[PoolTimeout]:
-    """Code written for Django's native pool catches ``psycopg_pool.PoolTimeout``; with
-    psycopg_pool installed, the timeout raised here is both that and ours."""
-    try:
-        from psycopg_pool import PoolTimeout as NativePoolTimeout
-    except ImportError:
-        return PoolTimeout
-    return type("PoolTimeout", (PoolTimeout, NativePoolTimeout), {"__module__": __name__})
-
-
 class PostgresPoolMixin(PooledDatabaseMixin):
     """PostgreSQL specifics of pooling; mixed in front of a stock PostgreSQL wrapper."""
 
     lido_vendor = "postgresql"
-    _lido_timeout_class: type[PoolTimeout] | None = None
-    _lido_params_cache: tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]] | None = None
 
-    def get_new_connection(self, conn_params: dict[str, Any]) -> Conn:
-        try:
-            return super().get_new_connection(conn_params)
-        except PoolTimeout as exc:
-            cls = PostgresPoolMixin._lido_timeout_class
-            if cls is None:
-                cls = PostgresPoolMixin._lido_timeout_class = (
-                    _native_compatible_timeout() if is_psycopg3 else PoolTimeout
-                )
-            if cls is PoolTimeout or isinstance(exc, cls):
-                raise
-            raise cls(*exc.args) from None
-
-    def get_connection_params(self) -> dict[str, Any]:
-        # Django builds the parameters on every connect, that is at every checkout; they
-        # change only with the settings, so the last result is reused while the settings
-        # that go into it compare equal (a few fields, the OPTIONS dict, the time zone).
-        sd = self.settings_dict  # type: ignore[has-type]
-        options = sd["OPTIONS"]
-        fingerprint = (
-            sd["NAME"],
-            sd["USER"],
-            sd["PASSWORD"],
-            sd["HOST"],
-            sd["PORT"],
-            self.timezone,  # type: ignore[attr-defined]
-            django_settings.USE_TZ,
-            self._lido_settings() if self.alias != stock.NO_DB_ALIAS else None,  # type: ignore[attr-defined]
-        )
-        cached = self._lido_params_cache
-        if cached is not None and cached[0] == fingerprint and cached[1] == options:
-            return cached[2]
-        params = self._lido_build_connection_params()
-        self._lido_params_cache = (fingerprint, dict(options), params)
-        return params
+    def _lido_timeout_bases(self) -> tuple[type[BaseException], ...]:
+        # Code written for Django's native pool catches psycopg_pool.PoolTimeout (itself a
+        # psycopg OperationalError).
+        if is_psycopg3:
+            try:
+                from psycopg_pool import PoolTimeout as NativePoolTimeout
+            except ImportError:
+                pass
+            else:
+                return (NativePoolTimeout,)
+        return super()._lido_timeout_bases()
 
     def _lido_build_connection_params(self) -> dict[str, Any]:
-        settings_dict = self.settings_dict  # type: ignore[has-type]
-        options = settings_dict["OPTIONS"]
-        if CONSUMED_KEYS.isdisjoint(options):
-            params = super().get_connection_params()  # type: ignore[misc]
-        else:
-            # Django's code must see only driver options (with psycopg2 it refuses "pool").
-            self.settings_dict = {**settings_dict, "OPTIONS": driver_options(options)}
-            try:
-                params = super().get_connection_params()  # type: ignore[misc]
-            finally:
-                self.settings_dict = settings_dict
+        params = super()._lido_build_connection_params()
+        options = self.settings_dict["OPTIONS"]  # type: ignore[has-type]
         if is_psycopg3 and self.alias != stock.NO_DB_ALIAS:  # type: ignore[attr-defined]
             settings = self._lido_settings()
             if settings is not None:
