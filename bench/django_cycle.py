@@ -1,13 +1,15 @@
 """Django-level benchmark: no pool, persistent connections, Django's native pool,
-django-db-connection-pool and django-lido, side by side in one run.
+django-db-connection-pool and django-lido, side by side in one run, on PostgreSQL or MariaDB.
 
-One throwaway PostgreSQL (django_lido.testing.servers, Unix socket, trust) unless --conninfo
-is given. Every (variant, scenario) runs in its own child process of this script (Django
-settings are per process): `--child VARIANT SCENARIO` configures Django with
-settings.configure(), warms up for --warmup seconds, measures for --seconds and prints one JSON
-line. The parent interleaves repetitions (rotating the order of the variants each repetition),
-takes medians and prints the tables; unless --no-write it also rewrites the `django_cycle`
-section of docs/benchmarks.md.
+One throwaway server (Unix socket) unless --conninfo / --mysql-url is given: PostgreSQL from
+django_lido.testing.servers (trust), or with --vendor mysql MariaDB from
+django_lido.testing.mariadb (root, no password; mysqlclient, or PyMySQL with --driver pymysql).
+Every (variant, scenario) runs in its own child process of this script (Django settings are per
+process): `--child VARIANT SCENARIO` configures Django with settings.configure(), warms up for
+--warmup seconds, measures for --seconds and prints one JSON line. The parent interleaves
+repetitions (rotating the order of the variants each repetition), takes medians and prints the
+tables; unless --no-write it also rewrites the `django_cycle` (PostgreSQL) or
+`django_cycle_mysql` (MariaDB) section of docs/benchmarks.md.
 
 Scenarios:
 
@@ -15,15 +17,21 @@ Scenarios:
   (the persistent variant never closes: the limit) -> iterations/s;
 * b: --threads threads (16), each cycle `close_old_connections()`, `select 1`, a primary-key
   lookup in a 1,000-row table, `close_old_connections()` -> cycles/s, fairness (min/max
-  cycles per thread), peak server connections (pg_stat_activity polled by the parent);
-* c: one thread, a 4-table ORM query (`Book` with `select_related` author, publisher, store,
-  filtered and ordered, first 10 rows), one checkout per query -> queries/s; also reports
-  how many statements the server holds prepared on the connection at the end.
+  cycles per thread), peak server connections (pg_stat_activity or the MariaDB processlist,
+  polled by the parent);
+* c (PostgreSQL only): one thread, a 4-table ORM query (`Book` with `select_related` author,
+  publisher, store, filtered and ordered, first 10 rows), one checkout per query ->
+  queries/s; also reports how many statements the server holds prepared on the connection at
+  the end.
+
+MySQL has no native pool in Django and no server-side binding: on MariaDB the variants are no
+pool, persistent, django-db-connection-pool and lido, in (a) and (b).
 
 Run from the repo root (Python 3.13 venv: the one the anchor figures were taken with):
 
-    .venv313/bin/python bench/django_cycle.py            # about 4-5 minutes
-    .venv313/bin/python bench/django_cycle.py --quick    # about a minute, smoke figures
+    .venv313/bin/python bench/django_cycle.py                  # about 4-5 minutes
+    .venv313/bin/python bench/django_cycle.py --quick          # about a minute, smoke figures
+    .venv313/bin/python bench/django_cycle.py --vendor mysql   # MariaDB, about 2-3 minutes
 """
 
 from __future__ import annotations
@@ -38,8 +46,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +55,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common
 
-SECTION = "django_cycle"
+VENDORS = ("postgresql", "mysql")  # Django's vendor names, also the backends' module names
+SECTIONS = {"postgresql": "django_cycle", "mysql": "django_cycle_mysql"}
 DBNAME = "djbench"
 APP_LABEL = "djbench"
 ITEMS = 1000
@@ -72,6 +81,9 @@ KINDS: dict[str, str] = {  # kind -> row label
     "lido": "lido",
     "lido_ssb": "lido + server_side_binding",
 }
+MYSQL_DRIVERS = {"mysqlclient": "MySQLdb", "pymysql": "pymysql"}  # --driver -> module
+# Django's MySQL backend has no pool, and MySQLdb/PyMySQL bind on the client only.
+POSTGRESQL_ONLY = frozenset({"native", "native_ssbp", "lido_ssb"})
 
 
 def split_key(key: str) -> tuple[str, int | None]:
@@ -92,10 +104,14 @@ def label(key: str, threads: int) -> str:
     return f"{KINDS[kind]}, max {n}"
 
 
-def database_settings(key: str, db: dict[str, str]) -> dict[str, Any]:
+def database_settings(key: str, db: dict[str, str], vendor: str) -> dict[str, Any]:
+    """The DATABASES entry of a variant; `db` has host (a Unix socket: a directory for
+    PostgreSQL, the socket file for MySQL), port, user and maybe password."""
     kind, n = split_key(key)
+    if kind in POSTGRESQL_ONLY and vendor != "postgresql":
+        raise ValueError(f"variant {key!r} is PostgreSQL-only")
     entry: dict[str, Any] = {
-        "ENGINE": "django.db.backends.postgresql",
+        "ENGINE": f"django.db.backends.{vendor}",
         "NAME": DBNAME,
         "USER": db["user"],
         "HOST": db["host"],
@@ -116,10 +132,10 @@ def database_settings(key: str, db: dict[str, str]) -> dict[str, Any]:
             "pool": {"min_size": n, "max_size": n},
         }
     elif kind == "dbcp":
-        entry["ENGINE"] = "dj_db_conn_pool.backends.postgresql"
+        entry["ENGINE"] = f"dj_db_conn_pool.backends.{vendor}"
         entry["POOL_OPTIONS"] = {"POOL_SIZE": n, "MAX_OVERFLOW": 0}
     elif kind == "lido":
-        entry["ENGINE"] = "django_lido.backends.postgresql"
+        entry["ENGINE"] = f"django_lido.backends.{vendor}"
         entry["OPTIONS"] = {"pool": {"max_size": n}}
     elif kind == "lido_ssb":
         entry["ENGINE"] = "django_lido.backends.postgresql"
@@ -128,6 +144,13 @@ def database_settings(key: str, db: dict[str, str]) -> dict[str, Any]:
 
 
 def scenario_variants(scenario: str, args: argparse.Namespace) -> list[str]:
+    keys = postgresql_variants(scenario, args)
+    if args.vendor == "postgresql":
+        return keys
+    return [k for k in keys if split_key(k)[0] not in POSTGRESQL_ONLY]
+
+
+def postgresql_variants(scenario: str, args: argparse.Namespace) -> list[str]:
     n, t = args.size, args.threads
     if scenario == "a":
         return ["nopool", "persistent", f"native-{n}", f"dbcp-{n}", f"lido-{n}"]
@@ -149,16 +172,20 @@ def scenario_variants(scenario: str, args: argparse.Namespace) -> list[str]:
 # --- child: Django set-up ------------------------------------------------------------------------
 
 
-def configure_django(key: str, db: dict[str, str]) -> None:
+def configure_django(key: str, db: dict[str, str], args: argparse.Namespace) -> None:
     import django
     from django.conf import settings
 
+    if args.vendor == "mysql" and args.driver == "pymysql":
+        import pymysql
+
+        pymysql.install_as_MySQLdb()  # before Django's MySQL backend imports MySQLdb
     settings.configure(
         DEBUG=False,
         USE_TZ=True,
         TIME_ZONE="UTC",
         INSTALLED_APPS=[],
-        DATABASES={"default": database_settings(key, db)},
+        DATABASES={"default": database_settings(key, db, args.vendor)},
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         LOGGING_CONFIG=None,
     )
@@ -234,13 +261,25 @@ def child_setup(m: dict[str, Any]) -> dict[str, Any]:
         for i in range(BOOKS)
     )
     with connection.cursor() as cur:
-        cur.execute("ANALYZE")
+        if connection.vendor == "postgresql":
+            cur.execute("ANALYZE")
+        else:  # fresh statistics for the planner, as ANALYZE above (returns a status row each)
+            cur.execute("ANALYZE TABLE " + ", ".join(model._meta.db_table for model in m.values()))
+            cur.fetchall()
         cur.execute(f"SELECT count(*) FROM {APP_LABEL}_item")
         (items,) = cur.fetchone()
-        cur.execute("SHOW TimeZone")
-        (server_tz,) = cur.fetchone()
+        server_tz = server_timezone(cur, connection.vendor)
     connection.close()
     return {"items": items, "server_timezone": server_tz}
+
+
+def server_timezone(cur: Any, vendor: str) -> str:
+    if vendor == "postgresql":
+        cur.execute("SHOW TimeZone")
+        return cur.fetchone()[0]
+    cur.execute("SELECT @@session.time_zone, @@system_time_zone")
+    tz, system = cur.fetchone()
+    return f"{tz} ({system})" if tz == "SYSTEM" else tz
 
 
 # --- child: scenarios ----------------------------------------------------------------------------
@@ -522,7 +561,7 @@ def child_main(args: argparse.Namespace) -> int:
     db = json.loads(args.db)
     result: dict[str, Any] = {"variant": key, "scenario": scenario}
     try:
-        configure_django(key if scenario != "setup" else "nopool", db)
+        configure_django(key if scenario != "setup" else "nopool", db, args)
         m = define_models()
         if scenario == "setup":
             result.update(child_setup(m))
@@ -544,18 +583,30 @@ def child_main(args: argparse.Namespace) -> int:
     return 1 if "error" in result else 0
 
 
-def child_info() -> int:
+def child_info(args: argparse.Namespace) -> int:
     import django
-    import psycopg
 
-    libpq = psycopg.pq.version()
-    info = {
-        "python": _common.python_line(),
-        "django": django.get_version(),
-        "psycopg": f"{psycopg.__version__} ({psycopg.pq.__impl__}, libpq "
-        f"{libpq // 10000}.{libpq % 10000})",
-    }
-    for dist in ("psycopg-pool", "django-db-connection-pool", "SQLAlchemy", "django-lido"):
+    info = {"python": _common.python_line(), "django": django.get_version()}
+    if args.vendor == "postgresql":
+        import psycopg
+
+        libpq = psycopg.pq.version()
+        info["psycopg"] = (
+            f"{psycopg.__version__} ({psycopg.pq.__impl__}, libpq {libpq // 10000}.{libpq % 10000})"
+        )
+        dists: tuple[str, ...] = ("psycopg-pool",)
+    elif args.driver == "pymysql":  # (pymysql.__version__ is the mysqlclient one it poses as)
+        info["driver"] = f"PyMySQL {_common.dist_version('PyMySQL')}"
+        dists = ()
+    else:
+        import MySQLdb
+
+        info["driver"] = (
+            f"mysqlclient {_common.dist_version('mysqlclient')} "
+            f"(client library {MySQLdb.get_client_info()})"
+        )
+        dists = ()
+    for dist in (*dists, "django-db-connection-pool", "SQLAlchemy", "django-lido"):
         info[dist] = _common.dist_version(dist) or "not installed"
     info["git"] = _common.git_describe() or ""
     print(json.dumps(info))
@@ -574,25 +625,46 @@ class Runs:
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass
+class BenchServer:
+    """The server the children connect to, as the parent sees it."""
+
+    name: str  # "PostgreSQL" or "MariaDB"
+    version: str
+    desc: str
+    params: dict[str, str]  # for the children: host, port, user and maybe password
+    pid: int | None  # the server process, for the CPU ledger; None if not ours
+    admin: Callable[[], Any]  # opens an autocommit DB-API connection off the bench database
+    count_sql: str  # connections to the bench database (one %s: its name), not the admin's
+
+
+# (The admin connection is in autocommit: in a transaction PostgreSQL would keep serving one
+# stats snapshot.)
+POSTGRESQL_COUNT_SQL = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend'"
+)
+# The admin connection has no default database; its id is left out anyway, in case it does.
+MYSQL_COUNT_SQL = (
+    "SELECT count(*) FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()"
+)
+
+
 class Monitor:
-    """Polls pg_stat_activity for client backends on the bench database, from a connection
-    to another database, in a thread of the parent process."""
+    """Polls the server for connections to the bench database (pg_stat_activity or the
+    MariaDB processlist), from an admin connection, in a thread of the parent process."""
 
-    def __init__(self, conninfo: str, interval: float) -> None:
-        import psycopg
-
-        self.conn = psycopg.connect(conninfo, autocommit=True)
+    def __init__(self, server: BenchServer, interval: float) -> None:
+        self.conn = server.admin()
+        self.count_sql = server.count_sql
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def count(self) -> int:
-        return self.conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = %s AND backend_type = 'client backend'",
-            [DBNAME],
-        ).fetchone()[0]
+        with self.conn.cursor() as cur:
+            cur.execute(self.count_sql, [DBNAME])
+            return cur.fetchone()[0]
 
     def wait_idle(self, timeout: float = 5.0) -> int:
         """Waits until no backend is connected to the bench database (the last child's
@@ -639,7 +711,12 @@ def child_argv(args: argparse.Namespace, key: str, scenario: str, db: dict[str, 
         str(args.threads),
         "--size",
         str(args.size),
+        *vendor_argv(args),
     ]
+
+
+def vendor_argv(args: argparse.Namespace) -> list[str]:
+    return ["--vendor", args.vendor, "--driver", args.driver]
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -655,8 +732,8 @@ def machine_busy_seconds() -> float:
 
 
 def tree_seconds(pid: int) -> float:
-    """CPU-seconds of a process, its reaped children and its live direct children (a
-    postmaster: its backends)."""
+    """CPU-seconds of a process (all its threads: mariadbd's connections), its reaped children
+    and its live direct children (a postmaster: its backends)."""
 
     def stat(path: str) -> list[str] | None:
         try:
@@ -811,6 +888,7 @@ def database(conninfo: str | None) -> Iterator[tuple[str, str, int | None]]:
 
 
 def db_params(conninfo: str) -> tuple[dict[str, str], str]:
+    """(connection parameters for the children, server version)"""
     import psycopg
 
     with psycopg.connect(conninfo) as conn:
@@ -820,6 +898,62 @@ def db_params(conninfo: str) -> tuple[dict[str, str], str]:
             params["password"] = info.password
         v = info.server_version
     return params, f"{v // 10000}.{v % 10000}"
+
+
+@contextmanager
+def bench_server(args: argparse.Namespace) -> Iterator[BenchServer]:
+    """The server for --vendor, with an empty bench database."""
+    if args.vendor == "mysql":
+        with mariadb(args.mysql_url, args.driver) as server:
+            yield server
+        return
+    import psycopg
+
+    with database(args.conninfo) as (conninfo, desc, pid):
+        prepare_database(conninfo)
+        params, version = db_params(conninfo)
+        yield BenchServer(
+            name="PostgreSQL",
+            version=version,
+            desc=desc,
+            params=params,
+            pid=pid,
+            admin=lambda: psycopg.connect(conninfo, autocommit=True),
+            count_sql=POSTGRESQL_COUNT_SQL,
+        )
+
+
+@contextmanager
+def mariadb(url: str | None, driver: str) -> Iterator[BenchServer]:
+    """A throwaway MariaDB (or the server at `url`) with the bench database recreated."""
+    from django_lido.testing.mariadb import ExistingMariaDB, MariaDBServer
+
+    server = ExistingMariaDB(url) if url else MariaDBServer()
+    with server:  # starts and then removes a throwaway server; nothing for an existing one
+        server.execute(f"DROP DATABASE IF EXISTS `{DBNAME}`")
+        server.create_database(DBNAME)
+        conn = server.conn_params(DBNAME)  # the Unix socket when the server has one
+        params = {"host": conn["HOST"], "port": conn["PORT"], "user": conn["USER"]}
+        if conn["PASSWORD"]:
+            params["password"] = conn["PASSWORD"]
+        version = server.execute("SELECT VERSION()")[0][0]
+        pid: int | None = None
+        if isinstance(server, MariaDBServer):
+            desc = "MariaDBServer from django_lido.testing.mariadb, Unix socket, root"
+            # mariadbd's own pid, not that of the runuser/prlimit wrapper it may run under
+            with suppress(OSError, ValueError, IndexError):
+                pid = int((server.tmpdir / "mariadbd.pid").read_text().split()[0])
+        else:
+            desc = "server given by --mysql-url"
+        yield BenchServer(
+            name="MariaDB" if "mariadb" in version.lower() else "MySQL",
+            version=version,
+            desc=desc,
+            params=params,
+            pid=pid,
+            admin=lambda: server.connect(autocommit=True, driver=MYSQL_DRIVERS[driver]),
+            count_sql=MYSQL_COUNT_SQL,
+        )
 
 
 def med(values: list[float]) -> float | None:
@@ -847,6 +981,10 @@ def results_tables(
     out: list[str] = []
     targets: list[list[str]] = []
     t, n = args.threads, args.size
+    native = args.vendor == "postgresql"  # the native pool: a reference column and targets
+
+    def if_native(*cells: str) -> list[str]:
+        return list(cells) if native else []
 
     def rate(scn: str, key: str) -> float | None:
         runs = results.get(scn, {}).get(key)
@@ -893,7 +1031,7 @@ def results_tables(
                     label(key, t),
                     fmt(runs.rate),
                     ratio(r, ref_p),
-                    ratio(r, ref_n),
+                    *if_native(ratio(r, ref_n)),
                     cpu(runs),
                     note(runs),
                 ]
@@ -901,13 +1039,21 @@ def results_tables(
         out.append(
             "### (a) one thread: `connection.cursor().execute('select 1'); connection.close()`\n\n"
             + _common.md_table(
-                ["variant", "iter/s", "/ persistent", f"/ native max {n}", "CPU µs/iter", "notes"],
+                [
+                    "variant",
+                    "iter/s",
+                    "/ persistent",
+                    *if_native(f"/ native max {n}"),
+                    "CPU µs/iter",
+                    "notes",
+                ],
                 rows,
             )
         )
         lido = rate("a", f"lido-{n}")
         target("(a) lido / persistent", div(lido, ref_p), 0.97)
-        target(f"(a) lido / native pool max {n}", div(lido, ref_n), 1.1)
+        if native:
+            target(f"(a) lido / native pool max {n}", div(lido, ref_n), 1.1)
 
     if "b" in results:
         ref_p, ref_n = rate("b", f"persistent-{t}"), rate("b", f"native-{n}")
@@ -922,7 +1068,7 @@ def results_tables(
                     fmt(runs.fairness, 2, comma=False),
                     peak,
                     ratio(r, ref_p),
-                    ratio(r, ref_n),
+                    *if_native(ratio(r, ref_n)),
                     cpu(runs),
                     switches(runs),
                     note(runs),
@@ -938,7 +1084,7 @@ def results_tables(
                     "fairness",
                     "peak server conns",
                     f"/ persistent {t}",
-                    f"/ native max {n}",
+                    *if_native(f"/ native max {n}"),
                     "CPU µs/cycle",
                     "ctx switches/cycle",
                     "notes",
@@ -948,7 +1094,8 @@ def results_tables(
         )
         lido = rate("b", f"lido-{n}")
         target(f"(b) lido max {n} / persistent, {t} threads", div(lido, ref_p), 0.9)
-        target(f"(b) lido max {n} / native pool max {n}", div(lido, ref_n), 1.8)
+        if native:
+            target(f"(b) lido max {n} / native pool max {n}", div(lido, ref_n), 1.8)
         runs = results["b"].get(f"lido-{n}")
         target(
             f"(b) lido max {n} fairness",
@@ -1026,21 +1173,30 @@ def doc_section(
     body: str,
     args: argparse.Namespace,
     info: dict[str, str],
-    db: str,
-    pg: str,
+    server: BenchServer,
     setup: dict[str, Any],
     raw: list[dict[str, Any]],
 ) -> str:
     mode = " (`--quick`: smoke figures, not for comparison)" if args.quick else ""
     git = f" (git {info['git']})" if info.get("git") else ""
+    poll_ms = f"{args.poll * 1000:g}"
+    section = SECTIONS[args.vendor]
+    if args.vendor == "postgresql":
+        title = "Django: no pool, persistent, native pool, django-db-connection-pool, lido"
+        driver = f"psycopg {info['psycopg']}, psycopg-pool {info['psycopg-pool']}"
+        timezone, variants, tail = "TimeZone", POSTGRESQL_NOTES, POSTGRESQL_TAIL
+    else:
+        title = f"Django on {server.name}: no pool, persistent, django-db-connection-pool, lido"
+        driver = info["driver"]
+        timezone, variants, tail = "time_zone", MYSQL_NOTES, ""
     packages = (
-        f"- Packages: Django {info['django']}, psycopg {info['psycopg']}, "
-        f"psycopg-pool {info['psycopg-pool']}, "
+        f"- Packages: Django {info['django']}, {driver}, "
         f"django-db-connection-pool {info['django-db-connection-pool']} "
         f"(SQLAlchemy {info['SQLAlchemy']}), django-lido {info['django-lido']}{git}"
     )
-    server = (
-        f"- PostgreSQL: {pg} ({db}); server TimeZone {setup.get('server_timezone')}, "
+    server_line = (
+        f"- {server.name}: {server.version} ({server.desc}); server {timezone} "
+        f"{setup.get('server_timezone')}, "
         'Django `TIME_ZONE="UTC"`, `USE_TZ=True`'
     )
     settings = (
@@ -1048,16 +1204,16 @@ def doc_section(
         f"then {args.seconds:g} s measured; {args.repeat} repetition(s), variants in rotating "
         f"order; pool size {args.size} where not stated; {args.threads} threads in (b)"
     )
-    return f"""## Django: no pool, persistent, native pool, django-db-connection-pool, lido{mode}
+    return f"""## {title}{mode}
 
-Generated by `bench/django_cycle.py`; everything between the `{SECTION}` markers is rewritten
+Generated by `bench/django_cycle.py`; everything between the `{section}` markers is rewritten
 on each run.
 
 - Date: {_common.utc_now()}
 - Machine: {_common.machine_line()}
 - Python: {info["python"]}
 {packages}
-{server}
+{server_line}
 {settings}
 - Other load on the machine: {busy_line(raw, args)}
 - Reproduce (from the repo root): `{_common.repro_command("bench/django_cycle.py")}`
@@ -1065,36 +1221,65 @@ on each run.
 {body}
 
 Figures are medians over repetitions, with the range in parentheses; ratios are of medians.
-Variants: no pool = stock `django.db.backends.postgresql`, `CONN_MAX_AGE=0`; persistent =
-stock, `CONN_MAX_AGE=600` (in (a) the connection is never closed: the limit); native pool =
-stock with `OPTIONS={{"pool": {{"min_size": N, "max_size": N}}}}`; django-db-connection-pool =
-`dj_db_conn_pool.backends.postgresql` with `POOL_OPTIONS={{"POOL_SIZE": N, "MAX_OVERFLOW": 0}}`
-(its other defaults, among them `pre_ping=True`: one `SELECT 1` round trip per checkout);
-lido = `django_lido.backends.postgresql` with `OPTIONS={{"pool": {{"max_size": N}}}}`. Fairness
-is min / max cycles per thread over the measured window (1.0 = even); peak server
-connections is the most client backends on the bench database seen by polling
-`pg_stat_activity` every {args.poll * 1000:g} ms from the parent process over the child's whole
-life. CPU µs is the benchmark process's CPU time (all threads, user + system) over the
-measured window per iteration, cycle or query (median over runs); the server's is not in it.
+{variants.replace("{poll_ms}", poll_ms)}
 "ctx switches/cycle" counts the process's voluntary and involuntary context switches per
 cycle: with 16 threads on this 2-CPU machine, runs fall into a good mode or a mode where the
 GIL is handed round in slivers (about 30 switches and 2-3 times the CPU per cycle), which
 shows there and in the range of cycles/s.
 "pool stats" are django-lido's own `usage` (held) and `acquire_wait` histograms, warm-up
-included. In (c), "statements prepared on server" is `pg_prepared_statements` on the connection
-after the run (psycopg's `ClientCursor`, Django's default, never prepares; the info row is the
-native pool configured like lido + server_side_binding).
+included.{tail}
 """
+
+
+# The vendor-specific parts of the notes under the tables ({poll_ms}: the poll interval;
+# POSTGRESQL_TAIL goes on after "included.").
+POSTGRESQL_NOTES = """\
+Variants: no pool = stock `django.db.backends.postgresql`, `CONN_MAX_AGE=0`; persistent =
+stock, `CONN_MAX_AGE=600` (in (a) the connection is never closed: the limit); native pool =
+stock with `OPTIONS={"pool": {"min_size": N, "max_size": N}}`; django-db-connection-pool =
+`dj_db_conn_pool.backends.postgresql` with `POOL_OPTIONS={"POOL_SIZE": N, "MAX_OVERFLOW": 0}`
+(its other defaults, among them `pre_ping=True`: one `SELECT 1` round trip per checkout);
+lido = `django_lido.backends.postgresql` with `OPTIONS={"pool": {"max_size": N}}`. Fairness
+is min / max cycles per thread over the measured window (1.0 = even); peak server
+connections is the most client backends on the bench database seen by polling
+`pg_stat_activity` every {poll_ms} ms from the parent process over the child's whole
+life. CPU µs is the benchmark process's CPU time (all threads, user + system) over the
+measured window per iteration, cycle or query (median over runs); the server's is not in it."""
+POSTGRESQL_TAIL = """\
+ In (c), "statements prepared on server" is `pg_prepared_statements` on the connection
+after the run (psycopg's `ClientCursor`, Django's default, never prepares; the info row is the
+native pool configured like lido + server_side_binding)."""
+MYSQL_NOTES = """\
+Variants: no pool = stock `django.db.backends.mysql`, `CONN_MAX_AGE=0`; persistent = stock,
+`CONN_MAX_AGE=600` (in (a) the connection is never closed: the limit); Django's MySQL backend
+has no native pool; django-db-connection-pool = `dj_db_conn_pool.backends.mysql` with
+`POOL_OPTIONS={"POOL_SIZE": N, "MAX_OVERFLOW": 0}` (its other defaults, among them
+`pre_ping=True`: one `COM_PING` round trip per checkout); lido = `django_lido.backends.mysql`
+with `OPTIONS={"pool": {"max_size": N}}`. Fairness is min / max cycles per thread over the
+measured window (1.0 = even); peak server connections is the most connections on the bench
+database seen by polling `information_schema.PROCESSLIST` every {poll_ms} ms from the parent
+process over the child's whole life. CPU µs is the benchmark process's CPU time (all
+threads, user + system) over the measured window per iteration or cycle (median over runs);
+the server's is not in it."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--python", default=sys.executable, help="interpreter for the children "
                    "(default: this one)")  # fmt: skip
+    p.add_argument("--vendor", choices=VENDORS, default="postgresql",
+                   help="database server (%(default)s); mysql: MariaDB")  # fmt: skip
     p.add_argument("--conninfo", help="libpq conninfo of an existing server's postgres "
                    "database (default: start a throwaway one); the database "
                    f"{DBNAME!r} is dropped and recreated")  # fmt: skip
-    p.add_argument("--scenarios", default="a,b,c", help="comma-separated subset of a,b,c")
+    p.add_argument("--mysql-url", help="with --vendor mysql: mysql://user:password@host:port/"
+                   "?unix_socket=PATH of an existing server (default: start a throwaway "
+                   f"MariaDB); the database {DBNAME!r} is dropped and recreated")  # fmt: skip
+    p.add_argument("--driver", choices=tuple(MYSQL_DRIVERS), default="mysqlclient",
+                   help="with --vendor mysql: the driver Django uses (%(default)s; pymysql "
+                   "through pymysql.install_as_MySQLdb())")  # fmt: skip
+    p.add_argument("--scenarios", help="comma-separated subset of a,b,c (default: all; "
+                   "c is PostgreSQL-only)")  # fmt: skip
     p.add_argument("--only", help="comma-separated variant keys to run (e.g. lido-4,persistent-16)")
     p.add_argument("--quick", action="store_true", help="2 repetitions of 0.6 s: smoke figures")
     p.add_argument("--repeat", type=int, help="repetitions (default 5, quick 2)")
@@ -1102,7 +1287,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, help="warm-up seconds per run (0.5, quick 0.2)")
     p.add_argument("--threads", type=int, default=16, help="threads in (b) (%(default)s)")
     p.add_argument("--size", type=int, default=4, help="pool size where not stated (%(default)s)")
-    p.add_argument("--poll", type=float, default=0.02, help="pg_stat_activity poll interval")
+    p.add_argument("--poll", type=float, default=0.02,
+                   help="server connections poll interval, seconds (%(default)s)")  # fmt: skip
     p.add_argument("--quiet-below", type=float, metavar="FRACTION",
                    help="before each run, wait until the machine's CPUs are less busy than "
                    "this (0-1; other work on the machine skews every figure)")  # fmt: skip
@@ -1125,9 +1311,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.repeat = args.repeat or (2 if args.quick else 5)
     args.seconds = args.seconds or (0.6 if args.quick else 2.0)
     args.warmup = args.warmup if args.warmup is not None else (0.2 if args.quick else 0.5)
-    args.scenario_list = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    if not set(args.scenario_list) <= {"a", "b", "c"}:
-        p.error("--scenarios: choose from a,b,c")
+    available = ("a", "b", "c") if args.vendor == "postgresql" else ("a", "b")
+    scenarios = args.scenarios or ",".join(available)
+    args.scenario_list = [s.strip() for s in scenarios.split(",") if s.strip()]
+    if not set(args.scenario_list) <= set(available):
+        p.error(f"--scenarios: choose from {','.join(available)} with --vendor {args.vendor}")
+    if args.conninfo and args.vendor != "postgresql":
+        p.error("--conninfo needs --vendor postgresql")
+    if args.mysql_url and args.vendor != "mysql":
+        p.error("--mysql-url needs --vendor mysql")
     return args
 
 
@@ -1202,14 +1394,14 @@ def progress_line(res: dict[str, Any], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.info:
-        return child_info()
+        return child_info(args)
     if args.child:
         return child_main(args)
 
     log = sys.stderr
     info = json.loads(
         subprocess.run(
-            [args.python, str(Path(__file__).resolve()), "--info"],
+            [args.python, str(Path(__file__).resolve()), "--info", *vendor_argv(args)],
             capture_output=True,
             text=True,
             check=True,
@@ -1225,16 +1417,15 @@ def main(argv: list[str] | None = None) -> int:
     raw: list[dict[str, Any]] = []
     t_start = time.monotonic()
 
-    with database(args.conninfo) as (conninfo, db_desc, server_pid):
-        prepare_database(conninfo)
-        params, pg = db_params(conninfo)
+    with bench_server(args) as server:
+        params = server.params
         setup = run_child(args, "nopool", "setup", params, None)
         if "error" in setup:
             print(f"set-up failed:\n{setup['error']}", file=log)
             return 1
-        print(f"PostgreSQL {pg} ({db_desc}); set-up {setup}", file=log)
-        monitor = Monitor(conninfo, args.poll)
-        ledger = CpuLedger(server_pid)
+        print(f"{server.name} {server.version} ({server.desc}); set-up {setup}", file=log)
+        monitor = Monitor(server, args.poll)
+        ledger = CpuLedger(server.pid)
         try:
             for rep in range(args.repeat):
                 for scn, keys in plan.items():
@@ -1259,7 +1450,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(raw, indent=1))
     if not args.no_write:
         _common.replace_section(
-            _common.BENCHMARKS_MD, SECTION, doc_section(body, args, info, db_desc, pg, setup, raw)
+            _common.BENCHMARKS_MD,
+            SECTIONS[args.vendor],
+            doc_section(body, args, info, server, setup, raw),
         )
         print(f"wrote {_common.BENCHMARKS_MD.relative_to(_common.REPO_ROOT)}", file=log)
     return 0
