@@ -80,6 +80,7 @@ KINDS: dict[str, str] = {  # kind -> row label
     "dbcp": "django-db-connection-pool",
     "lido": "lido",
     "lido_ssb": "lido + server_side_binding",
+    "noop": "ceiling: stock backend, a no-op pool (info)",
 }
 MYSQL_DRIVERS = {"mysqlclient": "MySQLdb", "pymysql": "pymysql"}  # --driver -> module
 # Django's MySQL backend has no pool, and MySQLdb/PyMySQL bind on the client only.
@@ -153,7 +154,7 @@ def scenario_variants(scenario: str, args: argparse.Namespace) -> list[str]:
 def postgresql_variants(scenario: str, args: argparse.Namespace) -> list[str]:
     n, t = args.size, args.threads
     if scenario == "a":
-        return ["nopool", "persistent", f"native-{n}", f"dbcp-{n}", f"lido-{n}"]
+        return ["nopool", "persistent", "noop", f"native-{n}", f"dbcp-{n}", f"lido-{n}"]
     if scenario == "b":
         return [
             "nopool",
@@ -556,12 +557,34 @@ def close_pools(key: str) -> None:
         pool_container.dispose()
 
 
+def install_noop_pool() -> None:
+    """The "noop" variant: the stock backend, whose every connect hands back one physical
+    connection, opened once, and whose close keeps it (no pool code, no check, no reset).
+    Django's own connect()/close() still run at each checkout, so this is the most any pool
+    behind them can reach."""
+    from django.db import connections
+
+    cls = type(connections["default"])
+    stock_new_connection = cls.get_new_connection
+    kept: list[Any] = []
+
+    def get_new_connection(self: Any, conn_params: dict[str, Any]) -> Any:
+        if not kept:
+            kept.append(stock_new_connection(self, conn_params))
+        return kept[0]
+
+    cls.get_new_connection = get_new_connection
+    cls._close = lambda self: None
+
+
 def child_main(args: argparse.Namespace) -> int:
     key, scenario = args.child
     db = json.loads(args.db)
     result: dict[str, Any] = {"variant": key, "scenario": scenario}
     try:
         configure_django(key if scenario != "setup" else "nopool", db, args)
+        if split_key(key)[0] == "noop" and scenario != "setup":
+            install_noop_pool()
         m = define_models()
         if scenario == "setup":
             result.update(child_setup(m))
@@ -1052,6 +1075,15 @@ def results_tables(
         )
         lido = rate("a", f"lido-{n}")
         target("(a) lido / persistent", div(lido, ref_p), 0.97)
+        noop = div(rate("a", "noop"), ref_p)
+        targets.append(
+            [
+                "(a) ceiling: no-op pool / persistent (info: what Django's connect/close leave)",
+                "-",
+                "n/a" if noop is None else f"{noop:.2f}x",
+                "-",
+            ]
+        )
         if native:
             target(f"(a) lido / native pool max {n}", div(lido, ref_n), 1.1)
 
@@ -1248,7 +1280,10 @@ measured window per iteration, cycle or query (median over runs); the server's i
 POSTGRESQL_TAIL = """\
  In (c), "statements prepared on server" is `pg_prepared_statements` on the connection
 after the run (psycopg's `ClientCursor`, Django's default, never prepares; the info row is the
-native pool configured like lido + server_side_binding)."""
+native pool configured like lido + server_side_binding).
+In (a), the ceiling row is the stock backend whose connect hands back one physical connection,
+opened once, and whose close keeps it: no pool code, no check, no reset, but Django's own
+`connect()` and `close()` at each iteration, as for any pool behind them."""
 MYSQL_NOTES = """\
 Variants: no pool = stock `django.db.backends.mysql`, `CONN_MAX_AGE=0`; persistent = stock,
 `CONN_MAX_AGE=600` (in (a) the connection is never closed: the limit); Django's MySQL backend
@@ -1260,7 +1295,10 @@ measured window (1.0 = even); peak server connections is the most connections on
 database seen by polling `information_schema.PROCESSLIST` every {poll_ms} ms from the parent
 process over the child's whole life. CPU µs is the benchmark process's CPU time (all
 threads, user + system) over the measured window per iteration or cycle (median over runs);
-the server's is not in it."""
+the server's is not in it.
+In (a), the ceiling row is the stock backend whose connect hands back one physical connection,
+opened once, and whose close keeps it: no pool code, no check, no reset, but Django's own
+`connect()` and `close()` at each iteration, as for any pool behind them."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
