@@ -516,3 +516,48 @@ def test_connection_failing_djangos_health_check_is_discarded(dj: Any) -> None:
         assert one(w, "SELECT pg_backend_pid()") != pid
     assert w.pool.stats()["pool_size"] == 1, "the unusable connection went back to the pool"
     w.close()
+
+
+# --- PostGIS ------------------------------------------------------------------------------------
+
+GIS_DB = "lido_gis"
+
+
+def test_postgis_adapters_are_registered_once_per_physical_connection(dj: Any) -> None:
+    from django_lido.testing import django_suite
+
+    if missing := django_suite.gis_prerequisites(dj):
+        pytest.skip(missing)
+    from django.contrib.gis.db.backends.postgis import base as stock_postgis
+    from django.contrib.gis.geos import GEOSGeometry
+
+    if not dj.execute("SELECT 1 FROM pg_database WHERE datname = %s", [GIS_DB]):
+        dj.create_database(GIS_DB)
+        dj.execute("CREATE EXTENSION postgis", dbname=GIS_DB)
+    w = handler(
+        default=database(
+            dj, name=GIS_DB, engine="django_lido.backends.postgis", pool={"max_size": 1}
+        )
+    )["default"]
+    point = w.ops.Adapter(GEOSGeometry("POINT(1 2)", srid=4326))
+    made = mock.Mock(wraps=stock_postgis.postgis_adapters)
+    with mock.patch.object(stock_postgis, "postgis_adapters", made):
+        pids = set()
+        for _ in range(5):
+            pids.add(one(w, "SELECT pg_backend_pid()"))
+            # The geometry dumper is in place on the reused connection.
+            assert one(w, "SELECT ST_AsText(%s::geometry)", [point]) == "POINT(1 2)"
+            w.close()
+        assert len(pids) == 1
+        assert made.call_count == 1
+        # A new physical connection gets its own adapters.
+        w.close_pool()
+        w2 = handler(
+            default=database(
+                dj, name=GIS_DB, engine="django_lido.backends.postgis", pool={"max_size": 2}
+            )
+        )["default"]
+        assert one(w2, "SELECT ST_AsText(%s::geometry)", [point]) == "POINT(1 2)"
+        w2.close()
+        w2.close_pool()
+        assert made.call_count == 2
