@@ -294,6 +294,7 @@ def test_pools_are_keyed_by_connection_parameters(dj: MariaDBServer) -> None:
         ({"pool": {"min_size": 5, "max_size": 2}}, "min_size=5 is above max_size=2"),
         ({"pool": {"timeout": -1}}, "timeout=-1"),
         ({"pool": {"max_size": 0}}, "['max_size']=0: must be at least 1"),
+        ({"pool": {"lifetime_jitter": 0.9}}, "lifetime_jitter=0.9: a fraction from 0.0 to 0.5"),
         ({"pool": "yes"}, "must be a dict of pool options, True or False"),
         ({"pool": {"num_workers": 2}}, "'num_workers'] is not supported"),
         ({"pool": {"reset": "everything"}}, "'auto', 'full', 'rollback'"),

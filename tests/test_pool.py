@@ -494,3 +494,32 @@ def test_connection_type_without_weakrefs_is_refused_clearly():
         pool.getconn()
     assert pool.stats()["pool_size"] == 0  # the slot was given back
     pool.close()
+
+
+def test_opening_a_connection_is_not_counted_as_waiting(make_pool):
+    # The first checkout opens the connection without queueing: that time is
+    # connection_open, not acquire wait (which is zero for checkouts that did not queue).
+    pool = make_pool(max_size=1)
+    pool.putconn(pool.getconn())
+    s = pool.stats()
+    assert s["connection_open"]["count"] == 1
+    assert s["connection_open"]["max_ms"] > 0
+    assert s["requests_queued"] == 0
+    assert s["requests_wait_ms"] == 0
+    assert s["acquire_wait"]["max_ms"] == 0
+
+
+def test_maintenance_counts_one_error_per_failed_attempt(pg):
+    attempts = []
+
+    def refuse():
+        attempts.append(1)
+        raise psycopg.OperationalError("refused")
+
+    pool = Pool(refuse, min_size=3, max_size=3, name="refusing")
+    try:
+        eventually(lambda: pool.stats()["connections_errors"] >= 1, "a failed attempt")
+    finally:
+        pool.close()  # stops maintenance: the counts below no longer move
+    # Each round tries one connection and gives the other two slots back untried.
+    assert pool.stats()["connections_errors"] == len(attempts) >= 1

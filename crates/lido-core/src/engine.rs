@@ -418,7 +418,45 @@ impl<C> Engine<C> {
         took: Duration,
     ) -> Result<Pooled<C>, Retired<C>> {
         let mut st = self.state.lock();
-        let mut meta = st.new_meta(now, 1);
+        let conn = self.record_open(&mut st, permit, payload, now, took, 1)?;
+        st.in_use += 1;
+        Ok(conn)
+    }
+
+    /// Records a connection opened by maintenance: it goes to the first waiter, or idle.
+    pub fn opened_idle(
+        &self,
+        permit: OpenPermit,
+        payload: C,
+        now: Instant,
+        took: Duration,
+    ) -> Disposal<C> {
+        // One lock for the whole step, so that a close() cannot slip in between and leave
+        // the connection idle in a closed pool. Nobody has used it yet: no use counted.
+        let mut st = self.state.lock();
+        let conn = match self.record_open(&mut st, permit, payload, now, took, 0) {
+            Ok(conn) => conn,
+            Err(retired) => return Some(retired),
+        };
+        if let Some(w) = st.hand_on(conn) {
+            drop(st);
+            w.notify();
+        }
+        None
+    }
+
+    /// Spends `permit` on a freshly opened connection, with `uses` uses counted; `Err` if
+    /// the pool closed or forked meanwhile.
+    fn record_open(
+        &self,
+        st: &mut State<C>,
+        permit: OpenPermit,
+        payload: C,
+        now: Instant,
+        took: Duration,
+        uses: u64,
+    ) -> Result<Pooled<C>, Retired<C>> {
+        let mut meta = st.new_meta(now, uses);
         if permit.generation != st.generation {
             // Opened across a fork: no slot of this generation to free.
             meta.generation = permit.generation;
@@ -435,37 +473,19 @@ impl<C> Engine<C> {
         if st.closed {
             return Err(st.retire(conn, CloseReason::PoolClosed, &self.stats));
         }
-        st.in_use += 1;
         Ok(conn)
-    }
-
-    /// Records a connection opened by maintenance: it goes to the first waiter, or idle.
-    pub fn opened_idle(
-        &self,
-        permit: OpenPermit,
-        payload: C,
-        now: Instant,
-        took: Duration,
-    ) -> Disposal<C> {
-        let mut conn = match self.opened(permit, payload, now, took) {
-            Ok(conn) => conn,
-            Err(retired) => return Some(retired),
-        };
-        // Nobody has used it yet (`opened` counts the opener's use).
-        conn.meta.uses = 0;
-        let mut st = self.state.lock();
-        st.in_use -= 1;
-        if let Some(w) = st.hand_on(conn) {
-            drop(st);
-            w.notify();
-        }
-        None
     }
 
     /// A connection attempt failed: its slot goes to the first waiter, who tries itself.
     pub fn open_failed(&self, permit: OpenPermit) {
-        let mut st = self.state.lock();
         self.stats.open_errors.fetch_add(1, Relaxed);
+        self.open_unused(permit);
+    }
+
+    /// Gives back a permit that was not tried (maintenance stops opening after a failure):
+    /// its slot goes to the first waiter, and no connection error is counted.
+    pub fn open_unused(&self, permit: OpenPermit) {
+        let mut st = self.state.lock();
         if permit.generation != st.generation {
             return;
         }

@@ -26,13 +26,19 @@ impl Liveness {
     }
 }
 
+/// Linux also reports a peer's half-close; elsewhere EOF shows as readable (then peeked).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const PEER_HANGUP: libc::c_short = libc::POLLRDHUP;
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
+const PEER_HANGUP: libc::c_short = 0;
+
 /// Polls `fd` without blocking: the quiet case, the one on every checkout, costs one
 /// `poll()`; only a socket with something pending is peeked at to tell data from EOF.
 #[cfg(unix)]
 pub fn probe_socket(fd: i32) -> Liveness {
     let mut p = libc::pollfd {
         fd,
-        events: libc::POLLIN | libc::POLLRDHUP,
+        events: libc::POLLIN | PEER_HANGUP,
         revents: 0,
     };
     loop {

@@ -484,3 +484,47 @@ fn shrinking_counts_connections_still_being_closed_as_gone() {
     }
     assert_eq!(e.status().size, 1);
 }
+
+#[test]
+fn permits_given_back_untried_count_no_connection_error() {
+    let e = engine(Config {
+        min_size: 3,
+        max_size: 3,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let mut permits = e.maintain(t).unwrap().open;
+    assert_eq!(permits.len(), 3);
+    // The first attempt fails; maintenance gives the other two back without trying.
+    e.open_failed(permits.pop().unwrap());
+    for p in permits {
+        e.open_unused(p);
+    }
+    assert_eq!(
+        e.stats()
+            .open_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let s = e.status();
+    assert_eq!((s.size, s.opening), (0, 0));
+}
+
+#[test]
+fn a_connection_opened_by_maintenance_after_close_is_retired() {
+    let e = engine(Config {
+        min_size: 1,
+        max_size: 1,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let permit = e.maintain(t).unwrap().open.pop().unwrap();
+    assert!(e.close().is_empty());
+    let r = e
+        .opened_idle(permit, 7, t, Duration::ZERO)
+        .expect("a closed pool keeps nothing idle");
+    assert_eq!((r.conn.payload, r.reason), (7, CloseReason::PoolClosed));
+    e.discarded(r);
+    let s = e.status();
+    assert_eq!((s.size, s.idle), (0, 0));
+}

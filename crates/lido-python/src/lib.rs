@@ -17,6 +17,7 @@ fn _lido(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pool::LeakWatch>()?;
     m.add_class::<pool::Maintainer>()?;
     m.add_function(wrap_pyfunction!(pool::_interpreter_exiting, m)?)?;
+    m.add_function(wrap_pyfunction!(pool::validate_options, m)?)?;
     m.add("PoolError", py.get_type::<errors::PoolError>())?;
     m.add("PoolTimeout", py.get_type::<errors::PoolTimeout>())?;
     m.add("PoolClosed", py.get_type::<errors::PoolClosed>())?;

@@ -167,6 +167,69 @@ fn count(option: &'static str, v: i64) -> Result<u64, ConfigError> {
     })
 }
 
+/// The engine's configuration from the Python option values, every value and relation
+/// checked (the same checks `Engine::new` makes).
+#[allow(clippy::too_many_arguments)]
+fn engine_config(
+    min_size: i64,
+    max_size: i64,
+    timeout: f64,
+    max_waiting: i64,
+    max_lifetime: Option<f64>,
+    lifetime_jitter: f64,
+    max_idle: Option<f64>,
+    max_uses: i64,
+    check_after_idle: Option<f64>,
+) -> Result<Config, ConfigError> {
+    let cfg = Config {
+        min_size: count("min_size", min_size)? as usize,
+        max_size: count("max_size", max_size)? as usize,
+        timeout: secs("timeout", timeout)?,
+        max_waiting: count("max_waiting", max_waiting)? as usize,
+        max_lifetime: opt_secs("max_lifetime", max_lifetime)?,
+        lifetime_jitter,
+        max_idle: opt_secs("max_idle", max_idle)?,
+        max_uses: count("max_uses", max_uses)?,
+        check_after_idle: opt_secs("check_after_idle", check_after_idle)?,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Checks pool option values without building a pool (Django's settings are checked before
+/// the first connect, and by `manage.py check`); raises ValueError naming the option.
+#[pyfunction]
+#[pyo3(signature = (
+    *, min_size, max_size, timeout, max_waiting, max_lifetime, lifetime_jitter, max_idle,
+    max_uses, check_after_idle,
+))]
+#[allow(clippy::too_many_arguments)]
+pub fn validate_options(
+    min_size: i64,
+    max_size: i64,
+    timeout: f64,
+    max_waiting: i64,
+    max_lifetime: Option<f64>,
+    lifetime_jitter: f64,
+    max_idle: Option<f64>,
+    max_uses: i64,
+    check_after_idle: Option<f64>,
+) -> PyResult<()> {
+    engine_config(
+        min_size,
+        max_size,
+        timeout,
+        max_waiting,
+        max_lifetime,
+        lifetime_jitter,
+        max_idle,
+        max_uses,
+        check_after_idle,
+    )
+    .map(drop)
+    .map_err(config_error)
+}
+
 fn summary_dict<'py>(py: Python<'py>, h: &HistogramSummary) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -431,11 +494,13 @@ fn admit(inner: &Arc<Inner>, py: Python<'_>, mut conn: PyConn) -> PyResult<PyCon
 }
 
 impl PoolCore {
+    /// Opens a connection for the caller with `permit`; `queued_at` as for `lend` (the
+    /// connect time itself is not acquire wait: it has its own histogram).
     fn open_for_caller(
         &self,
         py: Python<'_>,
         permit: OpenPermit,
-        start: Instant,
+        queued_at: Option<Instant>,
     ) -> PyResult<Py<PyAny>> {
         let inner = &*self.inner;
         let (conn, took, permit) = inner.open(py, permit)?;
@@ -447,7 +512,7 @@ impl PoolCore {
             }
         };
         match inner.engine.opened(permit, conn, Instant::now(), took) {
-            Ok(pooled) => Ok(inner.lend(pooled, Some(start))),
+            Ok(pooled) => Ok(inner.lend(pooled, queued_at)),
             Err(retired) => {
                 inner.dispose(py, retired);
                 Err(PoolClosed::new_err(format!(
@@ -487,19 +552,17 @@ impl PoolCore {
         on_leak: Option<Py<PyAny>>,
         on_error: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
-        let cfg = (|| {
-            Ok::<_, ConfigError>(Config {
-                min_size: count("min_size", min_size)? as usize,
-                max_size: count("max_size", max_size)? as usize,
-                timeout: secs("timeout", timeout)?,
-                max_waiting: count("max_waiting", max_waiting)? as usize,
-                max_lifetime: opt_secs("max_lifetime", max_lifetime)?,
-                lifetime_jitter,
-                max_idle: opt_secs("max_idle", max_idle)?,
-                max_uses: count("max_uses", max_uses)?,
-                check_after_idle: opt_secs("check_after_idle", check_after_idle)?,
-            })
-        })()
+        let cfg = engine_config(
+            min_size,
+            max_size,
+            timeout,
+            max_waiting,
+            max_lifetime,
+            lifetime_jitter,
+            max_idle,
+            max_uses,
+            check_after_idle,
+        )
         .map_err(config_error)?;
         let timeout = cfg.timeout;
         let engine = Engine::new(name, cfg).map_err(config_error)?;
@@ -558,7 +621,7 @@ impl PoolCore {
                         .checkout(Instant::now(), wake)
                         .map_err(acquire_error)?
                 }
-                Checkout::Open(permit) => return self.open_for_caller(py, permit, start),
+                Checkout::Open(permit) => return self.open_for_caller(py, permit, queued_at),
                 Checkout::Wait(waiter) => {
                     queued_at = Some(start);
                     let w = Arc::clone(&waiter);
@@ -802,7 +865,7 @@ impl Maintainer {
         let mut failed = false;
         for permit in m.open {
             if failed {
-                inner.engine.open_failed(permit);
+                inner.engine.open_unused(permit);
                 continue;
             }
             match inner.open(py, permit) {

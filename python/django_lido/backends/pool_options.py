@@ -16,6 +16,7 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
+from django_lido._lido import validate_options
 from django_lido.options import DEFAULTS, validate
 
 # OPTIONS keys this layer consumes; the rest go to the driver.
@@ -148,6 +149,12 @@ def pool_settings(alias: str, options: Mapping[str, Any]) -> PoolSettings | None
             f"{where}: min_size={engine['min_size']!r} is above max_size="
             f"{engine['max_size']!r}; min_size must be <= max_size"
         )
+    try:
+        # The engine's own checks of values and relations (lifetime_jitter, zero times...),
+        # so that a bad value fails here, named, and not at the first checkout.
+        validate_options(**engine)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{where}: {exc}") from None
 
     name = given.get("name")
     if name is not None and not isinstance(name, str):
