@@ -130,6 +130,28 @@ def test_pools_are_keyed_by_connection_parameters(dj: Any) -> None:
     assert w.pool.stats()["pool_max"] == 3
 
 
+def test_a_pool_closed_directly_is_replaced_once_for_every_alias_sharing_it(dj: Any) -> None:
+    from django_lido.backends import registry
+
+    base = database(dj, pool={"max_size": 2})
+    h = handler(default=base, replica={**base, "OPTIONS": dict(base["OPTIONS"])})
+    old = h["default"].pool
+    key, target = next((k, t) for k, (t, p) in registry._pools.items() if p is old)
+    old.close()  # not through close_pool(): the registry still holds it
+    # The registry replaces a closed pool, under its lock, and only once.
+    stand_in = django_lido.Pool(lambda: None, name="stand-in", max_size=1)
+    assert registry.get_or_create(key, target, lambda: stand_in) is stand_in
+    assert registry.get_or_create(key, target, lambda: pytest.fail("replaced twice")) is stand_in
+    registry.close(key)
+    # Both aliases then share one new pool.
+    new = h["default"].pool
+    assert new is not old and not new.closed
+    assert h["replica"].pool is new
+    assert one(h["replica"], "SELECT 1") == 1
+    h["replica"].close()
+    h["default"].close_pool()
+
+
 def test_thread_sharing_rules_still_hold(dj: Any) -> None:
     w = handler(default=database(dj, pool={"max_size": 2}))["default"]
     w.ensure_connection()

@@ -175,6 +175,48 @@ def test_driver_hooks(maria: MariaDBServer, driver: str) -> None:
     hooks.close(conn)  # closing twice is quiet
 
 
+def test_native_status_reads_are_right_from_many_threads(maria: MariaDBServer) -> None:
+    # One MySQLClientNative serves every thread; a result buffer shared between threads
+    # gave wrong reads when the GIL passed between the C call and the read of its result.
+    pytest.importorskip("MySQLdb")
+    import sys
+
+    from django_lido.drivers import TX_IDLE, TX_INTRANS, mysqlclient_native
+
+    native = mysqlclient_native()
+    if native is None:
+        pytest.skip("mysqlclient is not built on MariaDB Connector/C")
+    idle = maria.connect(APP_DB, driver="MySQLdb", autocommit=True)
+    busy = maria.connect(APP_DB, driver="MySQLdb", autocommit=True)
+    with busy.cursor() as cur:
+        cur.execute("BEGIN")
+    wrong: list[str] = []
+
+    def read(conn: Any, expected: int) -> None:
+        for _ in range(20_000):
+            if native.status(conn) != expected:
+                wrong.append(f"status {expected}")
+            if native.schema(conn) != APP_DB:
+                wrong.append("schema")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL round as often as CPython allows
+    try:
+        threads = [
+            threading.Thread(target=read, args=(c, tx))
+            for c, tx in [(idle, TX_IDLE), (busy, TX_INTRANS)] * 2
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+        idle.close()
+        busy.close()
+    assert wrong == []
+
+
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_plain_pool_never_hands_on_an_open_read_only_transaction(
     maria: MariaDBServer, driver: str

@@ -41,10 +41,6 @@ class Driver:
     fileno: Callable[[Conn], int]
 
 
-def _no_fileno(conn: Conn) -> int:
-    return -1
-
-
 def _generic_fileno(conn: Conn) -> int:
     fileno = getattr(conn, "fileno", None)
     return fileno() if callable(fileno) else -1
@@ -180,20 +176,18 @@ class MySQLClientNative:
 
     def __init__(self, path: str) -> None:
         # The status and schema reads are field reads: called through PyDLL they keep the
-        # GIL, which is cheaper and makes the shared result buffers safe. The reset does
-        # I/O and goes through CDLL, which releases the GIL.
-        get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-        get_pointer.argtypes = (ctypes.py_object, ctypes.c_char_p)
-        get_pointer.restype = ctypes.c_void_p
-        self._get_pointer = get_pointer
+        # GIL, which is cheaper. Their result buffers are made per call: one instance
+        # serves every thread, and the GIL can pass between the call and the read. The
+        # reset does I/O and goes through CDLL, which releases the GIL.
+        # A private prototype: setting argtypes on ctypes.pythonapi's would change it for
+        # the whole process.
+        self._get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+            ("PyCapsule_GetPointer", ctypes.pythonapi)
+        )
         infov = ctypes.PyDLL(path).mariadb_get_infov
         infov.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
         infov.restype = ctypes.c_int
         self._infov = infov
-        self._uint = ctypes.c_uint()
-        self._uint_ref = ctypes.byref(self._uint)
-        self._str = ctypes.c_char_p()
-        self._str_ref = ctypes.byref(self._str)
         reset = getattr(ctypes.CDLL(path), "mysql_reset_connection", None)
         if reset is not None:
             reset.argtypes = (ctypes.c_void_p,)
@@ -202,25 +196,33 @@ class MySQLClientNative:
 
     def _mysql(self, conn: Conn) -> int:
         # Raises (2006) once the connection is closed.
-        return self._get_pointer(conn._get_native_connection(), self.CAPSULE)
+        return self._get_pointer(conn._get_native_connection(), self.CAPSULE)  # type: ignore[no-any-return]
 
-    def server_status(self, conn: Conn) -> int:
+    def _server_status(self, mysql: int) -> int:
         """The status flags of the server's last reply."""
-        if self._infov(self._mysql(conn), self.SERVER_STATUS, self._uint_ref):
+        flags = ctypes.c_uint()
+        if self._infov(mysql, self.SERVER_STATUS, ctypes.byref(flags)):
             raise RuntimeError("mariadb_get_infov(MARIADB_CONNECTION_SERVER_STATUS) failed")
-        return self._uint.value
+        return flags.value
 
     def status(self, conn: Conn) -> int:
         """The transaction status in libpq's codes (the pool's status hook)."""
-        return _mysql_tx_status(self.server_status(conn))
+        return _mysql_tx_status(self._server_status(self._mysql(conn)))
+
+    def _schema(self, mysql: int) -> str | None:
+        name = ctypes.c_char_p()
+        self._infov(mysql, self.SCHEMA, ctypes.byref(name))
+        return name.value.decode() if name.value is not None else None
 
     def schema(self, conn: Conn) -> str | None:
         """The current database as the client last heard of it (the server reports a
         ``USE`` through session tracking)."""
-        self._str.value = None
-        self._infov(self._mysql(conn), self.SCHEMA, self._str_ref)
-        value = self._str.value
-        return value.decode() if value is not None else None
+        return self._schema(self._mysql(conn))
+
+    def status_and_schema(self, conn: Conn) -> tuple[int, str | None]:
+        """``server_status`` and ``schema`` with one look-up of the connection's MYSQL*."""
+        mysql = self._mysql(conn)
+        return self._server_status(mysql), self._schema(mysql)
 
     @property
     def can_reset(self) -> bool:

@@ -158,29 +158,26 @@ class PooledDatabaseMixin:
         settings = self._lido_settings()
         if settings is None:
             return None
-        key = self._lido_registry_key(conn_params, settings)
-        pool = registry.get(key)
-        if pool is None or pool.closed:
-            if pool is not None:
-                registry.close(key)
-            target = self._lido_target(conn_params)
+        target = self._lido_target(conn_params)
 
-            def create() -> Pool:
-                connect, reset = self._lido_opener(dict(conn_params), settings)
-                name = settings.name or f"{self.alias}:{target.database}"  # type: ignore[attr-defined]
-                pool = Pool(
-                    connect,
-                    name=name,
-                    check=settings.check,
-                    reset=reset,
-                    probe=settings.probe,
-                    **settings.engine,
-                )
-                if settings.open:
-                    pool.wait()
-                return pool
+        def create() -> Pool:
+            connect, reset = self._lido_opener(dict(conn_params), settings)
+            return Pool(
+                connect,
+                name=settings.name or f"{self.alias}:{target.database}",  # type: ignore[attr-defined]
+                check=settings.check,
+                reset=reset,
+                probe=settings.probe,
+                **settings.engine,
+            )
 
-            pool = registry.get_or_create(key, target, create)
+        pool = registry.get_or_create(
+            self._lido_registry_key(conn_params, settings), target, create
+        )
+        if settings.open:
+            # Outside the registry's lock: opening min_size connections may take a while.
+            # A no-op once they are open.
+            pool.wait()
         self._lido_pool_cache = (conn_params, pool)
         return pool
 

@@ -29,19 +29,16 @@ _lock = threading.Lock()
 _pools: dict[Hashable, tuple[Target, Pool]] = {}
 
 
-def get(key: Hashable) -> Pool | None:
-    entry = _pools.get(key)
-    return entry[1] if entry is not None else None
-
-
 def get_or_create(key: Hashable, target: Target, create: Callable[[], Pool]) -> Pool:
-    """The pool for ``key``, created with ``create()`` by the first thread to ask."""
+    """The open pool for ``key``, created with ``create()`` by the first thread to ask; a
+    closed one (``Pool.close()`` called directly) is replaced, under the lock, so that two
+    threads never replace it twice."""
     entry = _pools.get(key)
-    if entry is not None:
+    if entry is not None and not entry[1].closed:
         return entry[1]
     with _lock:
         entry = _pools.get(key)
-        if entry is None:
+        if entry is None or entry[1].closed:
             entry = (target, create())
             _pools[key] = entry
     return entry[1]
@@ -71,18 +68,3 @@ def close_for_database(vendor: str, database: str, host: str | None = None) -> i
     for pool in closing:
         pool.close()
     return len(closing)
-
-
-def pools() -> list[tuple[Target, Pool]]:
-    """A snapshot of the open pools, for statistics and checks."""
-    with _lock:
-        return list(_pools.values())
-
-
-def close_all() -> None:
-    """Closes and forgets every pool."""
-    with _lock:
-        closing = [pool for _, pool in _pools.values()]
-        _pools.clear()
-    for pool in closing:
-        pool.close()

@@ -112,8 +112,13 @@ class Session:
             return (flags, conn.charset, conn.collation, conn.encoding)
         if self.native is None:
             return (conn.character_set_name(), conn.encoding)
-        flags = self.native.server_status(conn) & SERVER_STATUS_NO_BACKSLASH_ESCAPES
-        return (flags, self.native.schema(conn), conn.character_set_name(), conn.encoding)
+        flags, schema = self.native.status_and_schema(conn)
+        return (
+            flags & SERVER_STATUS_NO_BACKSLASH_ESCAPES,
+            schema,
+            conn.character_set_name(),
+            conn.encoding,
+        )
 
     # --- reset policies ------------------------------------------------------------------
     def reset_auto(self, conn: Conn) -> None:

@@ -40,7 +40,7 @@ class DatabaseWrapper(PostgresPoolMixin, stock.DatabaseWrapper):
         def _lido_type_infos(self) -> tuple[object, ...]:
             # Django's per-alias cache; the TypeInfo objects are replaced when it refetches.
             return tuple(
-                registry.get(self.alias, _UNFETCHED) for registry in self._type_infos.values()
+                by_alias.get(self.alias, _UNFETCHED) for by_alias in self._type_infos.values()
             )
 
         def register_geometry_adapters(
