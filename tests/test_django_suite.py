@@ -283,6 +283,7 @@ def _run_both(
     print(comparison.report())
     assert comparison.ok, comparison.report()
     assert len(results["stock"].outcomes) > 0
+    assert results["stock"].counts()["ok"] > 0, "no test passed with the stock backend"
 
 
 @pytest.mark.parametrize("driver", ds.DRIVERS)

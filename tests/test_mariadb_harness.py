@@ -113,8 +113,9 @@ def test_kill_connections(mariadb: MariaDBServer, driver: str) -> None:
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_wait_timeout_closes_idle_connection(driver: str) -> None:
     module = _driver(driver)
-    with MariaDBServer(wait_timeout=1) as server, server.connect(driver=driver) as conn:
-        assert _scalar(conn, "SELECT @@wait_timeout") == 1
+    # 3 s: long enough that the count below sees the connection on a loaded machine.
+    with MariaDBServer(wait_timeout=3) as server, server.connect(driver=driver) as conn:
+        assert _scalar(conn, "SELECT @@wait_timeout") == 3
         assert server.connection_count() == 1
         eventually(lambda: server.connection_count() == 0, "idle connection closed")
         with pytest.raises(module.OperationalError):

@@ -140,14 +140,24 @@ def test_prepared_statements_go_missing(bouncer: PgBouncerServer) -> None:
                 assert a.execute("SELECT %s::int", (i,)).fetchone() == (i,)
 
 
-def test_max_prepared_statements(pg: Upstream) -> None:
+def _supports_max_prepared_statements(pg: Upstream) -> bool:
     probe = PgBouncerServer(pg)
-    supported = probe.supports_max_prepared_statements
-    probe.cleanup()
-    if not supported:
-        with pytest.raises(ValueError, match=r"needs PgBouncer 1\.21"):
-            PgBouncerServer(pg, max_prepared_statements=100)
-        return
+    try:
+        return probe.supports_max_prepared_statements
+    finally:
+        probe.cleanup()
+
+
+def test_max_prepared_statements_refused_where_unsupported(pg: Upstream) -> None:
+    if _supports_max_prepared_statements(pg):
+        pytest.skip("this PgBouncer supports max_prepared_statements")
+    with pytest.raises(ValueError, match=r"needs PgBouncer 1\.21"):
+        PgBouncerServer(pg, max_prepared_statements=100)
+
+
+def test_max_prepared_statements(pg: Upstream) -> None:
+    if not _supports_max_prepared_statements(pg):
+        pytest.skip("this PgBouncer is older than 1.21 (no max_prepared_statements)")
     with (
         PgBouncerServer(pg, max_prepared_statements=100) as bouncer,
         _connect(bouncer, prepare_threshold=0) as a,

@@ -206,19 +206,22 @@ def test_waiting_thread_does_not_hold_the_gil(make_pool):
     done = threading.Event()
 
     def waiter():
-        with pytest.raises(PoolTimeout):
-            pool.getconn(timeout=1.0)
+        pool.putconn(pool.getconn(timeout=60))
         done.set()
 
     t = threading.Thread(target=waiter)
     t.start()
     eventually(lambda: pool.stats()["requests_waiting"] == 1, "waiter queued")
-    spins = 0
-    while not done.is_set():
-        spins += 1  # pure Python: runs only while the waiter has released the GIL
-    t.join()
-    assert spins > 10_000
+    # Pure Python: it can run only while the waiter has released the GIL. A waiter holding
+    # it would let this loop run only after its own 60 s timeout, no longer waiting.
+    total = 0
+    for i in range(200_000):
+        total += i
+    assert pool.stats()["requests_waiting"] == 1
+    assert not done.is_set()
     pool.putconn(held)
+    t.join()
+    assert done.is_set()
 
 
 def test_connect_error_is_the_drivers_and_frees_the_slot(pg):
@@ -294,7 +297,7 @@ def test_slow_connect_does_not_block_other_checkouts(pg):
     held = pool.getconn()  # the only idle one
     slow = threading.Thread(target=lambda: pool.putconn(pool.getconn()))
     slow.start()
-    slow_started.wait(10)
+    assert slow_started.wait(10), "the second connect never started"
     # While the second connect hangs, returns and checkouts of the first go on.
     for _ in range(100):
         pool.putconn(held)
@@ -302,6 +305,7 @@ def test_slow_connect_does_not_block_other_checkouts(pg):
     pool.putconn(held)
     gate.set()
     slow.join()
+    assert len(opened) == 2
     pool.close()
 
 
@@ -336,12 +340,15 @@ def test_pool_keeps_no_strong_reference_to_leased_connections(make_pool):
 
 
 def test_round_trip_check_only_after_idle_window(make_pool):
+    # Two pools, so that neither half depends on how long anything takes: a window no test
+    # outlasts, and a zero one that every idle spell exceeds.
     checks = []
-    pool = make_pool(max_size=1, check_after_idle=0.05, check=lambda c: checks.append(1))
+    pool = make_pool(max_size=1, check_after_idle=3600, check=lambda c: checks.append(1))
     pool.putconn(pool.getconn())
     pool.putconn(pool.getconn())
     assert checks == []
-    threading.Event().wait(0.1)
+    pool = make_pool(max_size=1, check_after_idle=0, check=lambda c: checks.append(1))
+    pool.putconn(pool.getconn())  # a new connection is not checked
     pool.putconn(pool.getconn())
     assert checks == [1]
 

@@ -18,7 +18,12 @@ def _query(conninfo: str, sql: str = "SELECT 1") -> object:
 
 
 def test_free_port_is_bindable() -> None:
-    assert 1024 < free_port() < 65536
+    import socket
+
+    port = free_port()
+    assert 1024 < port < 65536
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
 
 
 def test_query_over_socket_and_tcp(pg: PostgresServer | ExistingPostgres) -> None:

@@ -27,7 +27,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,11 +215,11 @@ def django_source(version: str | None = None) -> Path:
     return target
 
 
-def ensure_requirements(modules: Iterable[str] = DEFAULT_MODULES) -> list[str]:
-    """Install the few test requirements the suite needs for ``modules`` if missing (with pip,
-    into this interpreter's environment); returns what was installed. Optional ones (numpy,
-    PIL, geoip2, ...) are left out: Django skips the tests that need them, stock and ours."""
-    del modules  # every module list needs the same minimum for now
+def ensure_requirements() -> list[str]:
+    """Install the few test requirements the suite needs if missing (with pip, into this
+    interpreter's environment; the same for every module list); returns what was installed.
+    Optional ones (numpy, PIL, geoip2, ...) are left out: Django skips the tests that need
+    them, stock and ours."""
     missing = [req for mod, req in REQUIREMENTS.items() if importlib.util.find_spec(mod) is None]
     if missing:
         subprocess.run(
@@ -754,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     engines = ("stock", "lido") if args.engine == "both" else (args.engine,)
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="lido-django-suite-"))
     source = django_source()
-    installed = ensure_requirements(args.modules or DEFAULT_MODULES)
+    installed = ensure_requirements()
     if installed:
         print(f"installed test requirements: {', '.join(installed)}")
     print(f"Django source: {source}\nlogs: {log_dir}", flush=True)

@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from ._spawn import SpawnedServer
-from .servers import ExistingServer, _apt_install, _base_tempdir, _is_root, free_port
+from .servers import ExistingServer, _base_tempdir, find_or_install, free_port
 
 __all__ = [
     "ExistingMariaDB",
@@ -68,21 +68,12 @@ def _find_both() -> tuple[str, str] | None:
 def find_mariadb() -> tuple[str, str]:
     """Paths of ``mariadbd`` and ``mariadb-install-db``; installs ``mariadb-server`` with apt
     as root if missing (Debian then also starts its own service, which we leave alone)."""
-    found = _find_both()
-    if found is None and _is_root() and shutil.which("apt-get"):
-        try:
-            _apt_install("mariadb-server")
-        except subprocess.CalledProcessError as exc:
-            raise RuntimeError(
-                f"installing MariaDB with apt-get failed:\n{exc.stderr.decode(errors='replace')}"
-            ) from exc
-        found = _find_both()
-    if found is None:
-        raise RuntimeError(
-            "mariadbd/mariadb-install-db not found; install them (Debian/Ubuntu: apt-get "
-            "install mariadb-server) or set MYSQL_URL to use an existing server"
-        )
-    return found
+    return find_or_install(
+        _find_both,
+        "mariadb-server",
+        "mariadbd/mariadb-install-db not found; install them (Debian/Ubuntu: apt-get install "
+        "mariadb-server) or set MYSQL_URL to use an existing server",
+    )
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ._spawn import SpawnedServer
-from .servers import _apt_install, _is_root, _PostgresClient, free_port
+from .servers import _PostgresClient, find_or_install, free_port
 
 __all__ = ["POOL_MODES", "PgBouncerServer", "find_pgbouncer", "pgbouncer_version"]
 
@@ -42,20 +42,11 @@ class Upstream(Protocol):
 @functools.cache  # only successful lookups are cached; a failure is retried next call
 def find_pgbouncer() -> str:
     """Path of the ``pgbouncer`` binary; installs Debian's package with apt as root if missing."""
-    found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/bin")
-    if found is None and _is_root() and shutil.which("apt-get"):
-        try:
-            _apt_install("pgbouncer")
-        except subprocess.CalledProcessError as exc:
-            raise RuntimeError(
-                f"installing pgbouncer with apt-get failed:\n{exc.stderr.decode(errors='replace')}"
-            ) from exc
-        found = shutil.which("pgbouncer", path="/usr/sbin:/usr/bin")
-    if found is None:
-        raise RuntimeError(
-            "pgbouncer not found; install it (Debian/Ubuntu: apt-get install pgbouncer)"
-        )
-    return found
+    return find_or_install(
+        lambda: shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/bin"),
+        "pgbouncer",
+        "pgbouncer not found; install it (Debian/Ubuntu: apt-get install pgbouncer)",
+    )
 
 
 @functools.cache

@@ -21,8 +21,9 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 if TYPE_CHECKING:
     from psycopg.abc import Params, Query
@@ -52,6 +53,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+T = TypeVar("T")
+
+
 def _is_root() -> bool:
     return os.geteuid() == 0
 
@@ -65,6 +69,24 @@ def _apt_install(*packages: str) -> None:
     subprocess.run(
         ["apt-get", "install", "-y", *packages], env=env, check=True, capture_output=True
     )
+
+
+def find_or_install(find: Callable[[], T | None], package: str, missing: str) -> T:
+    """What ``find()`` finds; if nothing, Debian's ``package`` is installed with apt-get
+    (as root, where apt-get exists) and ``find()`` tried again. ``missing`` is the error
+    when it still finds nothing."""
+    found = find()
+    if found is None and _is_root() and shutil.which("apt-get"):
+        try:
+            _apt_install(package)
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(
+                f"installing {package} with apt-get failed:\n{exc.stderr.decode(errors='replace')}"
+            ) from exc
+        found = find()
+    if found is None:
+        raise RuntimeError(missing)
+    return found
 
 
 def _newest_postgres_bindir() -> Path | None:
@@ -81,22 +103,13 @@ def _newest_postgres_bindir() -> Path | None:
 @functools.cache  # only successful lookups are cached; a failure is retried next call
 def find_postgres_bindir() -> Path:
     """The newest Debian-style ``/usr/lib/postgresql/<N>/bin``; installs PostgreSQL as root."""
-    bindir = _newest_postgres_bindir()
-    if bindir is None and _is_root() and shutil.which("apt-get"):
-        try:
-            _apt_install("postgresql")
-        except subprocess.CalledProcessError as exc:
-            raise RuntimeError(
-                f"installing PostgreSQL with apt-get failed:\n{exc.stderr.decode(errors='replace')}"
-            ) from exc
-        bindir = _newest_postgres_bindir()
-    if bindir is None:
-        raise RuntimeError(
-            "PostgreSQL server binaries not found under /usr/lib/postgresql/<N>/bin; "
-            "install them (Debian/Ubuntu: apt-get install postgresql) or set DATABASE_URL "
-            "to use an existing server"
-        )
-    return bindir
+    return find_or_install(
+        _newest_postgres_bindir,
+        "postgresql",
+        "PostgreSQL server binaries not found under /usr/lib/postgresql/<N>/bin; install them "
+        "(Debian/Ubuntu: apt-get install postgresql) or set DATABASE_URL to use an existing "
+        "server",
+    )
 
 
 def _pid_alive(pid: int) -> bool:
