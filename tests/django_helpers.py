@@ -105,3 +105,56 @@ def write_in_a_thread_that_dies(h: ConnectionHandler, sql: str) -> None:
     t.start()
     t.join()
     gc.collect()
+
+
+def assert_short_connect_matches_djangos(w: Any) -> None:
+    """Once warm, ``w.connect()`` takes django-lido's short path; it must leave the wrapper
+    exactly as Django's own ``connect()`` does from the same state (a previous holder's
+    leftovers), and fire ``connection_created`` too. Fails if a Django release adds a step
+    to connect() that the short path does not make."""
+    from unittest import mock
+
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.backends.signals import connection_created
+
+    w.ensure_connection()
+    w.close()  # warm: the pool exists for these settings
+
+    def leftovers() -> None:
+        w.in_atomic_block = True
+        w.savepoint_ids = ["s1"]
+        w.atomic_blocks = [object()]
+        w.needs_rollback = True
+        w.closed_in_transaction = True
+        w.errors_occurred = True
+        w.health_check_done = False
+        w.run_on_commit = [("s1", lambda: None, False)]
+
+    created: list[Any] = []
+
+    def on_created(sender: Any, connection: Any, **kwargs: Any) -> None:
+        created.append(connection)
+
+    connection_created.connect(on_created)
+    try:
+        states = []
+        for connect in (lambda: BaseDatabaseWrapper.connect(w), w.connect):
+            leftovers()
+            # Only the long path looks the pool up.
+            with mock.patch.object(w, "_lido_pool_for", wraps=w._lido_pool_for) as long:
+                connect()
+                state = {k: v for k, v in vars(w).items() if k != "_lido_pool_for"}
+            states.append((long.call_count, state))
+            w.close()
+    finally:
+        connection_created.disconnect(on_created)
+    (long_calls, djangos), (short_calls, ours) = states
+    assert (long_calls, short_calls) == (1, 0), "the second connect did not take the short path"
+    assert ours.keys() == djangos.keys()
+    # A deadline from the clock at connect: the same rule, a moment apart.
+    theirs_at, ours_at = djangos.pop("close_at"), ours.pop("close_at")
+    assert (theirs_at is None) == (ours_at is None)
+    assert theirs_at is None or 0 <= ours_at - theirs_at < 60
+    differ = {k: (djangos[k], v) for k, v in ours.items() if djangos[k] != v}
+    assert differ == {}, f"Django's connect() vs the short path: {differ}"
+    assert created == [w, w]

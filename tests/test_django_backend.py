@@ -20,6 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, OperationalError
 from django.test.utils import override_settings
 from django_helpers import (
+    assert_short_connect_matches_djangos,
     configure,
     database,
     handler,
@@ -299,6 +300,61 @@ def test_checkout_and_return_send_nothing_to_the_server(dj: Any) -> None:
     w.close()
 
 
+def test_short_connect_leaves_the_wrapper_as_djangos_connect_does(dj: Any) -> None:
+    w = handler(default=database(dj, pool={"max_size": 1}, CONN_MAX_AGE=None))["default"]
+    assert_short_connect_matches_djangos(w)
+    w = handler(
+        default=database(dj, pool={"max_size": 1}, options={"isolation_level": 3}),
+    )["default"]
+    assert_short_connect_matches_djangos(w)
+    w.ensure_connection()
+    assert w.connection.isolation_level == 3  # what Django's get_new_connection sets
+    w.close()
+
+
+def test_connect_steps_replaced_in_a_subclass_or_instance_are_honoured(dj: Any) -> None:
+    from django_lido.backends.postgresql.base import DatabaseWrapper
+
+    calls: list[str] = []
+
+    class Custom(DatabaseWrapper):
+        def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+            calls.append("subclass")
+            return super().get_new_connection(conn_params)
+
+    settings_dict = handler(default=database(dj, pool={"max_size": 1}))["default"].settings_dict
+    w = Custom(settings_dict, "default")
+    for _ in range(3):
+        one(w, "SELECT 1")
+        w.close()
+    assert calls == ["subclass"] * 3
+
+    w = handler(default=database(dj, pool={"max_size": 1}))["default"]
+    one(w, "SELECT 1")
+    w.close()
+    with mock.patch.object(w, "get_new_connection", wraps=w.get_new_connection) as patched:
+        for _ in range(3):
+            one(w, "SELECT 1")
+            w.close()
+    assert patched.call_count == 3
+
+
+def test_settings_changed_in_place_take_effect_at_the_next_connect(dj: Any) -> None:
+    w = handler(default=database(dj, pool={"max_size": 1}))["default"]
+    one(w, "SELECT 1")
+    first = w.pool
+    w.close()
+    w.settings_dict["OPTIONS"]["pool"]["max_size"] = 2
+    one(w, "SELECT 1")
+    assert w.pool is not first
+    assert w.pool.stats()["pool_max"] == 2
+    w.close()
+    w.settings_dict["OPTIONS"]["isolation_level"] = 3
+    w.ensure_connection()
+    assert w.connection.isolation_level == 3
+    w.close()
+
+
 def test_time_zone_change_is_applied_at_checkout_without_a_new_connection(dj: Any) -> None:
     entry = database(dj, pool={"max_size": 1})
     w = handler(default=entry)["default"]
@@ -488,6 +544,13 @@ PSYCOPG2_SCRIPT = textwrap.dedent(
     out["datestyle"] = one("SHOW DateStyle")
     out["pids"] = pids + [one("SELECT pg_backend_pid()")]
     w.close()
+    # A second physical connection, opened for a connect that took the short path, is set
+    # up as Django's own connect does it: jsonb is left as text for JSONField's decoder.
+    held = w.pool.getconn()
+    out["jsonb"] = one("SELECT '[1, 2]'::jsonb")
+    out["second_pid"] = one("SELECT pg_backend_pid()")
+    w.close()
+    w.pool.putconn(held)
     out["stats"] = {k: w.pool.stats()[k] for k in ("returns_rolled_back", "connections_num")}
     print(json.dumps(out))
     """
@@ -512,7 +575,9 @@ def test_psycopg2_backend(dj: Any) -> None:
     assert out["rows"] == 0, "uncommitted insert leaked to the next holder"
     assert out["datestyle"] == "ISO, MDY"
     assert len(set(out["pids"])) == 1
-    assert out["stats"] == {"returns_rolled_back": 1, "connections_num": 1}
+    assert out["jsonb"] == "[1, 2]"
+    assert out["second_pid"] not in out["pids"]
+    assert out["stats"] == {"returns_rolled_back": 1, "connections_num": 2}
 
 
 def test_custom_check_option_runs_at_checkout_after_idle(dj: Any) -> None:
@@ -561,7 +626,7 @@ def test_postgis_adapters_are_registered_once_per_physical_connection(dj: Any) -
         dj.execute("CREATE EXTENSION postgis", dbname=GIS_DB)
     w = handler(
         default=database(
-            dj, name=GIS_DB, engine="django_lido.backends.postgis", pool={"max_size": 1}
+            dj, name=GIS_DB, engine="django_lido.backends.postgis", pool={"max_size": 2}
         )
     )["default"]
     point = w.ops.Adapter(GEOSGeometry("POINT(1 2)", srid=4326))
@@ -575,14 +640,14 @@ def test_postgis_adapters_are_registered_once_per_physical_connection(dj: Any) -
             w.close()
         assert len(pids) == 1
         assert made.call_count == 1
-        # A new physical connection gets its own adapters.
+        # A new physical connection gets its own adapters, also when the wrapper connects
+        # the short way (the pool looked up only once).
+        held = w.pool.getconn()
+        with mock.patch.object(w, "_lido_pool_for", wraps=w._lido_pool_for) as looked_up:
+            assert one(w, "SELECT ST_AsText(%s::geometry)", [point]) == "POINT(1 2)"
+        assert looked_up.call_count == 0
+        assert w.connection is not held
+        w.close()
+        w.pool.putconn(held)
         w.close_pool()
-        w2 = handler(
-            default=database(
-                dj, name=GIS_DB, engine="django_lido.backends.postgis", pool={"max_size": 2}
-            )
-        )["default"]
-        assert one(w2, "SELECT ST_AsText(%s::geometry)", [point]) == "POINT(1 2)"
-        w2.close()
-        w2.close_pool()
         assert made.call_count == 2

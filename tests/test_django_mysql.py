@@ -22,6 +22,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test.utils import override_settings
 from django_helpers import (
+    assert_short_connect_matches_djangos,
     configure,
     global_alias,
     handler,
@@ -442,6 +443,17 @@ def test_set_up_runs_once_and_checkouts_send_nothing(dj: MariaDBServer) -> None:
     ], entries
     assert commands.count("Connect") == 1
     assert "Quit" not in commands and "Ping" not in commands
+
+
+def test_short_connect_leaves_the_wrapper_as_djangos_connect_does(dj: MariaDBServer) -> None:
+    w = handler(default=mysql_db(dj, pool={"max_size": 1}, CONN_MAX_AGE=None))["default"]
+    assert_short_connect_matches_djangos(w)
+    w = handler(
+        default=mysql_db(dj, pool={"max_size": 1}, options={"isolation_level": "serializable"})
+    )["default"]
+    assert_short_connect_matches_djangos(w)
+    assert one(w, "SELECT @@tx_isolation") == "SERIALIZABLE"
+    w.close()
 
 
 def test_stock_backend_sets_up_at_every_connect(dj: MariaDBServer) -> None:

@@ -10,16 +10,23 @@ A vendor backend mixes ``PooledDatabaseMixin`` in front of Django's stock
 connection, which parameters make two pools different, and its reset policy; and says with
 ``lido_stock_uses_pool`` whether Django's stock ``get_new_connection`` already takes from
 ``self.pool``.
+
+Checkout is on every request's path, so once a wrapper has connected through Django's own
+``connect()`` with the current settings, later connects take a shorter way (``connect``
+below): the same state resets and steps, without rebuilding what only the settings decide.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from django.conf import settings as django_settings
 from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
+from django.utils.asyncio import async_unsafe
 
 from django_lido.backends import registry
 from django_lido.backends.pool_options import (
@@ -63,8 +70,21 @@ class PooledDatabaseMixin:
     _lido_settings_cache: tuple[Any, PoolSettings | None] | None = None
     _lido_params_cache: tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]] | None = None
     _lido_pool_cache: tuple[dict[str, Any], Pool] | None = None
+    # (the parameters, their pool) of the last connect that went Django's whole way.
+    _lido_warm: tuple[dict[str, Any], Pool] | None = None
     # Set while Django's health check runs: a connection it closes is discarded.
     _lido_discard = False
+
+    # Methods the short connect path does not call (``_lido_after_checkout`` stands in for
+    # the first, a check that the settings are unchanged for the next two, the common case
+    # of the last is inlined): replaced in a subclass or on the instance (a test's mock),
+    # they make every connect take the long way, through them.
+    LIDO_CONNECT_STEPS = (
+        "get_new_connection",
+        "get_connection_params",
+        "check_settings",
+        "set_autocommit",
+    )
 
     # --- vendor hooks --------------------------------------------------------------------
     lido_vendor: str = ""
@@ -86,6 +106,10 @@ class PooledDatabaseMixin:
     ) -> tuple[Callable[[], Conn], Callable[[Conn], object] | None]:
         """A function opening one set-up physical connection, and the reset hook."""
         raise NotImplementedError
+
+    def _lido_after_checkout(self, conn: Conn) -> None:
+        """What the stock ``get_new_connection`` does to a connection it took from the pool,
+        for the short connect path (the connection is ``self.connection`` already)."""
 
     def _lido_timeout_bases(self) -> tuple[type[BaseException], ...]:
         """What a ``PoolTimeout`` raised by the backend also is: the driver's
@@ -125,8 +149,8 @@ class PooledDatabaseMixin:
     def get_connection_params(self) -> dict[str, Any]:
         # Django builds the parameters on every connect, that is at every checkout; they
         # change only with the settings, so the last result is reused (the same object)
-        # while what goes into it compares equal: a few fields, OPTIONS, the time zone and
-        # the pool settings.
+        # while what goes into it compares equal: a few fields, OPTIONS (the pool settings
+        # included) and the time zone.
         sd = self.settings_dict  # type: ignore[has-type]
         options = sd["OPTIONS"]
         fingerprint = (
@@ -137,13 +161,15 @@ class PooledDatabaseMixin:
             sd["PORT"],
             self.timezone,  # type: ignore[attr-defined]
             django_settings.USE_TZ,
-            self._lido_settings() if self.alias != NO_DB_ALIAS else None,  # type: ignore[attr-defined]
         )
         cached = self._lido_params_cache
         if cached is not None and cached[0] == fingerprint and cached[1] == options:
             return cached[2]
         params = self._lido_build_connection_params()
-        self._lido_params_cache = (fingerprint, dict(options), params)
+        # Nested dicts copied too, so that a change made in place to OPTIONS["pool"] is
+        # seen by the comparison above.
+        copied = {k: dict(v) if isinstance(v, dict) else v for k, v in options.items()}
+        self._lido_params_cache = (fingerprint, copied, params)
         return params
 
     def _lido_pool_for(self, conn_params: dict[str, Any]) -> Pool | None:
@@ -190,6 +216,65 @@ class PooledDatabaseMixin:
         return self._lido_pool_for(self.get_connection_params())  # type: ignore[attr-defined]
 
     # --- Django's hook points -------------------------------------------------------------
+    @async_unsafe
+    def connect(self) -> None:
+        # Django's connect() costs about as much again as the pool's checkout and return
+        # together (some 40 Python calls: the parameters, the pool property three times, its
+        # open(), ...). Once this wrapper has connected with the current settings, the same
+        # pool serves them: this path makes Django's resets in the same order, takes the
+        # connection and does the stock per-checkout steps (``_lido_after_checkout``), then
+        # Django's autocommit and connection-state steps and its signal, as connect() does.
+        pool = self._lido_warm_pool()
+        if pool is None:
+            super().connect()  # type: ignore[misc]
+            if self._lido_conn_pool is not None:
+                self._lido_warm = self._lido_pool_cache
+            return
+        settings_dict = self.settings_dict  # type: ignore[has-type]
+        self.in_atomic_block = False
+        self.savepoint_ids: list[Any] = []
+        self.atomic_blocks: list[Any] = []
+        self.needs_rollback = False
+        self.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
+        max_age = settings_dict["CONN_MAX_AGE"]
+        self.close_at = None if max_age is None else time.monotonic() + max_age
+        self.closed_in_transaction = False
+        self.errors_occurred = False
+        self.health_check_done = True
+        try:
+            conn = pool.getconn()
+        except PoolTimeout as exc:
+            raise _timeout_class(self._lido_timeout_bases())(*exc.args) from None
+        self.connection = conn
+        self._lido_conn_pool = pool
+        self._lido_after_checkout(conn)
+        autocommit = settings_dict["AUTOCOMMIT"]
+        if autocommit and not self.run_commit_hooks_on_set_autocommit_on:  # type: ignore[has-type]
+            # All that set_autocommit(True) does right after the resets above, connected,
+            # outside any atomic block, with its health check done and no hooks to run.
+            self._set_autocommit(True)  # type: ignore[attr-defined]
+            self.autocommit = True
+        else:
+            self.set_autocommit(autocommit)  # type: ignore[attr-defined]
+        self.init_connection_state()  # type: ignore[attr-defined]
+        if connection_created.receivers:
+            connection_created.send(sender=self.__class__, connection=self)
+        self.run_on_commit: list[Any] = []
+
+    def _lido_warm_pool(self) -> Pool | None:
+        """The pool of the last connect through Django's own connect() if the current
+        settings still use it, else None (then Django's connect() runs again)."""
+        cached = self._lido_warm
+        if cached is None or not _short_path_allowed(type(self)):
+            return None
+        if not self.__dict__.keys().isdisjoint(self.LIDO_CONNECT_STEPS):
+            return None
+        self.check_settings()  # type: ignore[attr-defined]
+        # The same object while the settings are unchanged (get_connection_params).
+        if cached[0] is not self.get_connection_params() or cached[1].closed:
+            return None
+        return cached[1]
+
     def get_new_connection(self, conn_params: dict[str, Any]) -> Conn:
         pool = self._lido_pool_for(conn_params)
         try:
@@ -213,25 +298,24 @@ class PooledDatabaseMixin:
         if conn is None:
             return
         pool = self._lido_conn_pool
-        with self.wrap_database_errors:  # type: ignore[attr-defined]
-            if pool is None:
+        if pool is None:
+            with self.wrap_database_errors:  # type: ignore[attr-defined]
                 conn.close()
-                return
-            if self._lido_discard:
-                # Closed first, the connection comes back to the pool broken and is dropped.
-                with contextlib.suppress(Exception):
-                    conn.close()
-            try:
-                pool.putconn(conn)
-            finally:
-                # The connection is the pool's again: never usable through this wrapper.
-                self.connection = None
-                self._lido_conn_pool = None
+            return
+        if self._lido_discard:
+            # Closed first, the connection comes back to the pool broken and is dropped.
+            with contextlib.suppress(Exception):
+                conn.close()
+        # The connection is the pool's again: never usable through this wrapper. (putconn
+        # raises only for a connection that is not the pool's; it handles driver errors.)
+        self.connection = None
+        self._lido_conn_pool = None
+        pool.putconn(conn)
 
     def close_pool(self) -> None:
         """Closes the pool of this alias's current settings, if one is open; the next
         connect makes a new one. Connections in use close when they come back."""
-        self._lido_pool_cache = None
+        self._lido_pool_cache = self._lido_warm = None
         if self.alias == NO_DB_ALIAS:  # type: ignore[attr-defined]
             return
         settings = self._lido_settings()
@@ -249,6 +333,25 @@ class PooledDatabaseMixin:
             BaseDatabaseWrapper.close_if_health_check_failed(self)  # type: ignore[arg-type]
         finally:
             self._lido_discard = False
+
+
+_short_path: dict[type, bool] = {}
+
+
+def _short_path_allowed(cls: type) -> bool:
+    """Whether ``cls`` connects with the steps its backend's ``_lido_after_checkout`` was
+    written for: those of the django-lido ``DatabaseWrapper`` it is or derives from. A
+    subclass that replaces one of ``LIDO_CONNECT_STEPS`` always connects the long way."""
+    allowed = _short_path.get(cls)
+    if allowed is None:
+        shipped = next(k for k in cls.__mro__ if k.__module__.startswith(_BACKENDS_PACKAGE))
+        steps: tuple[str, ...] = cls.LIDO_CONNECT_STEPS  # type: ignore[attr-defined]
+        allowed = all(getattr(cls, name) is getattr(shipped, name) for name in steps)
+        _short_path[cls] = allowed
+    return allowed
+
+
+_BACKENDS_PACKAGE = __name__.rpartition(".")[0] + "."
 
 
 _timeout_classes: dict[tuple[type[BaseException], ...], type[PoolTimeout]] = {}

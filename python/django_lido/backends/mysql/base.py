@@ -103,6 +103,9 @@ class MySQLPoolMixin(PooledDatabaseMixin):
         self._lido_checked_out = self._lido_conn_pool is not None
         return conn
 
+    def _lido_after_checkout(self, conn: Conn) -> None:
+        self._lido_checked_out = True
+
     def init_connection_state(self) -> None:
         # Django calls this right after get_new_connection(). For a pooled connection the
         # session was set up when the physical connection was opened; any other call (a

@@ -43,6 +43,11 @@ class DatabaseWrapper(PostgresPoolMixin, stock.DatabaseWrapper):
                 by_alias.get(self.alias, _UNFETCHED) for by_alias in self._type_infos.values()
             )
 
+        def _lido_after_checkout(self, conn: Any) -> None:
+            # The stock PostGIS get_new_connection's step (cheap when already done).
+            super()._lido_after_checkout(conn)
+            self.register_geometry_adapters(conn)
+
         def register_geometry_adapters(
             self, pg_connection: Any, clear_caches: bool = False
         ) -> None:

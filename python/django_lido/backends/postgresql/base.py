@@ -28,6 +28,14 @@ from django_lido.backends.postgresql.session import Session
 
 Conn = Any
 
+if not is_psycopg3:
+    from psycopg2.extras import register_default_jsonb
+
+
+def _text(value: str) -> str:
+    return value
+
+
 # psycopg's own default: a query is prepared on the server after this many executions.
 PSYCOPG_PREPARE_THRESHOLD = 5
 
@@ -100,6 +108,10 @@ class PostgresPoolMixin(PooledDatabaseMixin):
                 conn = connect(**conn_params)
                 conn.autocommit = True
             try:
+                if not is_psycopg3:
+                    # What Django's stock get_new_connection does at every connect (jsonb
+                    # left as text, for JSONField's own decoder); once per connection here.
+                    register_default_jsonb(conn_or_curs=conn, loads=_text)
                 session.set_up(conn)
             except BaseException:
                 conn.close()
@@ -107,6 +119,13 @@ class PostgresPoolMixin(PooledDatabaseMixin):
             return conn
 
         return open_connection, session.reset_hook(settings.reset)
+
+    def _lido_after_checkout(self, conn: Conn) -> None:
+        # The stock get_new_connection's step for a pooled connection: the isolation level
+        # OPTIONS names (self.isolation_level was set from the same OPTIONS by the connect
+        # that made the pool).
+        if "isolation_level" in self.settings_dict["OPTIONS"]:  # type: ignore[has-type]
+            conn.isolation_level = self.isolation_level  # type: ignore[has-type]
 
     def ensure_timezone(self) -> bool:
         # Django's pooled backend closes its whole pool here (tests change TIME_ZONE);
