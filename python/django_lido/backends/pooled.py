@@ -227,7 +227,7 @@ class PooledDatabaseMixin:
         pool = self._lido_warm_pool()
         if pool is None:
             super().connect()  # type: ignore[misc]
-            if self._lido_conn_pool is not None:
+            if self._lido_conn_pool is not None and _short_path_allowed(type(self)):
                 self._lido_warm = self._lido_pool_cache
             return
         settings_dict = self.settings_dict  # type: ignore[has-type]
@@ -265,9 +265,15 @@ class PooledDatabaseMixin:
         """The pool of the last connect through Django's own connect() if the current
         settings still use it, else None (then Django's connect() runs again)."""
         cached = self._lido_warm
-        if cached is None or not _short_path_allowed(type(self)):
+        if cached is None:
             return None
-        if not self.__dict__.keys().isdisjoint(self.LIDO_CONNECT_STEPS):
+        replaced = self.__dict__  # a step replaced on the instance (LIDO_CONNECT_STEPS)
+        if (
+            "get_new_connection" in replaced
+            or "get_connection_params" in replaced
+            or "check_settings" in replaced
+            or "set_autocommit" in replaced
+        ):
             return None
         self.check_settings()  # type: ignore[attr-defined]
         # The same object while the settings are unchanged (get_connection_params).
