@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter, methodcaller
@@ -164,6 +165,16 @@ def pymysql_reset_connection(conn: Conn) -> None:
     conn._read_ok_packet()
 
 
+class _InfoBuffers:
+    """One thread's result buffers for ``mariadb_get_infov``, with their addresses."""
+
+    def __init__(self) -> None:
+        self.flags = ctypes.c_uint()
+        self.flags_at = ctypes.addressof(self.flags)
+        self.name = ctypes.c_char_p()
+        self.name_at = ctypes.addressof(self.name)
+
+
 class MySQLClientNative:
     """What mysqlclient does not expose, read from its client library (MariaDB
     Connector/C) through the connection's ``MYSQL*``: the server status flags, the current
@@ -176,8 +187,8 @@ class MySQLClientNative:
 
     def __init__(self, path: str) -> None:
         # The status and schema reads are field reads: called through PyDLL they keep the
-        # GIL, which is cheaper. Their result buffers are made per call: one instance
-        # serves every thread, and the GIL can pass between the call and the read. The
+        # GIL, which is cheaper. One instance serves every thread, and the GIL can pass
+        # between a call and the read of its result, so result buffers are per thread. The
         # reset does I/O and goes through CDLL, which releases the GIL.
         # A private prototype: setting argtypes on ctypes.pythonapi's would change it for
         # the whole process.
@@ -193,26 +204,46 @@ class MySQLClientNative:
             reset.argtypes = (ctypes.c_void_p,)
             reset.restype = ctypes.c_int
         self._reset = reset
+        self._local = threading.local()
 
     def _mysql(self, conn: Conn) -> int:
-        # Raises (2006) once the connection is closed.
-        return self._get_pointer(conn._get_native_connection(), self.CAPSULE)  # type: ignore[no-any-return]
+        # mysqlclient keeps the MYSQL struct inside the connection object, so its address
+        # holds while the object lives; it is looked up once (a ctypes call) and kept on
+        # the object. A closed connection raises (2006), as the look-up itself does.
+        try:
+            mysql: int = conn._lido_mysql
+        except AttributeError:
+            mysql = self._get_pointer(conn._get_native_connection(), self.CAPSULE)
+            conn._lido_mysql = mysql
+            return mysql
+        if not conn.open:
+            conn._get_native_connection()  # raises for a closed connection
+        return mysql
+
+    def _buffers(self) -> _InfoBuffers:
+        try:
+            return self._local.buffers  # type: ignore[no-any-return]
+        except AttributeError:
+            self._local.buffers = buffers = _InfoBuffers()
+            return buffers
 
     def _server_status(self, mysql: int) -> int:
         """The status flags of the server's last reply."""
-        flags = ctypes.c_uint()
-        if self._infov(mysql, self.SERVER_STATUS, ctypes.byref(flags)):
+        buffers = self._buffers()
+        if self._infov(mysql, self.SERVER_STATUS, buffers.flags_at):
             raise RuntimeError("mariadb_get_infov(MARIADB_CONNECTION_SERVER_STATUS) failed")
-        return flags.value
+        return buffers.flags.value
 
     def status(self, conn: Conn) -> int:
         """The transaction status in libpq's codes (the pool's status hook)."""
         return _mysql_tx_status(self._server_status(self._mysql(conn)))
 
     def _schema(self, mysql: int) -> str | None:
-        name = ctypes.c_char_p()
-        self._infov(mysql, self.SCHEMA, ctypes.byref(name))
-        return name.value.decode() if name.value is not None else None
+        buffers = self._buffers()
+        buffers.name.value = None
+        self._infov(mysql, self.SCHEMA, buffers.name_at)
+        name = buffers.name.value
+        return name.decode() if name is not None else None
 
     def schema(self, conn: Conn) -> str | None:
         """The current database as the client last heard of it (the server reports a
