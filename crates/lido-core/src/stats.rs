@@ -75,11 +75,7 @@ impl Histogram {
         self.buckets[0].fetch_add(1, Relaxed);
     }
 
-    /// How many durations were recorded.
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
-    }
-
+    /// Count, sum, max and quantiles, from one read of the buckets.
     pub fn summary(&self) -> HistogramSummary {
         let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
         let total: u64 = counts.iter().sum();

@@ -734,11 +734,12 @@ impl PoolCore {
         d.set_item("in_use", s.in_use)?;
         d.set_item("opening", s.opening)?;
         d.set_item("requests_waiting", s.waiting)?;
-        d.set_item("requests_num", st.acquire_wait.count())?;
+        // One read of the buckets: requests_num and the wait quantiles agree.
+        let wait = st.acquire_wait.summary();
+        d.set_item("requests_num", wait.count)?;
         d.set_item("requests_queued", st.requests_queued.load(Relaxed))?;
         d.set_item("requests_timeouts", st.timeouts.load(Relaxed))?;
         d.set_item("requests_rejected", st.rejected.load(Relaxed))?;
-        let wait = st.acquire_wait.summary();
         let usage = st.usage.summary();
         let open = st.open_time.summary();
         d.set_item("requests_wait_ms", wait.sum.as_secs_f64() * 1000.0)?;
