@@ -39,6 +39,8 @@ from django_lido.errors import PoolTimeout
 from django_lido.pool import Pool
 
 Conn = Any
+# connect() -> a new connection; configure(conn), once per connection; reset(conn) or None.
+Opener = tuple[Callable[[], Conn], Callable[[Conn], object], Callable[[Conn], object] | None]
 
 
 def freeze(params: Mapping[str, Any]) -> tuple[tuple[str, Hashable], ...]:
@@ -101,10 +103,9 @@ class PooledDatabaseMixin:
         """What, besides the pool settings, tells two pools apart."""
         raise NotImplementedError
 
-    def _lido_opener(
-        self, conn_params: dict[str, Any], settings: PoolSettings
-    ) -> tuple[Callable[[], Conn], Callable[[Conn], object] | None]:
-        """A function opening one set-up physical connection, and the reset hook."""
+    def _lido_opener(self, conn_params: dict[str, Any], settings: PoolSettings) -> Opener:
+        """How the pool opens a physical connection, sets it up once (the pool closes it if
+        that fails) and resets it on return: ``Pool``'s connect, configure and reset."""
         raise NotImplementedError
 
     def _lido_after_checkout(self, conn: Conn) -> None:
@@ -187,9 +188,10 @@ class PooledDatabaseMixin:
         target = self._lido_target(conn_params)
 
         def create() -> Pool:
-            connect, reset = self._lido_opener(dict(conn_params), settings)
+            connect, configure, reset = self._lido_opener(dict(conn_params), settings)
             return Pool(
                 connect,
+                configure=configure,
                 name=settings.name or f"{self.alias}:{target.database}",  # type: ignore[attr-defined]
                 check=settings.check,
                 reset=reset,

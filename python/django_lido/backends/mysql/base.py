@@ -12,7 +12,7 @@ driver already has. See ``session.py`` for what happens on return.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -24,7 +24,7 @@ from django_lido.backends import registry
 from django_lido.backends.mysql.creation import DatabaseCreation
 from django_lido.backends.mysql.session import Session
 from django_lido.backends.pool_options import PoolSettings
-from django_lido.backends.pooled import PooledDatabaseMixin, freeze
+from django_lido.backends.pooled import Opener, PooledDatabaseMixin, freeze
 
 Conn = Any
 
@@ -62,9 +62,7 @@ class MySQLPoolMixin(PooledDatabaseMixin):
             self.isolation_level,  # type: ignore[attr-defined]  # set by get_connection_params
         )
 
-    def _lido_opener(
-        self, conn_params: dict[str, Any], settings: PoolSettings
-    ) -> tuple[Callable[[], Conn], Callable[[Conn], object] | None]:
+    def _lido_opener(self, conn_params: dict[str, Any], settings: PoolSettings) -> Opener:
         # Nothing here may refer to ``self``: the pool outlives this thread's wrapper.
         connect = self.Database.connect  # type: ignore[attr-defined]
         session = Session(
@@ -83,20 +81,17 @@ class MySQLPoolMixin(PooledDatabaseMixin):
         params = conn_params if "autocommit" in conn_params else {**conn_params, "autocommit": True}
 
         def open_connection() -> Conn:
-            conn = connect(**params)
-            try:
-                # What Django's stock get_new_connection does (Django < 6.0): mysqlclient's
-                # bytes encoder is broken.
-                encoders = getattr(conn, "encoders", None)
-                if encoders is not None and encoders.get(bytes) is bytes:
-                    encoders.pop(bytes)
-                session.set_up(conn)
-            except BaseException:
-                conn.close()
-                raise
-            return conn
+            return connect(**params)
 
-        return open_connection, session.reset_hook(settings.reset)
+        def set_up(conn: Conn) -> None:
+            # What Django's stock get_new_connection does (Django < 6.0): mysqlclient's
+            # bytes encoder is broken.
+            encoders = getattr(conn, "encoders", None)
+            if encoders is not None and encoders.get(bytes) is bytes:
+                encoders.pop(bytes)
+            session.set_up(conn)
+
+        return open_connection, set_up, session.reset_hook(settings.reset)
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Conn:
         conn = super().get_new_connection(conn_params)

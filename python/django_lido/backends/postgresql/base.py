@@ -11,7 +11,7 @@ steps (autocommit, isolation level) are local to the driver.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Any
 
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -21,7 +21,7 @@ from django.db.backends.postgresql.psycopg_any import is_psycopg3
 from django_lido import checks
 from django_lido.backends import registry
 from django_lido.backends.pool_options import PoolSettings
-from django_lido.backends.pooled import PooledDatabaseMixin, freeze
+from django_lido.backends.pooled import Opener, PooledDatabaseMixin, freeze
 from django_lido.backends.postgresql.creation import DatabaseCreation
 from django_lido.backends.postgresql.features import DatabaseFeatures
 from django_lido.backends.postgresql.session import Session
@@ -91,9 +91,7 @@ class PostgresPoolMixin(PooledDatabaseMixin):
             options.get("isolation_level"),
         )
 
-    def _lido_opener(
-        self, conn_params: dict[str, Any], settings: PoolSettings
-    ) -> tuple[Callable[[], Conn], Callable[[Conn], object] | None]:
+    def _lido_opener(self, conn_params: dict[str, Any], settings: PoolSettings) -> Opener:
         # Nothing here may refer to ``self``: the pool outlives this thread's wrapper.
         connect = self.Database.connect  # type: ignore[attr-defined]
         session = Session(
@@ -103,22 +101,18 @@ class PostgresPoolMixin(PooledDatabaseMixin):
 
         def open_connection() -> Conn:
             if is_psycopg3:
-                conn = connect(**conn_params, autocommit=True)
-            else:
-                conn = connect(**conn_params)
-                conn.autocommit = True
-            try:
-                if not is_psycopg3:
-                    # What Django's stock get_new_connection does at every connect (jsonb
-                    # left as text, for JSONField's own decoder); once per connection here.
-                    register_default_jsonb(conn_or_curs=conn, loads=_text)
-                session.set_up(conn)
-            except BaseException:
-                conn.close()
-                raise
-            return conn
+                return connect(**conn_params, autocommit=True)
+            return connect(**conn_params)
 
-        return open_connection, session.reset_hook(settings.reset)
+        def set_up(conn: Conn) -> None:
+            if not is_psycopg3:
+                conn.autocommit = True
+                # What Django's stock get_new_connection does at every connect (jsonb left
+                # as text, for JSONField's own decoder); once per connection here.
+                register_default_jsonb(conn_or_curs=conn, loads=_text)
+            session.set_up(conn)
+
+        return open_connection, set_up, session.reset_hook(settings.reset)
 
     def _lido_after_checkout(self, conn: Conn) -> None:
         # The stock get_new_connection's step for a pooled connection: the isolation level
