@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 
 import psycopg
 import pytest
@@ -198,6 +199,54 @@ def test_waiters_are_served_first_come_first_served(make_pool):
     for t in threads:
         t.join()
     assert order == list(range(6))
+
+
+def test_within_its_turn_a_thread_keeps_reusing_then_hands_over_and_queues(make_pool):
+    # A turn of 1 s (the longest allowed) leaves the first steps ample time.
+    pool = make_pool(max_size=1, turn_length=1.0, timeout=30)
+    conn = pool.getconn()  # the main thread's turn begins
+    got: list[object] = []
+
+    def waiter():
+        c = pool.getconn()
+        got.append(c)
+        pool.putconn(c)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    eventually(lambda: pool.stats()["requests_waiting"] == 1, "waiter queued")
+    # Within its turn the holder returns and checks out again ahead of the waiter, which
+    # is told that a connection went idle but finds none, and keeps waiting.
+    for _ in range(3):
+        pool.putconn(conn)
+        conn = pool.getconn()
+    assert pool.stats()["requests_waiting"] == 1 and not got
+    # Once the turn is over, a return goes straight to the waiter, and the holder's next
+    # checkout queues behind it rather than taking the connection back.
+    time.sleep(1.05)
+    pool.putconn(conn)
+    conn = pool.getconn(timeout=30)
+    t.join()
+    assert len(got) == 1
+    pool.putconn(conn)
+
+
+def test_a_connection_returned_within_a_turn_reaches_the_waiter(make_pool):
+    pool = make_pool(max_size=1, turn_length=1.0, timeout=30)
+    conn = pool.getconn()
+    served = threading.Event()
+
+    def waiter():
+        pool.putconn(pool.getconn())
+        served.set()
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    eventually(lambda: pool.stats()["requests_waiting"] == 1, "waiter queued")
+    pool.putconn(conn)  # within the turn: idle, and the waiter is told; nobody takes it back
+    t.join(20)
+    assert served.is_set()
+    assert pool.stats()["requests_timeouts"] == 0
 
 
 def test_waiting_thread_does_not_hold_the_gil(make_pool):
@@ -454,6 +503,9 @@ def test_close_wakes_waiters_and_closes_everything(pg, make_pool):
         ({"max_idle": "10"}, TypeError, "max_idle='10'"),
         ({"lifetime_jitter": 0.9}, ValueError, "lifetime_jitter"),
         ({"max_sise": 3}, TypeError, "unknown pool option(s) max_sise"),
+        ({"turn_length": 2}, ValueError, "turn_length=2: a number of seconds from 0 to 1"),
+        ({"turn_length": -0.5}, ValueError, "turn_length=-0.5"),
+        ({"turn_length": None}, TypeError, "turn_length=None"),
     ],
 )
 def test_bad_options_name_the_option_and_what_is_allowed(pg, options, exc, text):

@@ -19,10 +19,11 @@ DEFAULTS: dict[str, Any] = {
     "max_idle": 600.0,
     "max_uses": 0,
     "check_after_idle": 1.0,
+    "turn_length": 0.001,
 }
 
 _COUNTS = ("min_size", "max_size", "max_waiting", "max_uses")
-_SECONDS = ("timeout",)
+_SECONDS = ("timeout", "turn_length")
 _OPTIONAL_SECONDS = ("max_lifetime", "max_idle", "check_after_idle")
 
 

@@ -60,6 +60,13 @@ class Pool(PoolCore):
     - ``check_after_idle`` (1): a connection idle longer than this gets a round-trip
       ``check`` at checkout. Every checkout also runs a zero-round-trip probe of the
       socket (disable with ``probe=False``), which sees connections the server closed.
+    - ``turn_length`` (0.001): while others wait, a thread may keep reusing connections
+      ahead of them for this long after it was last served from the queue (or after its
+      first checkout); then it hands each connection it returns to the first waiter and
+      queues behind them. This bounds how long a waiter is passed over, and spares a
+      context switch per checkout to a thread that returns and checks out again at once
+      (strict hand-over then turns every checkout into a switch: a lock convoy). 0 serves
+      strictly first come, first served. At most 1.
     - ``check``: callable(conn) for the round trip; raises if the connection is bad.
       Default: the driver's cheapest query.
     - ``configure``: callable(conn), run once on each new connection.

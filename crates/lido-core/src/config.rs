@@ -7,6 +7,9 @@
 use std::fmt;
 use std::time::Duration;
 
+/// Longer turns would let waiters be passed over for longer than any request should wait.
+const MAX_TURN_LENGTH: Duration = Duration::from_secs(1);
+
 /// The options of one pool. Durations of `None` mean "never".
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -30,6 +33,11 @@ pub struct Config {
     /// A connection that sat idle longer than this gets a round-trip check at checkout;
     /// `None` never does one. The zero-round-trip socket probe runs at every checkout.
     pub check_after_idle: Option<Duration>,
+    /// How long a holder's turn lasts: for this long after its checkout last had to queue
+    /// (or its first one), a thread may take an idle connection although others wait, and
+    /// keep the one it returns for its own next checkout; then it hands over and queues.
+    /// Zero serves strictly in order. See [`crate::Engine::checkout_in_turn`].
+    pub turn_length: Duration,
 }
 
 impl Default for Config {
@@ -44,6 +52,7 @@ impl Default for Config {
             max_idle: Some(Duration::from_secs(600)),
             max_uses: 0,
             check_after_idle: Some(Duration::from_secs(1)),
+            turn_length: Duration::from_millis(1),
         }
     }
 }
@@ -111,6 +120,13 @@ impl Config {
                 "max_lifetime",
                 secs(self.max_lifetime),
                 "a number of seconds > 0, or None for no limit",
+            ));
+        }
+        if self.turn_length > MAX_TURN_LENGTH {
+            return Err(err(
+                "turn_length",
+                self.turn_length.as_secs_f64(),
+                "a number of seconds from 0 to 1 (0: strictly in order)",
             ));
         }
         if matches!(self.max_idle, Some(d) if d.is_zero()) {

@@ -77,6 +77,9 @@ struct State<C> {
     /// connections is hard even while a close is under way.
     closing: usize,
     waiters: VecDeque<Arc<Waiter<C>>>,
+    /// Waiters holding an unanswered [`Grant::Retry`]. Kept at least as large as `idle`
+    /// while anyone waits, so that no idle connection sits unseen by the queue.
+    nudged: usize,
     closed: bool,
     generation: u64,
     next_id: u64,
@@ -126,14 +129,54 @@ impl<C> State<C> {
         (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// Hands a connection that is not in use to the first waiter (it is then in use, with
-    /// one more use, and checked by the probe only, since it was in use a moment ago), or
-    /// puts it on the idle stack. The caller notifies the returned waiter once the lock is
-    /// released.
-    fn hand_on(&mut self, mut conn: Pooled<C>) -> Option<Arc<Waiter<C>>> {
-        let Some(w) = self.waiters.pop_front() else {
-            self.idle.push(conn);
+    /// Takes the first waiter off the queue to be served.
+    fn pop_waiter(&mut self) -> Option<Arc<Waiter<C>>> {
+        let w = self.waiters.pop_front()?;
+        self.forget_nudge(&w);
+        Some(w)
+    }
+
+    fn forget_nudge(&mut self, w: &Waiter<C>) {
+        if w.nudged.swap(false, Relaxed) {
+            self.nudged -= 1;
+        }
+    }
+
+    /// No idle connection goes unseen by the queue: at least as many waiters have been told
+    /// to ask again as there are idle connections (or waiters, if fewer).
+    fn debug_check_nudges(&self) {
+        debug_assert_eq!(
+            self.nudged,
+            self.waiters
+                .iter()
+                .filter(|w| w.nudged.load(Relaxed))
+                .count()
+        );
+        debug_assert!(self.nudged >= self.idle.len().min(self.waiters.len()));
+    }
+
+    /// Tells the first waiter not yet told that a connection is idle, unless every idle
+    /// connection already has a waiter on its way to it.
+    fn nudge(&mut self) -> Option<Arc<Waiter<C>>> {
+        if self.nudged >= self.idle.len() {
             return None;
+        }
+        let w = self.waiters.iter().find(|w| !w.nudged.load(Relaxed))?;
+        w.nudged.store(true, Relaxed);
+        w.give(Grant::Retry);
+        let w = Arc::clone(w);
+        self.nudged += 1;
+        Some(w)
+    }
+
+    /// Gives a connection that is not in use to the first waiter (it is then in use, with
+    /// one more use, and checked by the probe only, since it was in use a moment ago), or
+    /// puts it on the idle stack if nobody waits. If the first waiter had been told of an
+    /// idle connection, the next one is told instead.
+    fn hand_over(&mut self, mut conn: Pooled<C>) -> Woken<C> {
+        let Some(w) = self.pop_waiter() else {
+            self.idle.push(conn);
+            return [None, None];
         };
         self.in_use += 1;
         conn.meta.uses += 1;
@@ -142,7 +185,32 @@ impl<C> State<C> {
             round_trip: false,
         };
         w.give(Grant::Conn(conn, check));
-        Some(w)
+        [Some(w), self.nudge()]
+    }
+
+    /// Whether a holder whose turn began at `turn` may still pass over the waiters: take an
+    /// idle connection although others wait, or keep a returned one from them. `None` (no
+    /// turn) never may.
+    fn in_turn(&self, turn: Option<Instant>, now: Instant) -> bool {
+        turn.is_some_and(|t| now.saturating_duration_since(t) < self.cfg.turn_length)
+    }
+
+    /// Puts a returned connection where it goes: idle when nobody waits; with waiters,
+    /// straight to the first one, unless the holder's turn is still running. Then it goes
+    /// idle and the first waiter not yet told is told to ask again ([`Grant::Retry`]). A
+    /// thread that returns and at once checks out again, still holding the GIL, goes on
+    /// without a context switch. Strict hand-over at every return would make every
+    /// checkout a switch once anyone waits (a lock convoy). The caller notifies the
+    /// returned waiter once the lock is released.
+    fn hand_on(&mut self, conn: Pooled<C>, turn: Option<Instant>, now: Instant) -> Woken<C> {
+        let woken = if self.waiters.is_empty() || self.in_turn(turn, now) {
+            self.idle.push(conn);
+            [self.nudge(), None]
+        } else {
+            self.hand_over(conn)
+        };
+        self.debug_check_nudges();
+        woken
     }
 
     fn new_meta(&mut self, now: Instant, uses: u64) -> ConnMeta {
@@ -195,15 +263,24 @@ impl<C> State<C> {
 
     /// Gives a free slot to the first waiter, if there is a free slot and a waiter.
     fn grant_open(&mut self) -> Option<Arc<Waiter<C>>> {
-        if self.closed || self.size() >= self.cfg.max_size {
+        if self.closed || self.size() >= self.cfg.max_size || !self.idle.is_empty() {
             return None;
         }
-        let w = self.waiters.pop_front()?;
+        let w = self.pop_waiter()?;
         self.opening += 1;
         w.give(Grant::Open(OpenPermit {
             generation: self.generation,
         }));
         Some(w)
+    }
+}
+
+/// Waiters to notify once the engine's lock is released.
+type Woken<C> = [Option<Arc<Waiter<C>>>; 2];
+
+fn notify_all<C>(woken: Woken<C>) {
+    for w in woken.into_iter().flatten() {
+        w.notify();
     }
 }
 
@@ -230,6 +307,7 @@ impl<C> Engine<C> {
                 opening: 0,
                 closing: 0,
                 waiters: VecDeque::new(),
+                nudged: 0,
                 closed: false,
                 generation: 0,
                 next_id: 0,
@@ -281,10 +359,24 @@ impl<C> Engine<C> {
         }
     }
 
-    /// Asks for a connection. `wake` is called only when the request has to queue.
+    /// Asks for a connection, strictly in order: behind every waiter. `wake` is called only
+    /// when the request has to queue.
     pub fn checkout(
         &self,
         now: Instant,
+        wake: impl FnOnce() -> Box<dyn Wake>,
+    ) -> Result<Checkout<C>, AcquireError> {
+        self.checkout_in_turn(now, None, wake)
+    }
+
+    /// Asks for a connection for a holder whose turn began at `turn` (see
+    /// [`Config::turn_length`]): within its turn it takes an idle connection even if
+    /// others wait; once the turn is over it queues behind them. The caller starts a new
+    /// turn when a checkout had to queue.
+    pub fn checkout_in_turn(
+        &self,
+        now: Instant,
+        turn: Option<Instant>,
         wake: impl FnOnce() -> Box<dyn Wake>,
     ) -> Result<Checkout<C>, AcquireError> {
         let mut st = self.state.lock();
@@ -293,14 +385,16 @@ impl<C> Engine<C> {
                 pool: self.name.clone(),
             });
         }
-        if let Some(answer) = st.take_idle(now, &self.stats) {
-            return Ok(answer);
-        }
-        if st.size() < st.cfg.max_size {
-            st.opening += 1;
-            return Ok(Checkout::Open(OpenPermit {
-                generation: st.generation,
-            }));
+        if st.waiters.is_empty() || st.in_turn(turn, now) {
+            if let Some(answer) = st.take_idle(now, &self.stats) {
+                return Ok(answer);
+            }
+            if st.size() < st.cfg.max_size {
+                st.opening += 1;
+                return Ok(Checkout::Open(OpenPermit {
+                    generation: st.generation,
+                }));
+            }
         }
         if st.cfg.max_waiting > 0 && st.waiters.len() >= st.cfg.max_waiting {
             self.stats.rejected.fetch_add(1, Relaxed);
@@ -311,6 +405,7 @@ impl<C> Engine<C> {
         }
         let waiter = Arc::new(Waiter::new(wake(), now));
         st.waiters.push_back(Arc::clone(&waiter));
+        st.debug_check_nudges();
         self.stats.requests_queued.fetch_add(1, Relaxed);
         Ok(Checkout::Wait(waiter))
     }
@@ -356,7 +451,20 @@ impl<C> Engine<C> {
 
     /// Takes back a connection. `healthy` is false when it came back broken or could not
     /// be cleaned. Hands it straight to the first waiter if there is one.
-    pub fn release(&self, mut conn: Pooled<C>, healthy: bool, now: Instant) -> Disposal<C> {
+    pub fn release(&self, conn: Pooled<C>, healthy: bool, now: Instant) -> Disposal<C> {
+        self.release_in_turn(conn, healthy, now, None)
+    }
+
+    /// Takes back a connection from a holder whose turn began at `turn`: with waiters, it
+    /// goes straight to the first one once the turn is over, and idle (the first waiter is
+    /// told) while it lasts. See [`Engine::checkout_in_turn`].
+    pub fn release_in_turn(
+        &self,
+        mut conn: Pooled<C>,
+        healthy: bool,
+        now: Instant,
+        turn: Option<Instant>,
+    ) -> Disposal<C> {
         let mut st = self.state.lock();
         if conn.meta.generation != st.generation {
             return Some(Retired {
@@ -386,9 +494,10 @@ impl<C> Engine<C> {
             return Some(st.retire(conn, reason, &self.stats));
         }
         conn.meta.last_used = now;
-        if let Some(w) = st.hand_on(conn) {
+        let woken = st.hand_on(conn, turn, now);
+        if woken[0].is_some() {
             drop(st);
-            w.notify();
+            notify_all(woken);
             return None;
         }
         self.evict_stale_idle(&mut st, now)
@@ -438,10 +547,9 @@ impl<C> Engine<C> {
             Ok(conn) => conn,
             Err(retired) => return Some(retired),
         };
-        if let Some(w) = st.hand_on(conn) {
-            drop(st);
-            w.notify();
-        }
+        let woken = st.hand_over(conn);
+        drop(st);
+        notify_all(woken);
         None
     }
 
@@ -543,11 +651,48 @@ impl<C> Engine<C> {
         let mut st = self.state.lock();
         if let Some(pos) = st.waiters.iter().position(|w| Arc::ptr_eq(w, waiter)) {
             st.waiters.remove(pos);
+            st.forget_nudge(waiter);
+            // Its nudge, if it had one, passes to the next waiter.
+            let next = st.nudge();
+            st.debug_check_nudges();
+            drop(st);
+            if let Some(w) = next {
+                w.notify();
+            }
             return None;
         }
         drop(st);
         // Not queued any more, so it was granted, under the lock we just took.
         waiter.try_take()
+    }
+
+    /// Answers a waiter's [`Grant::Retry`]: an idle connection or a permit to open one (the
+    /// waiter then leaves the queue), or [`Checkout::Wait`] again, with its place kept.
+    pub fn retry(
+        &self,
+        waiter: &Arc<Waiter<C>>,
+        now: Instant,
+    ) -> Result<Checkout<C>, AcquireError> {
+        let mut st = self.state.lock();
+        let Some(pos) = st.waiters.iter().position(|w| Arc::ptr_eq(w, waiter)) else {
+            // Served or closed meanwhile, under the lock: the grant is in its slot.
+            return Ok(Checkout::Wait(Arc::clone(waiter)));
+        };
+        st.forget_nudge(waiter);
+        let answer = if let Some(answer) = st.take_idle(now, &self.stats) {
+            st.waiters.remove(pos);
+            answer
+        } else if st.size() < st.cfg.max_size {
+            st.waiters.remove(pos);
+            st.opening += 1;
+            Checkout::Open(OpenPermit {
+                generation: st.generation,
+            })
+        } else {
+            Checkout::Wait(Arc::clone(waiter))
+        };
+        st.debug_check_nudges();
+        Ok(answer)
     }
 
     /// Closes the pool: idle connections are handed back for closing, waiters are woken
@@ -564,7 +709,9 @@ impl<C> Engine<C> {
             .map(|conn| st.retire(conn, CloseReason::PoolClosed, &self.stats))
             .collect();
         let waiters: Vec<_> = st.waiters.drain(..).collect();
+        st.nudged = 0;
         for w in &waiters {
+            w.nudged.store(false, Relaxed);
             w.give(Grant::Closed);
         }
         st.wake_maintainer();
@@ -709,6 +856,7 @@ impl<C> Engine<C> {
         st.maintainer = None;
         // Their threads do not exist in the child.
         st.waiters.clear();
+        st.nudged = 0;
         std::mem::take(&mut st.idle)
     }
 }

@@ -7,6 +7,7 @@
 use crate::conn::{Check, Pooled};
 use crate::engine::OpenPermit;
 use parking_lot::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::thread::{self, Thread};
 use std::time::Instant;
 
@@ -40,6 +41,9 @@ pub enum Grant<C> {
     Open(OpenPermit),
     /// The pool closed while waiting.
     Closed,
+    /// A connection went idle: ask again with [`crate::Engine::retry`]. The waiter keeps
+    /// its place in the queue until it is served.
+    Retry,
 }
 
 /// One queued checkout.
@@ -47,6 +51,8 @@ pub struct Waiter<C> {
     grant: Mutex<Option<Grant<C>>>,
     wake: Box<dyn Wake>,
     pub(crate) since: Instant,
+    /// Holds an unanswered [`Grant::Retry`]; read and written under the engine's lock only.
+    pub(crate) nudged: AtomicBool,
 }
 
 impl<C> Waiter<C> {
@@ -55,6 +61,7 @@ impl<C> Waiter<C> {
             grant: Mutex::new(None),
             wake,
             since,
+            nudged: AtomicBool::new(false),
         }
     }
 

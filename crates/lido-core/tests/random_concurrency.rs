@@ -34,6 +34,8 @@ struct World {
     closed: AtomicBool,
     served: AtomicUsize,
     timed_out: AtomicUsize,
+    /// Waiters told to ask again (an idle connection kept by a holder within its turn).
+    retries: AtomicUsize,
 }
 
 impl World {
@@ -58,17 +60,24 @@ impl World {
             c.payload
         );
     }
+    fn retry(&self, waiter: &Arc<Waiter<u64>>) -> Result<Checkout<u64>, AcquireError> {
+        self.retries.fetch_add(1, SeqCst);
+        self.engine.retry(waiter, Instant::now())
+    }
     fn unhold(&self, c: &Pooled<u64>) {
         assert!(self.held.lock().remove(&c.payload));
     }
 }
 
-/// One checkout, driving the engine like a binding would. `None`: timed out or closed.
-fn acquire(w: &World, rng: &mut Rng) -> Option<Pooled<u64>> {
+/// One checkout, driving the engine like a binding would, for a thread whose turn began at
+/// `turn` (`None`: strictly in order); a checkout that queues starts a new turn.
+/// `None`: timed out or closed.
+fn acquire(w: &World, rng: &mut Rng, turn: &mut Option<Instant>) -> Option<Pooled<u64>> {
     let deadline = Instant::now() + Duration::from_micros(rng.next() % 3000);
+    let mut queued = false;
     let mut step = match w
         .engine
-        .checkout(Instant::now(), || Box::new(ThreadWake::current()))
+        .checkout_in_turn(Instant::now(), *turn, || Box::new(ThreadWake::current()))
     {
         Ok(s) => s,
         Err(AcquireError::Closed { .. }) => return None,
@@ -90,6 +99,9 @@ fn acquire(w: &World, rng: &mut Rng) -> Option<Pooled<u64>> {
                     }
                 } else {
                     w.hold(&c);
+                    if queued && turn.is_some() {
+                        *turn = Some(Instant::now());
+                    }
                     return Some(c);
                 }
             }
@@ -117,6 +129,9 @@ fn acquire(w: &World, rng: &mut Rng) -> Option<Pooled<u64>> {
                 {
                     Ok(c) => {
                         w.hold(&c);
+                        if queued && turn.is_some() {
+                            *turn = Some(Instant::now());
+                        }
                         return Some(c);
                     }
                     Err(r) => {
@@ -126,6 +141,7 @@ fn acquire(w: &World, rng: &mut Rng) -> Option<Pooled<u64>> {
                 }
             }
             Checkout::Wait(waiter) => {
+                queued = true;
                 let grant = match waiter.park_until(deadline) {
                     Some(g) => g,
                     None => match w.engine.cancel(&waiter) {
@@ -139,6 +155,10 @@ fn acquire(w: &World, rng: &mut Rng) -> Option<Pooled<u64>> {
                 match grant {
                     Grant::Conn(c, check) => Checkout::Ready(c, check),
                     Grant::Open(p) => Checkout::Open(p),
+                    Grant::Retry => match w.retry(&waiter) {
+                        Ok(s) => s,
+                        Err(_) => return None,
+                    },
                     Grant::Closed => {
                         assert!(w.closed.load(SeqCst));
                         return None;
@@ -151,8 +171,10 @@ fn acquire(w: &World, rng: &mut Rng) -> Option<Pooled<u64>> {
 
 fn worker(w: Arc<World>, seed: u64, ops: usize) {
     let mut rng = Rng(seed);
+    // Half the threads take turns (as the Python binding does), half go strictly in order.
+    let mut turn = seed.is_multiple_of(2).then(Instant::now);
     for _ in 0..ops {
-        let Some(c) = acquire(&w, &mut rng) else {
+        let Some(c) = acquire(&w, &mut rng, &mut turn) else {
             continue;
         };
         w.served.fetch_add(1, SeqCst);
@@ -168,7 +190,7 @@ fn worker(w: Arc<World>, seed: u64, ops: usize) {
             continue;
         }
         let healthy = !rng.chance(5);
-        if let Some(r) = w.engine.release(c, healthy, Instant::now()) {
+        if let Some(r) = w.engine.release_in_turn(c, healthy, Instant::now(), turn) {
             w.close(r);
         }
     }
@@ -184,6 +206,7 @@ fn run(seed: u64, threads: usize, ops: usize, close_midway: bool) {
             max_idle: Some(Duration::from_millis(2)),
             max_uses: 7,
             check_after_idle: Some(Duration::from_micros(100)),
+            turn_length: Duration::from_micros(300),
             ..Config::default()
         },
     )
@@ -196,6 +219,7 @@ fn run(seed: u64, threads: usize, ops: usize, close_midway: bool) {
         closed: AtomicBool::new(false),
         served: AtomicUsize::new(0),
         timed_out: AtomicUsize::new(0),
+        retries: AtomicUsize::new(0),
     });
     let done = Arc::new(AtomicBool::new(false));
     // A maintenance helper, as a binding would run it.
@@ -281,6 +305,10 @@ fn run(seed: u64, threads: usize, ops: usize, close_midway: bool) {
         assert!(w.served.load(SeqCst) > 0);
         assert!(st.requests_queued.load(SeqCst) > 0, "nobody queued");
         assert!(w.timed_out.load(SeqCst) > 0, "nobody timed out");
+        assert!(
+            w.retries.load(SeqCst) > 0,
+            "no waiter was told to ask again"
+        );
         assert!(st.open_errors.load(SeqCst) > 0 && st.closes_total() > 0);
     }
 }

@@ -528,3 +528,156 @@ fn a_connection_opened_by_maintenance_after_close_is_retired() {
     let s = e.status();
     assert_eq!((s.size, s.idle), (0, 0));
 }
+
+fn wait(e: &Engine<u32>, now: Instant, turn: Option<Instant>) -> Arc<Waiter<u32>> {
+    match e.checkout_in_turn(now, turn, wake).unwrap() {
+        Checkout::Wait(w) => w,
+        _ => panic!("should wait"),
+    }
+}
+
+fn turns(max_size: usize) -> Engine<u32> {
+    engine(Config {
+        max_size,
+        turn_length: Duration::from_millis(1),
+        ..Config::default()
+    })
+}
+
+/// Connection 1 held by a thread whose turn began at `t`, one waiter queued, then the
+/// connection returned within the turn: it goes idle, and the waiter is told to ask again.
+fn returned_within_turn(e: &Engine<u32>, t: Instant) -> Arc<Waiter<u32>> {
+    let a = get(e, t, 1);
+    let w = wait(e, t, None);
+    assert!(e.release_in_turn(a, true, t, Some(t)).is_none());
+    assert!(matches!(w.try_take(), Some(Grant::Retry)));
+    w
+}
+
+#[test]
+fn within_its_turn_a_holder_keeps_what_it_returns_and_the_waiter_is_told() {
+    let e = turns(1);
+    let t = Instant::now();
+    let w = returned_within_turn(&e, t);
+    let s = e.status();
+    assert_eq!((s.idle, s.waiting), (1, 1));
+    // The holder, still in its turn, takes it again before the waiter runs.
+    let t1 = t + Duration::from_micros(500);
+    let a = match e.checkout_in_turn(t1, Some(t), wake).unwrap() {
+        Checkout::Ready(c, _) => c,
+        _ => panic!("within its turn the holder takes the idle connection"),
+    };
+    // The waiter finds nothing, keeps its place and is told again at the next return.
+    assert!(matches!(e.retry(&w, t1).unwrap(), Checkout::Wait(_)));
+    assert_eq!(e.status().waiting, 1);
+    assert!(e.release_in_turn(a, true, t1, Some(t)).is_none());
+    assert!(matches!(w.try_take(), Some(Grant::Retry)));
+    match e.retry(&w, t1).unwrap() {
+        Checkout::Ready(c, _) => assert_eq!(c.payload, 1),
+        _ => panic!("the waiter takes the idle connection"),
+    }
+    let s = e.status();
+    assert_eq!((s.in_use, s.idle, s.waiting), (1, 0, 0));
+}
+
+#[test]
+fn once_its_turn_is_over_a_holder_hands_over_and_queues() {
+    let e = turns(2);
+    let t = Instant::now();
+    let a = get(&e, t, 1);
+    let b = get(&e, t, 2);
+    let w = wait(&e, t, None);
+    let late = t + Duration::from_millis(1);
+    // The turn began at t and lasts 1 ms: at `late` it is over, so the return goes
+    // straight to the waiter, like a strictly ordered return.
+    assert!(e.release_in_turn(a, true, late, Some(t)).is_none());
+    assert!(matches!(w.try_take(), Some(Grant::Conn(c, _)) if c.payload == 1));
+    // A checkout past its turn queues behind a waiter even though a connection is idle.
+    let w2 = wait(&e, late, None);
+    assert!(e.release_in_turn(b, true, late, Some(late)).is_none());
+    assert_eq!(e.status().idle, 1);
+    assert!(matches!(
+        e.checkout_in_turn(late, Some(t), wake).unwrap(),
+        Checkout::Wait(_)
+    ));
+    // ...while one within its turn may take it.
+    assert!(matches!(
+        e.checkout_in_turn(late, Some(late), wake).unwrap(),
+        Checkout::Ready(..)
+    ));
+    assert!(matches!(w2.try_take(), Some(Grant::Retry)));
+}
+
+#[test]
+fn a_told_waiter_that_leaves_passes_the_news_on() {
+    let e = turns(1);
+    let t = Instant::now();
+    let a = get(&e, t, 1);
+    let w1 = wait(&e, t, None);
+    let w2 = wait(&e, t, None);
+    assert!(e.release_in_turn(a, true, t, Some(t)).is_none());
+    assert!(matches!(w1.try_take(), Some(Grant::Retry)));
+    assert!(
+        w2.try_take().is_none(),
+        "one idle connection, one waiter told"
+    );
+    // The told waiter times out: the next one is told, or the connection would sit idle.
+    assert!(e.cancel(&w1).is_none());
+    assert!(matches!(w2.try_take(), Some(Grant::Retry)));
+    assert!(matches!(e.retry(&w2, t).unwrap(), Checkout::Ready(..)));
+}
+
+#[test]
+fn a_direct_hand_over_to_a_told_waiter_tells_the_next_one() {
+    let e = turns(2);
+    let t = Instant::now();
+    let a = get(&e, t, 1);
+    let b = get(&e, t, 2);
+    let w1 = wait(&e, t, None);
+    let w2 = wait(&e, t, None);
+    // `a` goes idle within its holder's turn; w1 is told.
+    assert!(e.release_in_turn(a, true, t, Some(t)).is_none());
+    // Before w1 asks again, `b` comes back from a holder past its turn: it goes to w1,
+    // the first waiter, and w2 must now be told of the idle connection.
+    let late = t + Duration::from_millis(2);
+    assert!(e.release_in_turn(b, true, late, Some(t)).is_none());
+    assert!(matches!(w1.try_take(), Some(Grant::Conn(c, _)) if c.payload == 2));
+    assert!(matches!(w2.try_take(), Some(Grant::Retry)));
+    match e.retry(&w2, late).unwrap() {
+        Checkout::Ready(c, _) => assert_eq!(c.payload, 1),
+        _ => panic!("w2 takes the idle connection"),
+    }
+}
+
+#[test]
+fn a_retry_after_the_waiter_was_served_finds_its_grant() {
+    let e = turns(1);
+    let t = Instant::now();
+    let w = returned_within_turn(&e, t);
+    // Someone in turn takes the connection and hands it over once past the turn, all
+    // before the told waiter gets to ask again.
+    let a = match e.checkout_in_turn(t, Some(t), wake).unwrap() {
+        Checkout::Ready(c, _) => c,
+        _ => panic!("in turn"),
+    };
+    let late = t + Duration::from_millis(1);
+    assert!(e.release_in_turn(a, true, late, Some(t)).is_none());
+    // The waiter left the queue with a grant: retry says wait, and the grant is there.
+    assert!(matches!(e.retry(&w, late).unwrap(), Checkout::Wait(_)));
+    assert!(matches!(w.try_take(), Some(Grant::Conn(..))));
+    assert_eq!(e.status().waiting, 0);
+}
+
+#[test]
+fn a_zero_turn_length_serves_strictly_in_order() {
+    let e = engine(Config {
+        max_size: 1,
+        turn_length: Duration::ZERO,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let a = get(&e, t, 1);
+    let w = wait(&e, t, Some(t));
+    assert!(e.release_in_turn(a, true, t, Some(t)).is_none());
+    assert!(matches!(w.try_take(), Some(Grant::Conn(..))));
+}

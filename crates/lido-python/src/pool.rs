@@ -10,6 +10,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -48,6 +49,35 @@ static EXITING: AtomicBool = AtomicBool::new(false);
 #[pyfunction]
 pub fn _interpreter_exiting() {
     EXITING.store(true, Relaxed);
+}
+
+thread_local! {
+    /// When this thread's turn at each pool began (keyed by the address of the pool's shared
+    /// state): at its first checkout, then whenever a checkout had to queue. The engine lets
+    /// a thread pass over waiters only within its turn (`Config::fair_interval`).
+    static TURNS: RefCell<Vec<(usize, Instant)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// This thread's turn at pool `key`, started at `now` if it has none yet.
+fn current_turn(key: usize, now: Instant) -> Instant {
+    TURNS.with_borrow_mut(|turns| match turns.iter().find(|(k, _)| *k == key) {
+        Some(&(_, t)) => t,
+        None => {
+            turns.push((key, now));
+            now
+        }
+    })
+}
+
+fn start_turn(key: usize, now: Instant) {
+    TURNS.with_borrow_mut(|turns| match turns.iter_mut().find(|(k, _)| *k == key) {
+        Some(entry) => entry.1 = now,
+        None => turns.push((key, now)),
+    })
+}
+
+fn turn_of(key: usize) -> Option<Instant> {
+    TURNS.with_borrow(|turns| turns.iter().find(|(k, _)| *k == key).map(|&(_, t)| t))
 }
 
 fn park_forever_if_exiting() {
@@ -180,6 +210,7 @@ fn engine_config(
     max_idle: Option<f64>,
     max_uses: i64,
     check_after_idle: Option<f64>,
+    turn_length: f64,
 ) -> Result<Config, ConfigError> {
     let cfg = Config {
         min_size: count("min_size", min_size)? as usize,
@@ -191,6 +222,7 @@ fn engine_config(
         max_idle: opt_secs("max_idle", max_idle)?,
         max_uses: count("max_uses", max_uses)?,
         check_after_idle: opt_secs("check_after_idle", check_after_idle)?,
+        turn_length: secs("turn_length", turn_length)?,
     };
     cfg.validate()?;
     Ok(cfg)
@@ -201,7 +233,7 @@ fn engine_config(
 #[pyfunction]
 #[pyo3(signature = (
     *, min_size, max_size, timeout, max_waiting, max_lifetime, lifetime_jitter, max_idle,
-    max_uses, check_after_idle,
+    max_uses, check_after_idle, turn_length,
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn validate_options(
@@ -214,6 +246,7 @@ pub fn validate_options(
     max_idle: Option<f64>,
     max_uses: i64,
     check_after_idle: Option<f64>,
+    turn_length: f64,
 ) -> PyResult<()> {
     engine_config(
         min_size,
@@ -225,6 +258,7 @@ pub fn validate_options(
         max_idle,
         max_uses,
         check_after_idle,
+        turn_length,
     )
     .map(drop)
     .map_err(config_error)
@@ -529,7 +563,7 @@ impl PoolCore {
     #[new]
     #[pyo3(signature = (
         connect, driver_for, *, name, min_size, max_size, timeout, max_waiting,
-        max_lifetime, lifetime_jitter, max_idle, max_uses, check_after_idle,
+        max_lifetime, lifetime_jitter, max_idle, max_uses, check_after_idle, turn_length,
         probe=true, check=None, reset=None, on_leak=None, on_error=None,
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -546,6 +580,7 @@ impl PoolCore {
         max_idle: Option<f64>,
         max_uses: i64,
         check_after_idle: Option<f64>,
+        turn_length: f64,
         probe: bool,
         check: Option<Py<PyAny>>,
         reset: Option<Py<PyAny>>,
@@ -562,6 +597,7 @@ impl PoolCore {
             max_idle,
             max_uses,
             check_after_idle,
+            turn_length,
         )
         .map_err(config_error)?;
         let timeout = cfg.timeout;
@@ -598,13 +634,21 @@ impl PoolCore {
         };
         let deadline = start + timeout;
         let wake = || -> Box<dyn lido_core::Wake> { Box::new(ThreadWake::current()) };
-        let mut step = inner.engine.checkout(start, wake).map_err(acquire_error)?;
+        let key = Arc::as_ptr(&self.inner) as usize;
+        let turn = Some(current_turn(key, start));
+        let mut step = inner
+            .engine
+            .checkout_in_turn(start, turn, wake)
+            .map_err(acquire_error)?;
         // Set once the request has to queue, for the acquire-wait histogram.
         let mut queued_at = None;
         loop {
             step = match step {
                 Checkout::Ready(conn, check) => {
                     if inner.verify(py, &conn, check) {
+                        if queued_at.is_some() {
+                            start_turn(key, Instant::now());
+                        }
                         return Ok(inner.lend(conn, queued_at));
                     }
                     let (retired, next) =
@@ -618,10 +662,15 @@ impl PoolCore {
                     inner.dispose(py, retired);
                     inner
                         .engine
-                        .checkout(Instant::now(), wake)
+                        .checkout_in_turn(Instant::now(), turn, wake)
                         .map_err(acquire_error)?
                 }
-                Checkout::Open(permit) => return self.open_for_caller(py, permit, queued_at),
+                Checkout::Open(permit) => {
+                    if queued_at.is_some() {
+                        start_turn(key, Instant::now());
+                    }
+                    return self.open_for_caller(py, permit, queued_at);
+                }
                 Checkout::Wait(waiter) => {
                     queued_at = Some(start);
                     let w = Arc::clone(&waiter);
@@ -642,6 +691,10 @@ impl PoolCore {
                     match grant {
                         Grant::Conn(conn, check) => Checkout::Ready(conn, check),
                         Grant::Open(permit) => Checkout::Open(permit),
+                        Grant::Retry => inner
+                            .engine
+                            .retry(&waiter, Instant::now())
+                            .map_err(acquire_error)?,
                         Grant::Closed => {
                             return Err(PoolClosed::new_err(format!(
                                 "pool '{}' was closed while waiting",
@@ -678,7 +731,11 @@ impl PoolCore {
             },
             meta: held.meta,
         };
-        if let Some(retired) = inner.engine.release(pooled, healthy, Instant::now()) {
+        let turn = turn_of(Arc::as_ptr(&self.inner) as usize);
+        if let Some(retired) = inner
+            .engine
+            .release_in_turn(pooled, healthy, Instant::now(), turn)
+        {
             inner.dispose(py, retired);
         }
         Ok(())

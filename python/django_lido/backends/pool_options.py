@@ -37,6 +37,7 @@ ENGINE_KEYS = (
     "max_idle",
     "max_uses",
     "check_after_idle",
+    "turn_length",
 )
 # Options of this layer.
 EXTRA_KEYS = ("name", "check", "reset", "probe", "transaction_pooler", "open")
