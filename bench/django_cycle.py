@@ -100,7 +100,10 @@ def label(key: str, threads: int) -> str:
     if n is None or kind == "nopool":
         return KINDS[kind]
     if kind == "persistent":
-        return f"persistent, {n} threads"
+        # Persistent with fewer threads than the others: 4 threads with a connection
+        # each, no pool, is what any pool of 4 shared by more threads can at best reach
+        # in (b), where a thread does nothing but database work.
+        return f"persistent, {n} threads" + (" (info)" if n < threads else "")
     if kind == "dbcp":
         return f"{KINDS[kind]} size {n}, no overflow"
     return f"{KINDS[kind]}, max {n}"
@@ -168,6 +171,7 @@ def postgresql_variants(scenario: str, args: argparse.Namespace) -> list[str]:
         return [
             "nopool",
             f"persistent-{t}",
+            f"persistent-{n}",
             f"native-{n}",
             f"native-{t}",
             f"dbcp-{n}",
@@ -378,7 +382,9 @@ def run_a(key: str, args: argparse.Namespace) -> dict[str, Any]:
 def run_b(key: str, args: argparse.Namespace) -> dict[str, Any]:
     from django.db import close_old_connections, connection
 
-    threads = args.threads
+    kind, n = split_key(key)
+    # persistent-N runs N threads, one connection each; every other variant --threads.
+    threads = n if kind == "persistent" and n else args.threads
     if args.profile and threads != 1:
         raise SystemExit("--profile in (b) needs --threads 1 (use py-spy for more threads)")
     counts = [0] * threads
@@ -1153,6 +1159,15 @@ def results_tables(
         )
         lido = rate("b", f"lido-{n}")
         target(f"(b) lido max {n} / persistent, {t} threads", div(lido, ref_p), 0.9)
+        few = div(rate("b", f"persistent-{n}"), ref_p)
+        targets.append(
+            [
+                f"(b) persistent, {n} threads (info) / persistent, {t} threads",
+                "-",
+                "n/a" if few is None else f"{few:.2f}x",
+                "-",
+            ]
+        )
         if native:
             target(f"(b) lido max {n} / native pool max {n}", div(lido, ref_n), 1.8)
         runs = results["b"].get(f"lido-{n}")
@@ -1295,7 +1310,10 @@ included.{tail}
 # POSTGRESQL_TAIL goes on after "included.").
 POSTGRESQL_NOTES = """\
 Variants: no pool = stock `django.db.backends.postgresql`, `CONN_MAX_AGE=0`; persistent =
-stock, `CONN_MAX_AGE=600` (in (a) the connection is never closed: the limit); native pool =
+stock, `CONN_MAX_AGE=600` (in (a) the connection is never closed: the limit; in (b) the
+"persistent, 4 threads (info)" row runs only as many threads as the pools have connections,
+each with its own: the most a pool of 4 can give threads that do nothing but database
+work); native pool =
 stock with `OPTIONS={"pool": {"min_size": N, "max_size": N}}`; django-db-connection-pool =
 `dj_db_conn_pool.backends.postgresql` with `POOL_OPTIONS={"POOL_SIZE": N, "MAX_OVERFLOW": 0}`
 (its other defaults, among them `pre_ping=True`: one `SELECT 1` round trip per checkout);
@@ -1320,8 +1338,10 @@ gap between it and lido is the engine's whole cost (checkout, probe, rollback ch
 policy, return)."""
 MYSQL_NOTES = """\
 Variants: no pool = stock `django.db.backends.mysql`, `CONN_MAX_AGE=0`; persistent = stock,
-`CONN_MAX_AGE=600` (in (a) the connection is never closed: the limit); Django's MySQL backend
-has no native pool; django-db-connection-pool = `dj_db_conn_pool.backends.mysql` with
+`CONN_MAX_AGE=600` (in (a) the connection is never closed: the limit; in (b) the "persistent,
+4 threads (info)" row runs only as many threads as the pools have connections, each with its
+own: the most a pool of 4 can give threads that do nothing but database work); Django's MySQL
+backend has no native pool; django-db-connection-pool = `dj_db_conn_pool.backends.mysql` with
 `POOL_OPTIONS={"POOL_SIZE": N, "MAX_OVERFLOW": 0}` (its other defaults, among them
 `pre_ping=True`: one `COM_PING` round trip per checkout); lido = `django_lido.backends.mysql`
 with `OPTIONS={"pool": {"max_size": N}}`. Fairness is min / max cycles per thread over the
