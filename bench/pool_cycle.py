@@ -21,6 +21,7 @@ import argparse
 import gc
 import importlib
 import itertools
+import resource
 import statistics
 import sys
 import threading
@@ -60,6 +61,7 @@ class Contender:
     single_us: list[float] = field(default_factory=list)
     thread_us: list[float] = field(default_factory=list)
     fairness: list[float] = field(default_factory=list)
+    switches: list[float] = field(default_factory=list)  # per cycle, threaded runs
     n_cycles: int = 0  # calibrated single-thread loop length
 
 
@@ -264,8 +266,12 @@ def measure(c: Contender, conninfo: str, args: argparse.Namespace) -> str:
         gc.collect()
         c.single_us.append(tight_loop(pool, c.n_cycles) / c.n_cycles * 1e6)
         gc.collect()
+        before = resource.getrusage(resource.RUSAGE_SELF)
         elapsed, counts = threaded(pool, args.threads, args.duration, args.hold_query)
+        after = resource.getrusage(resource.RUSAGE_SELF)
         c.thread_us.append(elapsed / max(1, sum(counts)) * 1e6)
+        switched = (after.ru_nvcsw + after.ru_nivcsw) - (before.ru_nvcsw + before.ru_nivcsw)
+        c.switches.append(switched / max(1, sum(counts)))
         c.fairness.append(min(counts) / max(1, max(counts)))
         stats = pool.stats() if (args.verbose and pool.stats) else None
     finally:
@@ -297,6 +303,7 @@ def results_table(cs: list[Contender], args: argparse.Namespace) -> str:
         "1 thread µs/cycle (N)",
         f"{args.threads} threads wall µs/cycle",
         f"{args.threads}-thread fairness",
+        f"{args.threads}-thread ctx switches/cycle",
     ]
     rows = [
         [
@@ -304,6 +311,7 @@ def results_table(cs: list[Contender], args: argparse.Namespace) -> str:
             f"{fmt(c.single_us)} (N={c.n_cycles:,})",
             fmt(c.thread_us),
             fmt(c.fairness),
+            fmt(c.switches, 3),
         ]
         for c in cs
     ]
@@ -377,6 +385,9 @@ django-lido `Pool(timeout=10.0)`, psycopg_pool `ConnectionPool` (no check on che
 SQLAlchemy `QueuePool(max_overflow=0)` (rollback on return, a no-op on an idle psycopg
 connection). The `pre_ping` row pings on every checkout (one round trip) and is
 informational. Fairness is min / max cycles per thread over the fixed duration (1.0 = even).
+Context switches are the process's voluntary and involuntary ones (`getrusage`) during the
+threaded run, per cycle: where a pool hands every returned connection to a waiter that
+cannot run until it gets the GIL, each cycle costs about one (a lock convoy).
 """
 
 
