@@ -1073,6 +1073,10 @@ def results_tables(
             return
         targets.append([what, f">= {goal:g}", fmt_.format(value), "yes" if value >= goal else "no"])
 
+    def info(what: str, value: float | None) -> None:
+        """A ratio shown beside the targets, with no goal of its own."""
+        targets.append([what, "-", "n/a" if value is None else f"{value:.2f}x", "-"])
+
     def div(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
 
@@ -1108,15 +1112,7 @@ def results_tables(
         lido = rate("a", f"lido-{n}")
         target("(a) lido / persistent", div(lido, ref_p), 0.97)
         for kind in ("noop", "lido_noop"):
-            bound = div(rate("a", kind), ref_p)
-            targets.append(
-                [
-                    f"(a) {KINDS[kind]} / persistent",
-                    "-",
-                    "n/a" if bound is None else f"{bound:.2f}x",
-                    "-",
-                ]
-            )
+            info(f"(a) {KINDS[kind]} / persistent", div(rate("a", kind), ref_p))
         if native:
             target(f"(a) lido / native pool max {n}", div(lido, ref_n), 1.1)
 
@@ -1159,14 +1155,9 @@ def results_tables(
         )
         lido = rate("b", f"lido-{n}")
         target(f"(b) lido max {n} / persistent, {t} threads", div(lido, ref_p), 0.9)
-        few = div(rate("b", f"persistent-{n}"), ref_p)
-        targets.append(
-            [
-                f"(b) persistent, {n} threads (info) / persistent, {t} threads",
-                "-",
-                "n/a" if few is None else f"{few:.2f}x",
-                "-",
-            ]
+        info(
+            f"(b) persistent, {n} threads (info) / persistent, {t} threads",
+            div(rate("b", f"persistent-{n}"), ref_p),
         )
         if native:
             target(f"(b) lido max {n} / native pool max {n}", div(lido, ref_n), 1.8)
