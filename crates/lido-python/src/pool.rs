@@ -54,25 +54,28 @@ pub fn _interpreter_exiting() {
 thread_local! {
     /// When this thread's turn at each pool began (keyed by the address of the pool's shared
     /// state): at its first checkout, then whenever a checkout had to queue. The engine lets
-    /// a thread pass over waiters only within its turn (`Config::fair_interval`).
+    /// a thread pass over waiters only within its turn (`Config::turn_length`).
     static TURNS: RefCell<Vec<(usize, Instant)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// This thread's turn at pool `key`, started at `now` if it has none yet.
-fn current_turn(key: usize, now: Instant) -> Instant {
-    TURNS.with_borrow_mut(|turns| match turns.iter().find(|(k, _)| *k == key) {
-        Some(&(_, t)) => t,
-        None => {
-            turns.push((key, now));
-            now
-        }
-    })
-}
+/// Pools a thread remembers turns for. Entries are never removed when a pool goes, so the
+/// list is capped; a pool whose entry fell off just gives the thread a fresh turn.
+const TURNS_KEPT: usize = 16;
 
-fn start_turn(key: usize, now: Instant) {
-    TURNS.with_borrow_mut(|turns| match turns.iter_mut().find(|(k, _)| *k == key) {
-        Some(entry) => entry.1 = now,
-        None => turns.push((key, now)),
+/// This thread's turn at pool `key`: started at `now` if `restart` or if it has none yet.
+fn thread_turn(key: usize, now: Instant, restart: bool) -> Instant {
+    TURNS.with_borrow_mut(|turns| {
+        if let Some(entry) = turns.iter_mut().find(|(k, _)| *k == key) {
+            if restart {
+                entry.1 = now;
+            }
+            return entry.1;
+        }
+        if turns.len() == TURNS_KEPT {
+            turns.remove(0);
+        }
+        turns.push((key, now));
+        now
     })
 }
 
@@ -635,7 +638,7 @@ impl PoolCore {
         let deadline = start + timeout;
         let wake = || -> Box<dyn lido_core::Wake> { Box::new(ThreadWake::current()) };
         let key = Arc::as_ptr(&self.inner) as usize;
-        let turn = Some(current_turn(key, start));
+        let turn = Some(thread_turn(key, start, false));
         let mut step = inner
             .engine
             .checkout_in_turn(start, turn, wake)
@@ -647,7 +650,7 @@ impl PoolCore {
                 Checkout::Ready(conn, check) => {
                     if inner.verify(py, &conn, check) {
                         if queued_at.is_some() {
-                            start_turn(key, Instant::now());
+                            thread_turn(key, Instant::now(), true);
                         }
                         return Ok(inner.lend(conn, queued_at));
                     }
@@ -667,7 +670,7 @@ impl PoolCore {
                 }
                 Checkout::Open(permit) => {
                     if queued_at.is_some() {
-                        start_turn(key, Instant::now());
+                        thread_turn(key, Instant::now(), true);
                     }
                     return self.open_for_caller(py, permit, queued_at);
                 }
