@@ -109,7 +109,7 @@ class Pool(PoolCore):
             reset=reset,
             on_leak=_leak_logger(name),
             on_error=_error_logger(name),
-            **opts,
+            options=opts,
         )
         self._maintenance: threading.Thread | None = None
         self._start_maintenance()

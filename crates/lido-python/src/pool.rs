@@ -200,10 +200,11 @@ fn count(option: &'static str, v: i64) -> Result<u64, ConfigError> {
     })
 }
 
-/// The engine's configuration from the Python option values, every value and relation
-/// checked (the same checks `Engine::new` makes).
-#[allow(clippy::too_many_arguments)]
-fn engine_config(
+/// The engine's options as `django_lido.options.validate` returns them: a dict with every
+/// key, types already checked there. One struct, so that an option is declared once here.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct EngineOptions {
     min_size: i64,
     max_size: i64,
     timeout: f64,
@@ -214,57 +215,34 @@ fn engine_config(
     max_uses: i64,
     check_after_idle: Option<f64>,
     turn_length: f64,
-) -> Result<Config, ConfigError> {
-    let cfg = Config {
-        min_size: count("min_size", min_size)? as usize,
-        max_size: count("max_size", max_size)? as usize,
-        timeout: secs("timeout", timeout)?,
-        max_waiting: count("max_waiting", max_waiting)? as usize,
-        max_lifetime: opt_secs("max_lifetime", max_lifetime)?,
-        lifetime_jitter,
-        max_idle: opt_secs("max_idle", max_idle)?,
-        max_uses: count("max_uses", max_uses)?,
-        check_after_idle: opt_secs("check_after_idle", check_after_idle)?,
-        turn_length: secs("turn_length", turn_length)?,
-    };
-    cfg.validate()?;
-    Ok(cfg)
+}
+
+impl EngineOptions {
+    /// The engine's configuration, every value and relation checked (the same checks
+    /// `Engine::new` makes).
+    fn config(&self) -> Result<Config, ConfigError> {
+        let cfg = Config {
+            min_size: count("min_size", self.min_size)? as usize,
+            max_size: count("max_size", self.max_size)? as usize,
+            timeout: secs("timeout", self.timeout)?,
+            max_waiting: count("max_waiting", self.max_waiting)? as usize,
+            max_lifetime: opt_secs("max_lifetime", self.max_lifetime)?,
+            lifetime_jitter: self.lifetime_jitter,
+            max_idle: opt_secs("max_idle", self.max_idle)?,
+            max_uses: count("max_uses", self.max_uses)?,
+            check_after_idle: opt_secs("check_after_idle", self.check_after_idle)?,
+            turn_length: secs("turn_length", self.turn_length)?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
 }
 
 /// Checks pool option values without building a pool (Django's settings are checked before
 /// the first connect, and by `manage.py check`); raises ValueError naming the option.
 #[pyfunction]
-#[pyo3(signature = (
-    *, min_size, max_size, timeout, max_waiting, max_lifetime, lifetime_jitter, max_idle,
-    max_uses, check_after_idle, turn_length,
-))]
-#[allow(clippy::too_many_arguments)]
-pub fn validate_options(
-    min_size: i64,
-    max_size: i64,
-    timeout: f64,
-    max_waiting: i64,
-    max_lifetime: Option<f64>,
-    lifetime_jitter: f64,
-    max_idle: Option<f64>,
-    max_uses: i64,
-    check_after_idle: Option<f64>,
-    turn_length: f64,
-) -> PyResult<()> {
-    engine_config(
-        min_size,
-        max_size,
-        timeout,
-        max_waiting,
-        max_lifetime,
-        lifetime_jitter,
-        max_idle,
-        max_uses,
-        check_after_idle,
-        turn_length,
-    )
-    .map(drop)
-    .map_err(config_error)
+pub fn validate_options(options: EngineOptions) -> PyResult<()> {
+    options.config().map(drop).map_err(config_error)
 }
 
 fn summary_dict<'py>(py: Python<'py>, h: &HistogramSummary) -> PyResult<Bound<'py, PyDict>> {
@@ -565,8 +543,7 @@ impl PoolCore {
 impl PoolCore {
     #[new]
     #[pyo3(signature = (
-        connect, driver_for, *, name, min_size, max_size, timeout, max_waiting,
-        max_lifetime, lifetime_jitter, max_idle, max_uses, check_after_idle, turn_length,
+        connect, driver_for, *, name, options,
         probe=true, check=None, reset=None, on_leak=None, on_error=None,
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -574,35 +551,14 @@ impl PoolCore {
         connect: Py<PyAny>,
         driver_for: Py<PyAny>,
         name: String,
-        min_size: i64,
-        max_size: i64,
-        timeout: f64,
-        max_waiting: i64,
-        max_lifetime: Option<f64>,
-        lifetime_jitter: f64,
-        max_idle: Option<f64>,
-        max_uses: i64,
-        check_after_idle: Option<f64>,
-        turn_length: f64,
+        options: EngineOptions,
         probe: bool,
         check: Option<Py<PyAny>>,
         reset: Option<Py<PyAny>>,
         on_leak: Option<Py<PyAny>>,
         on_error: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
-        let cfg = engine_config(
-            min_size,
-            max_size,
-            timeout,
-            max_waiting,
-            max_lifetime,
-            lifetime_jitter,
-            max_idle,
-            max_uses,
-            check_after_idle,
-            turn_length,
-        )
-        .map_err(config_error)?;
+        let cfg = options.config().map_err(config_error)?;
         let timeout = cfg.timeout;
         let engine = Engine::new(name, cfg).map_err(config_error)?;
         Ok(PoolCore {

@@ -153,7 +153,7 @@ def pool_settings(alias: str, options: Mapping[str, Any]) -> PoolSettings | None
     try:
         # The engine's own checks of values and relations (lifetime_jitter, zero times...),
         # so that a bad value fails here, named, and not at the first checkout.
-        validate_options(**engine)
+        validate_options(engine)
     except ValueError as exc:
         raise ImproperlyConfigured(f"{where}: {exc}") from None
 
