@@ -22,6 +22,14 @@ fn get(e: &Engine<u32>, now: Instant, p: u32) -> Pooled<u32> {
     }
 }
 
+/// Checks out, expecting to queue: strictly in order with `turn` None.
+fn wait(e: &Engine<u32>, now: Instant, turn: Option<Instant>) -> Arc<Waiter<u32>> {
+    match e.checkout_in_turn(now, turn, wake).unwrap() {
+        Checkout::Wait(w) => w,
+        _ => panic!("should wait"),
+    }
+}
+
 #[test]
 fn opens_up_to_max_then_queues_and_hands_off_fifo() {
     let e = engine(Config {
@@ -31,14 +39,8 @@ fn opens_up_to_max_then_queues_and_hands_off_fifo() {
     let t = Instant::now();
     let a = get(&e, t, 1);
     let b = get(&e, t, 2);
-    let w1 = match e.checkout(t, wake).unwrap() {
-        Checkout::Wait(w) => w,
-        _ => panic!("should wait"),
-    };
-    let w2 = match e.checkout(t, wake).unwrap() {
-        Checkout::Wait(w) => w,
-        _ => panic!("should wait"),
-    };
+    let w1 = wait(&e, t, None);
+    let w2 = wait(&e, t, None);
     assert_eq!(e.status().waiting, 2);
     assert!(e.release(b, true, t).is_none());
     // The first waiter got connection 2 directly; the second still waits.
@@ -70,10 +72,7 @@ fn failed_open_frees_the_slot_for_the_next_waiter() {
         Checkout::Open(p) => p,
         _ => panic!(),
     };
-    let w = match e.checkout(t, wake).unwrap() {
-        Checkout::Wait(w) => w,
-        _ => panic!(),
-    };
+    let w = wait(&e, t, None);
     e.open_failed(permit);
     assert!(matches!(w.try_take(), Some(Grant::Open(_))));
     assert_eq!(e.status().opening, 1);
@@ -109,16 +108,10 @@ fn cancel_withdraws_or_returns_a_late_grant() {
     });
     let t = Instant::now();
     let a = get(&e, t, 1);
-    let w = match e.checkout(t, wake).unwrap() {
-        Checkout::Wait(w) => w,
-        _ => panic!(),
-    };
+    let w = wait(&e, t, None);
     assert!(e.cancel(&w).is_none());
     assert_eq!(e.status().waiting, 0);
-    let w = match e.checkout(t, wake).unwrap() {
-        Checkout::Wait(w) => w,
-        _ => panic!(),
-    };
+    let w = wait(&e, t, None);
     e.release(a, true, t);
     // Granted just before the cancel: the grant is the caller's.
     assert!(matches!(e.cancel(&w), Some(Grant::Conn(..))));
@@ -311,10 +304,7 @@ fn close_wakes_waiters_retires_idle_and_later_returns() {
     let b = get(&e, t, 2);
     e.release(b, true, t);
     let _ = get(&e, t, 2); // take it back so the pool is full
-    let w = match e.checkout(t, wake).unwrap() {
-        Checkout::Wait(w) => w,
-        _ => panic!(),
-    };
+    let w = wait(&e, t, None);
     let retired = e.close();
     assert!(retired.is_empty());
     assert!(matches!(w.try_take(), Some(Grant::Closed)));
@@ -337,10 +327,7 @@ fn resize_shrinks_idle_and_grows_for_waiters() {
     });
     let t = Instant::now();
     let cs: Vec<_> = (0..3).map(|i| get(&e, t, i)).collect();
-    let w = match e.checkout(t, wake).unwrap() {
-        Checkout::Wait(w) => w,
-        _ => panic!(),
-    };
+    let w = wait(&e, t, None);
     e.resize(0, 4).unwrap();
     assert!(
         matches!(w.try_take(), Some(Grant::Open(_))),
@@ -395,10 +382,7 @@ fn lost_connection_frees_its_slot_for_a_waiter() {
     });
     let t = Instant::now();
     let a = get(&e, t, 1);
-    let w = match e.checkout(t, wake).unwrap() {
-        Checkout::Wait(w) => w,
-        _ => panic!(),
-    };
+    let w = wait(&e, t, None);
     assert!(e.lost(&a.meta, t));
     assert!(matches!(w.try_take(), Some(Grant::Open(_))));
     assert_eq!(
@@ -443,10 +427,7 @@ fn parked_waiter_is_woken_by_another_thread() {
     let a = get(&e, Instant::now(), 1);
     let e2 = Arc::clone(&e);
     let h = std::thread::spawn(move || {
-        let w = match e2.checkout(Instant::now(), wake).unwrap() {
-            Checkout::Wait(w) => w,
-            _ => panic!(),
-        };
+        let w = wait(&e2, Instant::now(), None);
         match w.park_until(Instant::now() + Duration::from_secs(30)) {
             Some(Grant::Conn(c, _)) => c.payload,
             _ => panic!("no grant"),
@@ -527,13 +508,6 @@ fn a_connection_opened_by_maintenance_after_close_is_retired() {
     e.discarded(r);
     let s = e.status();
     assert_eq!((s.size, s.idle), (0, 0));
-}
-
-fn wait(e: &Engine<u32>, now: Instant, turn: Option<Instant>) -> Arc<Waiter<u32>> {
-    match e.checkout_in_turn(now, turn, wake).unwrap() {
-        Checkout::Wait(w) => w,
-        _ => panic!("should wait"),
-    }
 }
 
 fn turns(max_size: usize) -> Engine<u32> {
