@@ -563,6 +563,8 @@ def close_pools(key: str) -> None:
     from django.db import connection
 
     connection.close()
+    while _before_close:
+        _before_close.pop()()
     close_pool = getattr(connection, "close_pool", None)
     if close_pool is not None:
         close_pool()
@@ -605,6 +607,17 @@ def install_noop_engine() -> None:
         raise RuntimeError("the pool did not hand back its only connection")
     pool.getconn = lambda timeout=None: raw
     pool.putconn = lambda conn: None
+
+    def give_back() -> None:
+        # Returned before the pool closes, so that it is not reported as leaked.
+        del pool.getconn, pool.putconn
+        pool.putconn(raw)
+
+    _before_close.append(give_back)
+
+
+# Run by close_pools() first (the "lido_noop" variant's connection goes back to its pool).
+_before_close: list[Callable[[], None]] = []
 
 
 def child_main(args: argparse.Namespace) -> int:
