@@ -139,12 +139,20 @@ def database_settings(key: str, db: dict[str, str], vendor: str) -> dict[str, An
     elif kind == "dbcp":
         entry["ENGINE"] = f"dj_db_conn_pool.backends.{vendor}"
         entry["POOL_OPTIONS"] = {"POOL_SIZE": n, "MAX_OVERFLOW": 0}
-    elif kind in ("lido", "lido_noop"):
+    elif kind == "lido":
+        # Sized like the native pool above: opened ahead, min_size = max_size.
         entry["ENGINE"] = f"django_lido.backends.{vendor}"
-        entry["OPTIONS"] = {"pool": {"max_size": n or 1}}
+        entry["OPTIONS"] = {"pool": {"min_size": n, "max_size": n}}
+    elif kind == "lido_noop":
+        # One connection, which install_noop_engine() takes from the pool for good.
+        entry["ENGINE"] = f"django_lido.backends.{vendor}"
+        entry["OPTIONS"] = {"pool": {"max_size": 1}}
     elif kind == "lido_ssb":
         entry["ENGINE"] = "django_lido.backends.postgresql"
-        entry["OPTIONS"] = {"server_side_binding": True, "pool": {"max_size": n}}
+        entry["OPTIONS"] = {
+            "server_side_binding": True,
+            "pool": {"min_size": n, "max_size": n},
+        }
     return entry
 
 
@@ -1321,7 +1329,8 @@ work); native pool =
 stock with `OPTIONS={"pool": {"min_size": N, "max_size": N}}`; django-db-connection-pool =
 `dj_db_conn_pool.backends.postgresql` with `POOL_OPTIONS={"POOL_SIZE": N, "MAX_OVERFLOW": 0}`
 (its other defaults, among them `pre_ping=True`: one `SELECT 1` round trip per checkout);
-lido = `django_lido.backends.postgresql` with `OPTIONS={"pool": {"max_size": N}}`. Fairness
+lido = `django_lido.backends.postgresql` with `OPTIONS={"pool": {"min_size": N, "max_size": N}}`
+(sized like the native pool; lido's own default min_size is 0). Fairness
 is min / max cycles per thread over the measured window (1.0 = even); peak server
 connections is the most client backends on the bench database seen by polling
 `pg_stat_activity` every {poll_ms} ms from the parent process over the child's whole
@@ -1348,12 +1357,12 @@ own: the most a pool of 4 can give threads that do nothing but database work); D
 backend has no native pool; django-db-connection-pool = `dj_db_conn_pool.backends.mysql` with
 `POOL_OPTIONS={"POOL_SIZE": N, "MAX_OVERFLOW": 0}` (its other defaults, among them
 `pre_ping=True`: one `COM_PING` round trip per checkout); lido = `django_lido.backends.mysql`
-with `OPTIONS={"pool": {"max_size": N}}`. Fairness is min / max cycles per thread over the
-measured window (1.0 = even); peak server connections is the most connections on the bench
-database seen by polling `information_schema.PROCESSLIST` every {poll_ms} ms from the parent
-process over the child's whole life. CPU µs is the benchmark process's CPU time (all
-threads, user + system) over the measured window per iteration or cycle (median over runs);
-the server's is not in it."""
+with `OPTIONS={"pool": {"min_size": N, "max_size": N}}`. Fairness is min / max cycles per
+thread over the measured window (1.0 = even); peak server connections is the most
+connections on the bench database seen by polling `information_schema.PROCESSLIST` every
+{poll_ms} ms from the parent process over the child's whole life. CPU µs is the benchmark
+process's CPU time (all threads, user + system) over the measured window per iteration or
+cycle (median over runs); the server's is not in it."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
