@@ -261,16 +261,22 @@ impl<C> State<C> {
         Some(Checkout::Ready(conn, check))
     }
 
+    /// Reserves a slot for a connection about to be opened (counted in `opening` until the
+    /// permit is spent or given back).
+    fn take_slot(&mut self) -> OpenPermit {
+        self.opening += 1;
+        OpenPermit {
+            generation: self.generation,
+        }
+    }
+
     /// Gives a free slot to the first waiter, if there is a free slot and a waiter.
     fn grant_open(&mut self) -> Option<Arc<Waiter<C>>> {
         if self.closed || self.size() >= self.cfg.max_size || !self.idle.is_empty() {
             return None;
         }
         let w = self.pop_waiter()?;
-        self.opening += 1;
-        w.give(Grant::Open(OpenPermit {
-            generation: self.generation,
-        }));
+        w.give(Grant::Open(self.take_slot()));
         Some(w)
     }
 }
@@ -390,10 +396,7 @@ impl<C> Engine<C> {
                 return Ok(answer);
             }
             if st.size() < st.cfg.max_size {
-                st.opening += 1;
-                return Ok(Checkout::Open(OpenPermit {
-                    generation: st.generation,
-                }));
+                return Ok(Checkout::Open(st.take_slot()));
             }
         }
         if st.cfg.max_waiting > 0 && st.waiters.len() >= st.cfg.max_waiting {
@@ -436,11 +439,7 @@ impl<C> Engine<C> {
         if let Some(answer) = st.take_idle(now, &self.stats) {
             return (retired, Ok(answer));
         }
-        st.opening += 1;
-        let permit = OpenPermit {
-            generation: st.generation,
-        };
-        (retired, Ok(Checkout::Open(permit)))
+        (retired, Ok(Checkout::Open(st.take_slot())))
     }
 
     fn closed_error<T>(&self) -> Result<T, AcquireError> {
@@ -684,10 +683,7 @@ impl<C> Engine<C> {
             answer
         } else if st.size() < st.cfg.max_size {
             st.waiters.remove(pos);
-            st.opening += 1;
-            Checkout::Open(OpenPermit {
-                generation: st.generation,
-            })
+            Checkout::Open(st.take_slot())
         } else {
             Checkout::Wait(Arc::clone(waiter))
         };
@@ -772,10 +768,7 @@ impl<C> Engine<C> {
         }
         let mut open = Vec::new();
         while st.size() < st.cfg.min_size {
-            st.opening += 1;
-            open.push(OpenPermit {
-                generation: st.generation,
-            });
+            open.push(st.take_slot());
         }
         let stale_at = st
             .cfg
