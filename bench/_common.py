@@ -15,6 +15,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = REPO_ROOT / "docs" / "benchmarks.md"
 
+# The dev-only `harness` package (throwaway servers) lives at the repository root.
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))
+
 
 def cpu_model() -> str:
     """The first "model name" of /proc/cpuinfo (falls back to platform.processor())."""

@@ -2,8 +2,8 @@
 django-db-connection-pool and django-lido, side by side in one run, on PostgreSQL or MariaDB.
 
 One throwaway server (Unix socket) unless --conninfo / --mysql-url is given: PostgreSQL from
-django_lido.testing.servers (trust), or with --vendor mysql MariaDB from
-django_lido.testing.mariadb (root, no password; mysqlclient, or PyMySQL with --driver pymysql).
+harness.servers (trust), or with --vendor mysql MariaDB from
+harness.mariadb (root, no password; mysqlclient, or PyMySQL with --driver pymysql).
 Every (variant, scenario) runs in its own child process of this script (Django settings are per
 process): `--child VARIANT SCENARIO` configures Django with settings.configure(), warms up for
 --warmup seconds, measures for --seconds and prints one JSON line. The parent interleaves
@@ -946,7 +946,7 @@ def database(conninfo: str | None) -> Iterator[tuple[str, str, int | None]]:
     if conninfo:
         yield conninfo, "server given by --conninfo", None
         return
-    from django_lido.testing.servers import PostgresServer
+    from harness.servers import PostgresServer
 
     server = PostgresServer().start()
     try:
@@ -956,7 +956,7 @@ def database(conninfo: str | None) -> Iterator[tuple[str, str, int | None]]:
             pid = None
         yield (
             server.conninfo(dbname="postgres", tcp=False),
-            "PostgresServer from django_lido.testing.servers, Unix socket, trust",
+            "PostgresServer from harness.servers, Unix socket, trust",
             pid,
         )
     finally:
@@ -1002,7 +1002,7 @@ def bench_server(args: argparse.Namespace) -> Iterator[BenchServer]:
 @contextmanager
 def mariadb(url: str | None, driver: str) -> Iterator[BenchServer]:
     """A throwaway MariaDB (or the server at `url`) with the bench database recreated."""
-    from django_lido.testing.mariadb import ExistingMariaDB, MariaDBServer
+    from harness.mariadb import ExistingMariaDB, MariaDBServer
 
     server = ExistingMariaDB(url) if url else MariaDBServer()
     with server:  # starts and then removes a throwaway server; nothing for an existing one
@@ -1015,7 +1015,7 @@ def mariadb(url: str | None, driver: str) -> Iterator[BenchServer]:
         version = server.execute("SELECT VERSION()")[0][0]
         pid: int | None = None
         if isinstance(server, MariaDBServer):
-            desc = "MariaDBServer from django_lido.testing.mariadb, Unix socket, root"
+            desc = "MariaDBServer from harness.mariadb, Unix socket, root"
             # mariadbd's own pid, not that of the runuser/prlimit wrapper it may run under
             with suppress(OSError, ValueError, IndexError):
                 pid = int((server.tmpdir / "mariadbd.pid").read_text().split()[0])

@@ -1,7 +1,7 @@
 """Checkout+return cycle cost: django-lido's Pool vs psycopg_pool vs SQLAlchemy's QueuePool.
 
 All pools run in one process against the same PostgreSQL (a throwaway server from
-django_lido.testing.servers unless --conninfo is given), connecting with the same psycopg 3
+harness.servers unless --conninfo is given), connecting with the same psycopg 3
 conninfo. Each repetition measures every pool once, in rotating order, on a fresh pool:
 
 * single thread: a tight loop of N `put(get())` cycles on a pool of --size connections
@@ -154,17 +154,17 @@ def database(conninfo: str | None) -> Iterator[tuple[str, str]]:
         yield conninfo, "server given by --conninfo"
         return
     try:
-        from django_lido.testing.servers import postgres_for_tests
+        from harness.servers import postgres_for_tests
     except ImportError as exc:
         sys.exit(
-            f"pool_cycle: cannot import django_lido.testing.servers ({exc!r});"
+            f"pool_cycle: cannot import harness.servers ({exc!r});"
             " pass --conninfo to use an existing server"
         )
     server = postgres_for_tests()
     try:
         yield (
             server.conninfo(dbname="postgres", tcp=False),
-            f"{type(server).__name__} from django_lido.testing.servers, Unix socket",
+            f"{type(server).__name__} from harness.servers, Unix socket",
         )
     finally:
         server.cleanup()

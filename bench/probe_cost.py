@@ -10,9 +10,11 @@ from __future__ import annotations
 import statistics
 import time
 
+import _common  # noqa: F401  (puts the repository root, with harness/, on sys.path)
 import psycopg
 from django_lido import Pool
-from django_lido.testing.servers import postgres_for_tests
+
+from harness.servers import postgres_for_tests
 
 CYCLES = 300_000
 REPS = 5

@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import psycopg
-from django_lido.testing.servers import PostgresServer, free_port
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # the dev-only harness/
+from harness.servers import PostgresServer, free_port
 
 SITE_DIR = Path(__file__).resolve().parent / "django_site"
 DB_NAME = "lido_demo"

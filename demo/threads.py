@@ -21,11 +21,14 @@ import logging
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from django_lido import Pool
-from django_lido.testing.servers import PostgresServer
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # the dev-only harness/
+from harness.servers import PostgresServer
 
 APP = "lido-demo"  # application_name of the pool's connections, to count them server-side
 

@@ -70,7 +70,7 @@ step() {
 }
 
 step "cargo fmt" cargo fmt --all --check
-step "ruff" .venv/bin/ruff check python tests bench demo
+step "ruff" .venv/bin/ruff check python harness tests bench demo
 step "cargo test lido-core" cargo test -p lido-core
 step "pytest py3.11" .venv/bin/python -m pytest -q tests
 if [ -x .venv313/bin/python ]; then

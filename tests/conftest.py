@@ -3,7 +3,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from django_lido.testing.servers import ExistingPostgres, PostgresServer, postgres_for_tests
+
+from harness.servers import ExistingPostgres, PostgresServer, postgres_for_tests
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -13,7 +14,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes minutes rather than seconds")
     config.addinivalue_line(
         "markers",
-        "django_suite: runs Django's own test suite (see django_lido.testing.django_suite)",
+        "django_suite: runs Django's own test suite (see harness.django_suite)",
     )
 
 

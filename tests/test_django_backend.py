@@ -615,7 +615,7 @@ GIS_DB = "lido_gis"
 
 
 def test_postgis_adapters_are_registered_once_per_physical_connection(dj: Any) -> None:
-    from django_lido.testing import django_suite
+    from harness import django_suite
 
     if missing := django_suite.gis_prerequisites(dj):
         pytest.skip(missing)

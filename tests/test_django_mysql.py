@@ -30,8 +30,9 @@ from django_helpers import (
     unique,
     write_in_a_thread_that_dies,
 )
-from django_lido.testing.mariadb import MariaDBServer
 from helpers import eventually
+
+from harness.mariadb import MariaDBServer
 
 if importlib.util.find_spec("MySQLdb") is None and importlib.util.find_spec("pymysql") is None:
     pytest.skip("needs mysqlclient or PyMySQL", allow_module_level=True)
@@ -833,7 +834,7 @@ PYMYSQL_SCRIPT = textwrap.dedent(
     import django
     from django.conf import settings
     from django.db.utils import ConnectionHandler
-    from django_lido.testing.mariadb import ExistingMariaDB
+    from harness.mariadb import ExistingMariaDB
     entry, url = json.loads(sys.argv[1]), sys.argv[2]
     admin = ExistingMariaDB(url)
     settings.configure(DATABASES={"default": entry}, USE_TZ=False, TIME_ZONE="UTC")

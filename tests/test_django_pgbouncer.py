@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from django.db import transaction
 from django_helpers import configure, database, handler, unique
-from django_lido.testing.pgbouncer import PgBouncerServer
+
+from harness.pgbouncer import PgBouncerServer
 
 THREADS = 4
 ROUNDS = 25

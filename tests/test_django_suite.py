@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from django_lido.testing import django_suite as ds
-from django_lido.testing.mariadb import ExistingMariaDB, MariaDBServer, find_mariadb
-from django_lido.testing.servers import ExistingPostgres, PostgresServer
+
+from harness import django_suite as ds
+from harness.mariadb import ExistingMariaDB, MariaDBServer, find_mariadb
+from harness.servers import ExistingPostgres, PostgresServer
 
 # -- the parser and the comparison (fast) ------------------------------------------------------
 

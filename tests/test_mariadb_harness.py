@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django_lido.testing.mariadb import (
+from helpers import eventually
+
+from harness.mariadb import (
     ExistingMariaDB,
     MariaDBServer,
     mariadb_for_tests,
 )
-from django_lido.testing.servers import _pid_alive
-from helpers import eventually
+from harness.servers import _pid_alive
 
 DRIVERS = ["pymysql", "MySQLdb"]
 

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from django_lido.testing.pgbouncer import PgBouncerServer
-from django_lido.testing.servers import ExistingPostgres, PostgresServer, _pid_alive
+
+from harness.pgbouncer import PgBouncerServer
+from harness.servers import ExistingPostgres, PostgresServer, _pid_alive
 
 Upstream = PostgresServer | ExistingPostgres
 

@@ -274,7 +274,7 @@ def test_waiting_thread_does_not_hold_the_gil(make_pool):
 
 
 def test_connect_error_is_the_drivers_and_frees_the_slot(pg):
-    from django_lido.testing.servers import free_port
+    from harness.servers import free_port
 
     bad = Pool(
         lambda: psycopg.connect(host="127.0.0.1", port=free_port(), connect_timeout=2),

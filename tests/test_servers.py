@@ -4,7 +4,8 @@ import time
 
 import psycopg
 import pytest
-from django_lido.testing.servers import (
+
+from harness.servers import (
     ExistingPostgres,
     PostgresServer,
     free_port,

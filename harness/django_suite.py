@@ -7,7 +7,7 @@ stock backend must pass with ours. Per-test outcomes are parsed from the ``-v 2`
 cross-checked against the final ``Ran N tests`` / ``OK`` / ``FAILED`` lines, so a broken parse
 cannot pass.
 
-Run ``python -m django_lido.testing.django_suite --help`` for the command line.
+Run ``python -m harness.django_suite --help`` for the command line.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from django_lido.testing.mariadb import ExistingMariaDB, MariaDBServer
-from django_lido.testing.servers import ExistingPostgres, PostgresServer
+from harness.mariadb import ExistingMariaDB, MariaDBServer
+from harness.servers import ExistingPostgres, PostgresServer
 
 __all__ = [
     "ACCEPTED_DIFFERENCES",
@@ -121,7 +121,7 @@ ACCEPTED_DIFFERENCES: dict[str, str] = {
 REQUIREMENTS = {"tblib": "tblib>=3.0.0"}  # pickles tracebacks of failures under --parallel
 
 _SITECUSTOMIZE = f"""\
-# Written by django_lido.testing.django_suite: Django imports psycopg (3) when it can, so
+# Written by harness.django_suite: Django imports psycopg (3) when it can, so
 # hiding it is the only way to run Django on psycopg2 while psycopg is installed. Django's
 # MySQL backend imports MySQLdb, which PyMySQL can stand in for.
 import os
@@ -459,7 +459,7 @@ class SuiteResult:
 
 def _settings_source(databases: Mapping[str, Any]) -> str:
     return (
-        "# Written by django_lido.testing.django_suite.\n"
+        "# Written by harness.django_suite.\n"
         "# The suite's own defaults (SECRET_KEY, PASSWORD_HASHERS, DEFAULT_AUTO_FIELD where the\n"
         "# version sets it, USE_TZ) come from tests/test_sqlite.py of the same sdist.\n"
         "from test_sqlite import *  # noqa: F403\n\n"
@@ -712,7 +712,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status (non-zero on a regression, a failed single
     run or an untrustworthy parse)."""
     parser = argparse.ArgumentParser(
-        prog="python -m django_lido.testing.django_suite",
+        prog="python -m harness.django_suite",
         description=(
             "Run Django's own test suite with the stock and/or our ENGINE, on PostgreSQL or "
             "MySQL/MariaDB."
