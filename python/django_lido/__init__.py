@@ -6,6 +6,7 @@
 from django_lido._lido import __version__
 from django_lido.drivers import Driver
 from django_lido.errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
+from django_lido.options import PoolOptions
 from django_lido.pool import Pool
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "Pool",
     "PoolClosed",
     "PoolError",
+    "PoolOptions",
     "PoolTimeout",
     "TooManyWaiters",
     "__version__",

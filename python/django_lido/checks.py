@@ -51,7 +51,7 @@ def _settings_findings(
             checks.Warning(
                 f"{where}['CONN_MAX_AGE'] is None: each thread keeps the connection it took "
                 "from the pool for ever, so the pool never gets it back and threads beyond "
-                f"max_size={ps.engine['max_size']} wait and time out.",
+                f"max_size={ps.options['max_size']} wait and time out.",
                 hint="Use CONN_MAX_AGE = 0 (give the connection back at the end of each "
                 "request), or a number of seconds.",
                 id="django_lido.W001",
@@ -101,10 +101,10 @@ def check_server_limits(
         conn = connections[alias]
         server_limit = getattr(conn, "lido_server_connection_limit", None)
         limit = server_limit() if server_limit is not None else None
-        if limit is not None and ps.engine["max_size"] > limit:
+        if limit is not None and ps.options["max_size"] > limit:
             found.append(
                 checks.Warning(
-                    f"DATABASES[{alias!r}]: pool max_size={ps.engine['max_size']} is above "
+                    f"DATABASES[{alias!r}]: pool max_size={ps.options['max_size']} is above "
                     f"the {limit} connections the server accepts for this user, and that "
                     "is per process.",
                     hint="Lower max_size, or raise the server's max_connections.",

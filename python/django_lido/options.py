@@ -1,60 +1,70 @@
-"""Validation of pool options into the plain values the engine takes.
+"""The pool options, declared once.
 
-Types are checked here and values in the engine, so that every wrong option is reported
-by name with what is allowed, whichever layer catches it.
+The engine's options (sizes, times, ``probe``) come from its table in Rust
+(``lido_core::config``): name, kind, default, what is allowed and the sentence that explains
+each. ``PoolOptions`` checks values against it once, with one wording per rule. The hooks
+below are the options of ``Pool`` that the engine never sees. The README's table and
+``docs/django.md`` are checked against both by a test.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from typing import Any
 
-DEFAULTS: dict[str, Any] = {
-    "min_size": 0,
-    "max_size": 10,
-    "timeout": 30.0,
-    "max_waiting": 0,
-    "max_lifetime": 3600.0,
-    "lifetime_jitter": 0.1,
-    "max_idle": 600.0,
-    "max_uses": 0,
-    "check_after_idle": 1.0,
-    "turn_length": 0.001,
+from django_lido._lido import OPTIONS as _TABLE
+from django_lido._lido import PoolOptions
+
+__all__ = ["DEFAULTS", "HOOKS", "OPTIONS", "Option", "PoolOptions"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: ``kind`` is count, seconds, fraction, flag, or hook (a Python value the
+    engine never sees, whose ``default`` is a description)."""
+
+    name: str
+    kind: str
+    default: Any
+    allowed: str
+    doc: str
+
+
+OPTIONS: dict[str, Option] = {row["name"]: Option(**row) for row in _TABLE}
+DEFAULTS: dict[str, Any] = {name: o.default for name, o in OPTIONS.items()}
+
+HOOKS: dict[str, Option] = {
+    o.name: o
+    for o in (
+        Option(
+            "check",
+            "hook",
+            "driver's",
+            "a callable or None",
+            "`callable(conn)` for the round-trip check; raises if the connection is bad "
+            "(default: the driver's cheapest query)",
+        ),
+        Option(
+            "configure",
+            "hook",
+            "None",
+            "a callable or None",
+            "`callable(conn)`, run once on each new connection",
+        ),
+        Option(
+            "reset",
+            "hook",
+            "None",
+            "a callable or None",
+            "`callable(conn)`, run on each return after any rollback; if it raises, the "
+            "connection is closed instead of reused",
+        ),
+        Option(
+            "name",
+            "hook",
+            "pool-N",
+            "a string",
+            "used in messages, logs, statistics and the maintenance thread's name",
+        ),
+    )
 }
-
-_COUNTS = ("min_size", "max_size", "max_waiting", "max_uses")
-_SECONDS = ("timeout", "turn_length")
-_OPTIONAL_SECONDS = ("max_lifetime", "max_idle", "check_after_idle")
-
-
-def _bad(option: str, value: object, allowed: str) -> str:
-    return f"invalid pool option {option}={value!r}: {allowed}"
-
-
-def validate(options: dict[str, Any]) -> dict[str, Any]:
-    """Returns the options with defaults filled in, or raises TypeError/ValueError."""
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise TypeError(
-            f"unknown pool option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(DEFAULTS))}"
-        )
-    out = {**DEFAULTS, **options}
-    for name in _COUNTS:
-        v = out[name]
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(_bad(name, v, "an integer"))
-        if v < 0:
-            raise ValueError(_bad(name, v, "an integer >= 0"))
-    for name in (*_SECONDS, *_OPTIONAL_SECONDS, "lifetime_jitter"):
-        v = out[name]
-        if v is None and name in _OPTIONAL_SECONDS:
-            continue
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            allowed = "a number of seconds" + (", or None" if name in _OPTIONAL_SECONDS else "")
-            raise TypeError(_bad(name, v, allowed))
-        if not math.isfinite(v) or v < 0:
-            raise ValueError(_bad(name, v, "a finite number >= 0"))
-        out[name] = float(v)
-    if out["timeout"] == 0:
-        raise ValueError(_bad("timeout", options.get("timeout"), "a number of seconds > 0"))
-    return out

@@ -17,7 +17,7 @@ from django_lido import lifecycle
 from django_lido._lido import Maintainer, PoolCore
 from django_lido.drivers import driver_for
 from django_lido.errors import PoolClosed
-from django_lido.options import validate
+from django_lido.options import PoolOptions
 
 logger = logging.getLogger("django_lido.pool")
 
@@ -44,35 +44,10 @@ class Pool(PoolCore):
     """A pool of DB-API connections.
 
     ``connect`` is a zero-argument callable returning a new connection, or a libpq
-    connection string (then psycopg 3 opens the connections).
-
-    Options (seconds for times; None means "never"):
-
-    - ``min_size`` (0): connections kept open even when idle.
-    - ``max_size`` (10): hard cap on open connections, counting those being opened.
-    - ``timeout`` (30): how long ``getconn()`` waits before raising ``PoolTimeout``.
-    - ``max_waiting`` (0 = no limit): more waiters than this raise ``TooManyWaiters``.
-    - ``max_lifetime`` (3600): a connection is closed once this old, minus a random
-      ``lifetime_jitter`` (0.1) fraction, so connections opened together do not all
-      expire together.
-    - ``max_idle`` (600): idle connections above ``min_size`` are closed after this long.
-    - ``max_uses`` (0 = no limit): a connection is closed after this many checkouts.
-    - ``check_after_idle`` (1): a connection idle longer than this gets a round-trip
-      ``check`` at checkout. Every checkout also runs a zero-round-trip probe of the
-      socket (disable with ``probe=False``), which sees connections the server closed.
-    - ``turn_length`` (0.001): while others wait, a thread may keep reusing connections
-      ahead of them for this long after it was last served from the queue (or after its
-      first checkout); then it hands each connection it returns to the first waiter and
-      queues behind them. This bounds how long a waiter is passed over, and spares a
-      context switch per checkout to a thread that returns and checks out again at once
-      (strict hand-over then turns every checkout into a switch: a lock convoy). 0 serves
-      strictly first come, first served. At most 1.
-    - ``check``: callable(conn) for the round trip; raises if the connection is bad.
-      Default: the driver's cheapest query.
-    - ``configure``: callable(conn), run once on each new connection.
-    - ``reset``: callable(conn), run on each return after any rollback; if it raises,
-      the connection is closed instead of reused.
-    - ``name``: used in messages, logs and statistics.
+    connection string (then psycopg 3 opens the connections). The pool options (sizes,
+    times, ``probe``) are given as keywords or, checked ahead, as ``options=PoolOptions(...)``;
+    ``check``, ``configure``, ``reset`` and ``name`` are hooks. Every option, its default
+    and what it allows: the README's table, or ``django_lido.options``.
 
     Returned connections are rolled back if a transaction is open or failed. A connection
     dropped by its holder without ``putconn()`` frees its slot and is logged as leaked.
@@ -86,10 +61,18 @@ class Pool(PoolCore):
         check: Callable[[Conn], object] | None = None,
         configure: Callable[[Conn], object] | None = None,
         reset: Callable[[Conn], object] | None = None,
-        probe: bool = True,
-        **options: Any,
+        options: PoolOptions | None = None,
+        **kwargs: Any,
     ) -> Pool:
-        opts = validate(options)
+        if options is None:
+            options = PoolOptions(**kwargs)
+        elif kwargs:
+            raise TypeError(
+                f"give pool options as keywords or as options=PoolOptions(...), not both "
+                f"(got options= and {', '.join(sorted(kwargs))})"
+            )
+        elif not isinstance(options, PoolOptions):
+            raise TypeError(f"options must be a PoolOptions, not {options!r}")
         if isinstance(connect, str):
             connect = _psycopg_connect(connect)
         if not callable(connect):
@@ -104,12 +87,11 @@ class Pool(PoolCore):
             opener,
             driver_for,
             name=name,
-            probe=bool(probe),
             check=check,
             reset=reset,
             on_leak=_leak_logger(name),
             on_error=_error_logger(name),
-            options=opts,
+            options=options,
         )
         self._maintenance: threading.Thread | None = None
         self._start_maintenance()

@@ -6,7 +6,7 @@
 //! the result back. The lock is held only for a few field updates, never across I/O, and
 //! waiters are woken after it is released.
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Validated};
 use crate::conn::{Check, CloseReason, ConnMeta, Pooled, Retired};
 use crate::error::AcquireError;
 use crate::stats::Stats;
@@ -298,13 +298,13 @@ pub struct Engine<C> {
 }
 
 impl<C> Engine<C> {
-    /// Builds an engine after validating `cfg`.
-    pub fn new(name: impl Into<String>, cfg: Config) -> Result<Self, ConfigError> {
-        cfg.validate()?;
+    /// Builds an engine; `cfg` was checked by [`Config::validate`].
+    pub fn new(name: impl Into<String>, cfg: Validated) -> Self {
         let seed = Instant::now().elapsed().as_nanos() as u64
             ^ (std::process::id() as u64).rotate_left(32)
-            ^ (&cfg as *const Config as u64);
-        Ok(Engine {
+            ^ (&cfg as *const Validated as u64);
+        let cfg = cfg.into_inner();
+        Engine {
             name: name.into(),
             state: Mutex::new(State {
                 cfg,
@@ -322,7 +322,7 @@ impl<C> Engine<C> {
                 maintenance_due: false,
             }),
             stats: Stats::default(),
-        })
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -722,13 +722,7 @@ impl<C> Engine<C> {
     /// maximum are handed back for closing; busy ones are closed when they return.
     pub fn resize(&self, min_size: usize, max_size: usize) -> Result<Vec<Retired<C>>, ConfigError> {
         let mut st = self.state.lock();
-        let cfg = Config {
-            min_size,
-            max_size,
-            ..st.cfg.clone()
-        };
-        cfg.validate()?;
-        st.cfg = cfg;
+        st.cfg = st.cfg.resized(min_size, max_size)?.into_inner();
         let mut retired = Vec::new();
         while st.live() > st.cfg.max_size && !st.idle.is_empty() {
             let conn = st.idle.remove(0);

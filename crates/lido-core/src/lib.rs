@@ -8,7 +8,7 @@
 //! use lido_core::{Checkout, Config, Engine, ThreadWake};
 //! use std::time::{Duration, Instant};
 //!
-//! let engine: Engine<String> = Engine::new("demo", Config { max_size: 2, ..Config::default() })?;
+//! let engine: Engine<String> = Engine::new("demo", Config { max_size: 2, ..Config::default() }.validate()?);
 //! // Nothing is open yet, so the engine hands out a permit to open a connection.
 //! let conn = match engine.checkout(Instant::now(), || Box::new(ThreadWake::current()))? {
 //!     Checkout::Open(permit) => {
@@ -32,7 +32,10 @@ pub mod liveness;
 pub mod stats;
 pub mod wait;
 
-pub use config::{Config, ConfigError};
+pub use config::{
+    checkout_timeout, option, Config, ConfigError, Kind, OptionSpec, SetError, Validated, Value,
+    OPTIONS,
+};
 pub use conn::{Check, CloseReason, ConnMeta, Pooled, Retired};
 pub use engine::{Checkout, Disposal, Engine, Maintenance, OpenPermit, Status};
 pub use error::AcquireError;

@@ -208,9 +208,10 @@ fn run(seed: u64, threads: usize, ops: usize, close_midway: bool) {
             check_after_idle: Some(Duration::from_micros(100)),
             turn_length: Duration::from_micros(300),
             ..Config::default()
-        },
-    )
-    .unwrap();
+        }
+        .validate()
+        .unwrap(),
+    );
     let w = Arc::new(World {
         engine,
         physical: AtomicUsize::new(0),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn engine(cfg: Config) -> Engine<u32> {
-    Engine::new("t", cfg).unwrap()
+    Engine::new("t", cfg.validate().unwrap())
 }
 
 fn wake() -> Box<dyn Wake> {

@@ -6,6 +6,7 @@
 //! so the hot path runs no Python frame of ours.
 
 mod errors;
+mod options;
 mod pool;
 
 use pyo3::prelude::*;
@@ -17,7 +18,8 @@ fn _lido(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pool::LeakWatch>()?;
     m.add_class::<pool::Maintainer>()?;
     m.add_function(wrap_pyfunction!(pool::_interpreter_exiting, m)?)?;
-    m.add_function(wrap_pyfunction!(pool::validate_options, m)?)?;
+    m.add_class::<options::PoolOptions>()?;
+    m.add("OPTIONS", options::option_table(py)?)?;
     m.add("PoolError", py.get_type::<errors::PoolError>())?;
     m.add("PoolTimeout", py.get_type::<errors::PoolTimeout>())?;
     m.add("PoolClosed", py.get_type::<errors::PoolClosed>())?;

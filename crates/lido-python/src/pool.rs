@@ -1,9 +1,10 @@
 //! `PoolCore`: checkout, return, maintenance and statistics for Python connections.
 
 use crate::errors::{acquire_error, config_error, PoolClosed};
+use crate::options::{size_arg, timeout_arg, PoolOptions};
 use lido_core::{
-    probe_socket, Check, Checkout, CloseReason, Config, ConfigError, Engine, Grant,
-    HistogramSummary, OpenPermit, Pooled, Retired, ThreadWake,
+    probe_socket, Check, Checkout, CloseReason, Engine, Grant, HistogramSummary, OpenPermit,
+    Pooled, Retired, ThreadWake,
 };
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -175,74 +176,6 @@ impl LeakWatch {
             inner.lost(py, self.key);
         }
     }
-}
-
-fn opt_secs(option: &'static str, v: Option<f64>) -> Result<Option<Duration>, ConfigError> {
-    v.map(|s| secs(option, s)).transpose()
-}
-
-fn secs(option: &'static str, v: f64) -> Result<Duration, ConfigError> {
-    Duration::try_from_secs_f64(v)
-        .ok()
-        .filter(|_| v.is_finite())
-        .ok_or_else(|| ConfigError {
-            option,
-            value: v.to_string(),
-            allowed: "a finite number of seconds >= 0".into(),
-        })
-}
-
-fn count(option: &'static str, v: i64) -> Result<u64, ConfigError> {
-    u64::try_from(v).map_err(|_| ConfigError {
-        option,
-        value: v.to_string(),
-        allowed: "an integer >= 0".into(),
-    })
-}
-
-/// The engine's options as `django_lido.options.validate` returns them: a dict with every
-/// key, types already checked there. One struct, so that an option is declared once here.
-#[derive(FromPyObject)]
-#[pyo3(from_item_all)]
-pub struct EngineOptions {
-    min_size: i64,
-    max_size: i64,
-    timeout: f64,
-    max_waiting: i64,
-    max_lifetime: Option<f64>,
-    lifetime_jitter: f64,
-    max_idle: Option<f64>,
-    max_uses: i64,
-    check_after_idle: Option<f64>,
-    turn_length: f64,
-}
-
-impl EngineOptions {
-    /// The engine's configuration, every value and relation checked (the same checks
-    /// `Engine::new` makes).
-    fn config(&self) -> Result<Config, ConfigError> {
-        let cfg = Config {
-            min_size: count("min_size", self.min_size)? as usize,
-            max_size: count("max_size", self.max_size)? as usize,
-            timeout: secs("timeout", self.timeout)?,
-            max_waiting: count("max_waiting", self.max_waiting)? as usize,
-            max_lifetime: opt_secs("max_lifetime", self.max_lifetime)?,
-            lifetime_jitter: self.lifetime_jitter,
-            max_idle: opt_secs("max_idle", self.max_idle)?,
-            max_uses: count("max_uses", self.max_uses)?,
-            check_after_idle: opt_secs("check_after_idle", self.check_after_idle)?,
-            turn_length: secs("turn_length", self.turn_length)?,
-        };
-        cfg.validate()?;
-        Ok(cfg)
-    }
-}
-
-/// Checks pool option values without building a pool (Django's settings are checked before
-/// the first connect, and by `manage.py check`); raises ValueError naming the option.
-#[pyfunction]
-pub fn validate_options(options: EngineOptions) -> PyResult<()> {
-    options.config().map(drop).map_err(config_error)
 }
 
 fn summary_dict<'py>(py: Python<'py>, h: &HistogramSummary) -> PyResult<Bound<'py, PyDict>> {
@@ -544,23 +477,22 @@ impl PoolCore {
     #[new]
     #[pyo3(signature = (
         connect, driver_for, *, name, options,
-        probe=true, check=None, reset=None, on_leak=None, on_error=None,
+        check=None, reset=None, on_leak=None, on_error=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         connect: Py<PyAny>,
         driver_for: Py<PyAny>,
         name: String,
-        options: EngineOptions,
-        probe: bool,
+        options: PyRef<'_, PoolOptions>,
         check: Option<Py<PyAny>>,
         reset: Option<Py<PyAny>>,
         on_leak: Option<Py<PyAny>>,
         on_error: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
-        let cfg = options.config().map_err(config_error)?;
-        let timeout = cfg.timeout;
-        let engine = Engine::new(name, cfg).map_err(config_error)?;
+        let cfg = options.config.clone();
+        let (timeout, probe) = (cfg.timeout, cfg.probe);
+        let engine = Engine::new(name, cfg);
         Ok(PoolCore {
             inner: Arc::new(Inner {
                 engine,
@@ -584,12 +516,12 @@ impl PoolCore {
 
     /// Takes a connection, waiting up to `timeout` seconds (default: the pool's).
     #[pyo3(signature = (timeout=None))]
-    fn getconn(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+    fn getconn(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
         let inner = &*self.inner;
         let start = Instant::now();
         let timeout = match timeout {
-            None => inner.timeout,
-            Some(t) => secs("timeout", t).map_err(config_error)?,
+            Some(t) if !t.is_none() => timeout_arg(t)?,
+            _ => inner.timeout,
         };
         let deadline = start + timeout;
         let wake = || -> Box<dyn lido_core::Wake> { Box::new(ThreadWake::current()) };
@@ -718,9 +650,16 @@ impl PoolCore {
     }
 
     /// Changes min_size and max_size at run time.
-    fn resize(&self, py: Python<'_>, min_size: i64, max_size: i64) -> PyResult<()> {
-        let min = count("min_size", min_size).map_err(config_error)? as usize;
-        let max = count("max_size", max_size).map_err(config_error)? as usize;
+    fn resize(
+        &self,
+        py: Python<'_>,
+        min_size: &Bound<'_, PyAny>,
+        max_size: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let (min, max) = (
+            size_arg("min_size", min_size)?,
+            size_arg("max_size", max_size)?,
+        );
         let retired = self.inner.engine.resize(min, max).map_err(config_error)?;
         for r in retired {
             self.inner.dispose(py, r);

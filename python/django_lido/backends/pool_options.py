@@ -16,8 +16,7 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from django_lido._lido import validate_options
-from django_lido.options import DEFAULTS, validate
+from django_lido.options import DEFAULTS, HOOKS, OPTIONS, Option, PoolOptions
 
 # OPTIONS keys this layer consumes; the rest go to the driver.
 POOL_KEY = "pool"
@@ -26,21 +25,41 @@ CONSUMED_KEYS = frozenset({POOL_KEY, *LEGACY_KEYS})
 
 RESET_POLICIES = ("auto", "full", "rollback")
 
-# Engine options, passed through to ``Pool`` after validation.
-ENGINE_KEYS = (
-    "min_size",
-    "max_size",
-    "timeout",
-    "max_waiting",
-    "max_lifetime",
-    "lifetime_jitter",
-    "max_idle",
-    "max_uses",
-    "check_after_idle",
-    "turn_length",
-)
-# Options of this layer.
-EXTRA_KEYS = ("name", "check", "reset", "probe", "transaction_pooler", "open")
+# The options of this layer; the engine's (OPTIONS) pass through to ``Pool``.
+DJANGO_OPTIONS: dict[str, Option] = {
+    o.name: o
+    for o in (
+        HOOKS["check"],
+        Option(
+            "reset",
+            "policy",
+            "auto",
+            f"{', '.join(map(repr, RESET_POLICIES))} or a callable taking the connection",
+            "what happens to session state on return; see below",
+        ),
+        Option(
+            "transaction_pooler",
+            "flag",
+            False,
+            "True or False",
+            "the server sits behind PgBouncer (or similar) in transaction mode",
+        ),
+        Option(
+            "name",
+            "hook",
+            "alias:dbname",
+            "a string",
+            "the pool's name in messages, logs and statistics",
+        ),
+        Option(
+            "open",
+            "flag",
+            False,
+            "True or False",
+            "open `min_size` connections when the pool is created",
+        ),
+    )
+}
 
 # psycopg_pool options that have no meaning here, with the reason given to the user.
 UNSUPPORTED = {
@@ -56,24 +75,22 @@ UNSUPPORTED = {
 
 @dataclass(frozen=True)
 class PoolSettings:
-    """What a DATABASES entry asks of the pool. ``engine`` holds ``Pool`` options."""
+    """What a DATABASES entry asks of the pool."""
 
-    engine: Mapping[str, Any]
+    options: PoolOptions
     name: str | None = None
     check: Callable[[Any], object] | None = None
     reset: str | Callable[[Any], object] = "auto"
-    probe: bool = True
     transaction_pooler: bool = False
     open: bool = False
 
     def pool_key(self) -> tuple[Any, ...]:
         """What distinguishes two pools' behaviour (hooks by identity)."""
         return (
-            tuple(sorted(self.engine.items())),
+            self.options,
             self.name,
             id(self.check) if self.check is not None else None,
             self.reset if isinstance(self.reset, str) else id(self.reset),
-            self.probe,
             self.transaction_pooler,
         )
 
@@ -120,14 +137,15 @@ def pool_settings(alias: str, options: Mapping[str, Any]) -> PoolSettings | None
             raise ImproperlyConfigured(
                 f"{where}[{key!r}] is not supported by django-lido: {UNSUPPORTED[key]}"
             )
-    unknown = sorted(set(given) - set(ENGINE_KEYS) - set(EXTRA_KEYS))
+    allowed = (*OPTIONS, *DJANGO_OPTIONS)
+    unknown = sorted(set(given) - set(allowed))
     if unknown:
         raise ImproperlyConfigured(
             f"unknown pool option(s) {', '.join(map(repr, unknown))} in {where}; allowed: "
-            f"{', '.join(sorted((*ENGINE_KEYS, *EXTRA_KEYS)))}"
+            f"{', '.join(sorted(allowed))}"
         )
 
-    engine_opts = {k: given[k] for k in ENGINE_KEYS if k in given}
+    engine_opts = {k: given[k] for k in OPTIONS if k in given}
     # psycopg_pool's max_size=None means "same as min_size"; keep that meaning.
     if "max_size" in engine_opts and engine_opts["max_size"] is None:
         del engine_opts["max_size"]
@@ -136,48 +154,37 @@ def pool_settings(alias: str, options: Mapping[str, Any]) -> PoolSettings | None
     if "min_size" in engine_opts and "max_size" not in engine_opts:
         # Unlike psycopg_pool (max_size defaults to min_size), a larger min_size raises
         # the default max_size with it rather than being an error.
-        engine_opts["max_size"] = max(engine_opts["min_size"], DEFAULTS["max_size"])
+        min_size = engine_opts["min_size"]
+        if isinstance(min_size, int) and not isinstance(min_size, bool):
+            engine_opts["max_size"] = max(min_size, DEFAULTS["max_size"])
     try:
-        engine = validate(engine_opts)
+        options = PoolOptions(**engine_opts)
     except (TypeError, ValueError) as exc:
         raise ImproperlyConfigured(f"{where}: {exc}") from None
-    if engine["max_size"] < 1:
-        raise ImproperlyConfigured(
-            f"{where}['max_size']={engine['max_size']!r}: must be at least 1"
+
+    def bad(key: str) -> ImproperlyConfigured:
+        return ImproperlyConfigured(
+            f"{where}: invalid pool option {key}={given[key]!r}: {DJANGO_OPTIONS[key].allowed}"
         )
-    if engine["min_size"] > engine["max_size"]:
-        raise ImproperlyConfigured(
-            f"{where}: min_size={engine['min_size']!r} is above max_size="
-            f"{engine['max_size']!r}; min_size must be <= max_size"
-        )
-    try:
-        # The engine's own checks of values and relations (lifetime_jitter, zero times...),
-        # so that a bad value fails here, named, and not at the first checkout.
-        validate_options(engine)
-    except ValueError as exc:
-        raise ImproperlyConfigured(f"{where}: {exc}") from None
 
     name = given.get("name")
     if name is not None and not isinstance(name, str):
-        raise ImproperlyConfigured(f"{where}['name'] must be a string, not {name!r}")
+        raise bad("name")
     check = given.get("check")
     if check is not None and not callable(check):
-        raise ImproperlyConfigured(f"{where}['check'] must be callable or None, not {check!r}")
+        raise bad("check")
     reset = given.get("reset", "auto")
     if reset is None:
         reset = "auto"
     if not callable(reset) and reset not in RESET_POLICIES:
-        raise ImproperlyConfigured(
-            f"{where}['reset']={reset!r}: allowed are {', '.join(map(repr, RESET_POLICIES))} "
-            "or a callable taking the connection"
-        )
+        raise bad("reset")
     flags = {}
-    for key in ("probe", "transaction_pooler", "open"):
+    for key in ("transaction_pooler", "open"):
         if key in given:
             if not isinstance(given[key], bool):
-                raise ImproperlyConfigured(f"{where}[{key!r}] must be True or False")
+                raise bad(key)
             flags[key] = given[key]
-    return PoolSettings(engine=engine, name=name, check=check, reset=reset, **flags)
+    return PoolSettings(options=options, name=name, check=check, reset=reset, **flags)
 
 
 def driver_options(options: Mapping[str, Any]) -> dict[str, Any]:

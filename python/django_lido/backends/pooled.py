@@ -195,8 +195,7 @@ class PooledDatabaseMixin:
                 name=settings.name or f"{self.alias}:{target.database}",  # type: ignore[attr-defined]
                 check=settings.check,
                 reset=reset,
-                probe=settings.probe,
-                **settings.engine,
+                options=settings.options,
             )
 
         pool = registry.get_or_create(
