@@ -27,6 +27,7 @@ DEV_REQS=(
   "PyMySQL>=1.1"
   "mysqlclient>=2.2"
   "gunicorn>=23"
+  "hypothesis>=6.100"
 )
 # Python 3.13 runs the other supported Django (6.1, which needs Python >= 3.12).
 PY313_REQS=(
@@ -39,6 +40,7 @@ PY313_REQS=(
   "tblib>=3"
   "PyMySQL>=1.1"
   "mysqlclient>=2.2"
+  "hypothesis>=6.100"
 )
 
 as_root() {
