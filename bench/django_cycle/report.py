@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import _common
@@ -35,188 +37,224 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a is not None and b else "n/a"
 
 
+# --- cells of the per-scenario tables -------------------------------------------------------
+
+
+def note(runs: Runs) -> str:
+    notes = [f"errors in {len(runs.errors)} run(s)"] if runs.errors else []
+    starved = [sum(1 for c in e["per_thread"] if c == 0) for e in runs.extra if "per_thread" in e]
+    if any(starved):
+        notes.append(f"threads with no cycle: {', '.join(map(str, starved))} (per run)")
+    pool = [e["pool"] for e in runs.extra if e.get("pool")]
+    if pool and "usage_p50_ms" in pool[0]:
+        hold = statistics.median(p.get("usage_p50_ms", 0) for p in pool)
+        wait = statistics.median(p.get("acquire_wait_p50_ms", 0) for p in pool)
+        notes.append(f"pool stats p50: held {hold:.2g} ms, waited {wait:.2g} ms")
+    return "; ".join(notes)
+
+
+def rate(runs: Runs) -> str:
+    return fmt(runs.rate)
+
+
+def fairness(runs: Runs) -> str:
+    return fmt(runs.fairness, 2, comma=False)
+
+
+def peak(runs: Runs) -> str:
+    return f"{max(runs.peak)}" if runs.peak else "n/a"
+
+
+def cpu(runs: Runs) -> str:
+    vals = [e["cpu_us"] for e in runs.extra if "cpu_us" in e]
+    return f"{statistics.median(vals):,.0f}" if vals else "n/a"
+
+
+def switches(runs: Runs) -> str:
+    vals = [e["vcsw"] + e["ivcsw"] for e in runs.extra if "vcsw" in e]
+    return fmt(vals, 0, comma=False) if vals else "n/a"
+
+
+def seen(name: str) -> Callable[[Runs], str]:
+    """The distinct values a child reported under `name`."""
+
+    def cell(runs: Runs) -> str:
+        values = sorted({e.get(name) for e in runs.extra if name in e})
+        return ", ".join(map(str, values)) or "n/a"
+
+    return cell
+
+
+# --- the table spec ----------------------------------------------------------------------------
+#
+# Text and variant keys may hold {t} (--threads) and {n} (--size). Every table starts with the
+# variant and ends with the notes; "native" marks what exists only on PostgreSQL, where Django
+# has a native pool.
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    cell: Callable[[Runs], str] | None = None
+    over: str | None = None  # a ratio column: the row's rate over this variant's
+    native: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    what: str
+    key: str
+    over: str | None = None  # the key's rate over this variant's; None: the key's own figure
+    figure: str = "rate"  # the Runs field measured when `over` is None
+    goal: float | None = None  # None: shown beside the targets, with no goal of its own
+    native: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    scenario: str
+    title: str
+    columns: tuple[Column, ...]
+    targets: tuple[Target, ...]
+
+
+TABLES = (
+    Table(
+        "a",
+        "(a) one thread: `connection.cursor().execute('select 1'); connection.close()`",
+        (
+            Column("iter/s", rate),
+            Column("/ persistent", over="persistent"),
+            Column("/ native max {n}", over="native-{n}", native=True),
+            Column("CPU µs/iter", cpu),
+        ),
+        (
+            Target("(a) lido / persistent", "lido-{n}", over="persistent", goal=0.97),
+            Target(f"(a) {KINDS['noop']} / persistent", "noop", over="persistent"),
+            Target(f"(a) {KINDS['lido_noop']} / persistent", "lido_noop", over="persistent"),
+            Target(
+                "(a) lido / native pool max {n}",
+                "lido-{n}",
+                over="native-{n}",
+                goal=1.1,
+                native=True,
+            ),
+        ),
+    ),
+    Table(
+        "b",
+        "(b) {t} threads: `close_old_connections()`, `select 1`, primary-key lookup, "
+        "`close_old_connections()`",
+        (
+            Column("cycles/s", rate),
+            Column("fairness", fairness),
+            Column("peak server conns", peak),
+            Column("/ persistent {t}", over="persistent-{t}"),
+            Column("/ native max {n}", over="native-{n}", native=True),
+            Column("CPU µs/cycle", cpu),
+            Column("ctx switches/cycle", switches),
+        ),
+        (
+            Target(
+                "(b) lido max {n} / persistent, {t} threads",
+                "lido-{n}",
+                over="persistent-{t}",
+                goal=0.9,
+            ),
+            Target(
+                "(b) persistent, {n} threads (info) / persistent, {t} threads",
+                "persistent-{n}",
+                over="persistent-{t}",
+            ),
+            Target(
+                "(b) lido max {n} / native pool max {n}",
+                "lido-{n}",
+                over="native-{n}",
+                goal=1.8,
+                native=True,
+            ),
+            Target("(b) lido max {n} fairness", "lido-{n}", figure="fairness", goal=0.9),
+        ),
+    ),
+    Table(  # PostgreSQL-only scenario: its native-pool ratio is not marked
+        "c",
+        "(c) one thread: 4-table ORM query (`select_related`, filter, order, first 10), "
+        "one checkout per query",
+        (
+            Column("queries/s", rate),
+            Column("/ native max {n} defaults", over="native-{n}"),
+            Column("CPU µs/query", cpu),
+            Column("statements prepared on server", seen("prepared")),
+            Column("cursor class", seen("cursor_class")),
+        ),
+        (
+            Target(
+                "(c) lido (defaults) / native pool defaults",
+                "lido-{n}",
+                over="native-{n}",
+                goal=1.3,
+            ),
+            Target(
+                "(c) lido + server_side_binding / native pool defaults",
+                "lido_ssb-{n}",
+                over="native-{n}",
+                goal=1.3,
+            ),
+        ),
+    ),
+)
+
+
 def results_tables(
     results: dict[str, dict[str, Runs]], args: argparse.Namespace
 ) -> tuple[str, list[list[str]]]:
     """The per-scenario tables, and the rows of the targets table."""
     out: list[str] = []
     targets: list[list[str]] = []
-    t, n = args.threads, args.size
-    native = args.vendor == "postgresql"  # the native pool: a reference column and targets
-
-    def if_native(*cells: str) -> list[str]:
-        return list(cells) if native else []
-
-    def rate(scn: str, key: str) -> float | None:
-        runs = results.get(scn, {}).get(key)
-        return med(runs.rate) if runs else None
-
-    def note(runs: Runs) -> str:
-        notes = [f"errors in {len(runs.errors)} run(s)"] if runs.errors else []
-        starved = [
-            sum(1 for c in e["per_thread"] if c == 0) for e in runs.extra if "per_thread" in e
-        ]
-        if any(starved):
-            notes.append(f"threads with no cycle: {', '.join(map(str, starved))} (per run)")
-        pool = [e["pool"] for e in runs.extra if e.get("pool")]
-        if pool and "usage_p50_ms" in pool[0]:
-            hold = statistics.median(p.get("usage_p50_ms", 0) for p in pool)
-            wait = statistics.median(p.get("acquire_wait_p50_ms", 0) for p in pool)
-            notes.append(f"pool stats p50: held {hold:.2g} ms, waited {wait:.2g} ms")
-        return "; ".join(notes)
-
-    def switches(runs: Runs) -> str:
-        vals = [e["vcsw"] + e["ivcsw"] for e in runs.extra if "vcsw" in e]
-        return fmt(vals, 0, comma=False) if vals else "n/a"
-
-    def cpu(runs: Runs) -> str:
-        vals = [e["cpu_us"] for e in runs.extra if "cpu_us" in e]
-        return f"{statistics.median(vals):,.0f}" if vals else "n/a"
-
-    def target(what: str, value: float | None, goal: float, fmt_: str = "{:.2f}x") -> None:
-        if value is None:
-            targets.append([what, f">= {goal:g}", "n/a", "n/a"])
-            return
-        targets.append([what, f">= {goal:g}", fmt_.format(value), "yes" if value >= goal else "no"])
-
-    def info(what: str, value: float | None) -> None:
-        """A ratio shown beside the targets, with no goal of its own."""
-        targets.append([what, "-", "n/a" if value is None else f"{value:.2f}x", "-"])
-
-    def div(a: float | None, b: float | None) -> float | None:
-        return a / b if a is not None and b else None
-
-    if "a" in results:
-        ref_p, ref_n = rate("a", "persistent"), rate("a", f"native-{n}")
-        rows = []
-        for key, runs in results["a"].items():
-            r = med(runs.rate)
-            rows.append(
-                [
-                    label(key, t),
-                    fmt(runs.rate),
-                    ratio(r, ref_p),
-                    *if_native(ratio(r, ref_n)),
-                    cpu(runs),
-                    note(runs),
-                ]
-            )
-        out.append(
-            "### (a) one thread: `connection.cursor().execute('select 1'); connection.close()`\n\n"
-            + _common.md_table(
-                [
-                    "variant",
-                    "iter/s",
-                    "/ persistent",
-                    *if_native(f"/ native max {n}"),
-                    "CPU µs/iter",
-                    "notes",
-                ],
-                rows,
-            )
-        )
-        lido = rate("a", f"lido-{n}")
-        target("(a) lido / persistent", div(lido, ref_p), 0.97)
-        for kind in ("noop", "lido_noop"):
-            info(f"(a) {KINDS[kind]} / persistent", div(rate("a", kind), ref_p))
-        if native:
-            target(f"(a) lido / native pool max {n}", div(lido, ref_n), 1.1)
-
-    if "b" in results:
-        ref_p, ref_n = rate("b", f"persistent-{t}"), rate("b", f"native-{n}")
-        rows = []
-        for key, runs in results["b"].items():
-            r = med(runs.rate)
-            peak = f"{max(runs.peak)}" if runs.peak else "n/a"
-            rows.append(
-                [
-                    label(key, t),
-                    fmt(runs.rate),
-                    fmt(runs.fairness, 2, comma=False),
-                    peak,
-                    ratio(r, ref_p),
-                    *if_native(ratio(r, ref_n)),
-                    cpu(runs),
-                    switches(runs),
-                    note(runs),
-                ]
-            )
-        out.append(
-            f"### (b) {t} threads: `close_old_connections()`, `select 1`, primary-key lookup, "
-            "`close_old_connections()`\n\n"
-            + _common.md_table(
-                [
-                    "variant",
-                    "cycles/s",
-                    "fairness",
-                    "peak server conns",
-                    f"/ persistent {t}",
-                    *if_native(f"/ native max {n}"),
-                    "CPU µs/cycle",
-                    "ctx switches/cycle",
-                    "notes",
-                ],
-                rows,
-            )
-        )
-        lido = rate("b", f"lido-{n}")
-        target(f"(b) lido max {n} / persistent, {t} threads", div(lido, ref_p), 0.9)
-        info(
-            f"(b) persistent, {n} threads (info) / persistent, {t} threads",
-            div(rate("b", f"persistent-{n}"), ref_p),
-        )
-        if native:
-            target(f"(b) lido max {n} / native pool max {n}", div(lido, ref_n), 1.8)
-        runs = results["b"].get(f"lido-{n}")
-        target(
-            f"(b) lido max {n} fairness",
-            med(runs.fairness) if runs else None,
-            0.9,
-            "{:.2f}",
-        )
-
-    if "c" in results:
-        ref_n = rate("c", f"native-{n}")
-        rows = []
-        for key, runs in results["c"].items():
-            r = med(runs.rate)
-            prepared = sorted({e.get("prepared") for e in runs.extra if "prepared" in e})
-            cursor = sorted({e.get("cursor_class") for e in runs.extra if "cursor_class" in e})
-            rows.append(
-                [
-                    label(key, t),
-                    fmt(runs.rate),
-                    ratio(r, ref_n),
-                    cpu(runs),
-                    ", ".join(map(str, prepared)) or "n/a",
-                    ", ".join(cursor) or "n/a",
-                    note(runs),
-                ]
-            )
-        out.append(
-            "### (c) one thread: 4-table ORM query (`select_related`, filter, order, first 10), "
-            "one checkout per query\n\n"
-            + _common.md_table(
-                [
-                    "variant",
-                    "queries/s",
-                    f"/ native max {n} defaults",
-                    "CPU µs/query",
-                    "statements prepared on server",
-                    "cursor class",
-                    "notes",
-                ],
-                rows,
-            )
-        )
-        lido = rate("c", f"lido-{n}")
-        target("(c) lido (defaults) / native pool defaults", div(lido, ref_n), 1.3)
-        target(
-            "(c) lido + server_side_binding / native pool defaults",
-            div(rate("c", f"lido_ssb-{n}"), ref_n),
-            1.3,
-        )
+    for table in TABLES:
+        if table.scenario in results:
+            text, rows = render(table, results[table.scenario], args)
+            out.append(text)
+            targets += rows
     return "\n\n".join(out), targets
+
+
+def render(
+    table: Table, scenario: dict[str, Runs], args: argparse.Namespace
+) -> tuple[str, list[list[str]]]:
+    """One scenario's table, and its rows of the targets table."""
+    native = args.vendor == "postgresql"
+    sub = {"t": args.threads, "n": args.size}
+
+    def median(key: str, figure: str = "rate") -> float | None:
+        runs = scenario.get(key.format(**sub))
+        return med(getattr(runs, figure)) if runs else None
+
+    columns = [c for c in table.columns if native or not c.native]
+    rows = []
+    for key, runs in scenario.items():
+        r = med(runs.rate)
+        cells = [ratio(r, median(c.over)) if c.over else c.cell(runs) for c in columns]
+        rows.append([label(key, args.threads), *cells, note(runs)])
+    headers = ["variant", *(c.header.format(**sub) for c in columns), "notes"]
+    text = f"### {table.title.format(**sub)}\n\n" + _common.md_table(headers, rows)
+    targets = []
+    for tg in table.targets:
+        if tg.native and not native:
+            continue
+        value = div(median(tg.key), median(tg.over)) if tg.over else median(tg.key, tg.figure)
+        shown = "n/a" if value is None else f"{value:.2f}" + ("x" if tg.over else "")
+        what = tg.what.format(**sub)
+        if tg.goal is None:
+            targets.append([what, "-", shown, "-"])
+        else:
+            met = "n/a" if value is None else "yes" if value >= tg.goal else "no"
+            targets.append([what, f">= {tg.goal:g}", shown, met])
+    return text, targets
+
+
+def div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def busy_line(raw: list[dict[str, Any]], args: argparse.Namespace) -> str:
