@@ -1,6 +1,6 @@
-"""Where the time of django_cycle.py's loop (a) goes, measured in one process.
+"""Where the time of bench/django_cycle's loop (a) goes, measured in one process.
 
-django-lido's PostgreSQL backend (pool max 4, the same settings as django_cycle.py's
+django-lido's PostgreSQL backend (pool max 4, the same settings as bench/django_cycle's
 "lido-4"), on one throwaway server (or --conninfo). Four loops, interleaved over the
 repetitions, microseconds per iteration (medians):
 

@@ -4,7 +4,7 @@ django-db-connection-pool and django-lido, side by side in one run, on PostgreSQ
 One throwaway server (Unix socket) unless --conninfo / --mysql-url is given: PostgreSQL from
 harness.servers (trust), or with --vendor mysql MariaDB from
 harness.mariadb (root, no password; mysqlclient, or PyMySQL with --driver pymysql).
-Every (variant, scenario) runs in its own child process of this script (Django settings are per
+Every (variant, scenario) runs in its own child process of this package (Django settings are per
 process): `--child VARIANT SCENARIO` configures Django with settings.configure(), warms up for
 --warmup seconds, measures for --seconds and prints one JSON line. The parent interleaves
 repetitions (rotating the order of the variants each repetition), takes medians and prints the
@@ -27,9 +27,16 @@ Scenarios:
 MySQL has no native pool in Django and no server-side binding: on MariaDB the variants are no
 pool, persistent, django-db-connection-pool and lido, in (a) and (b).
 
-Run from the repo root (Python 3.13 venv: the one the anchor figures were taken with):
+Run from the repo root (the Python 3.13 venv: the one the figures in docs/benchmarks.md were
+taken with):
 
-    .venv313/bin/python bench/django_cycle.py                  # about 4-5 minutes
-    .venv313/bin/python bench/django_cycle.py --quick          # about a minute, smoke figures
-    .venv313/bin/python bench/django_cycle.py --vendor mysql   # MariaDB, about 2-3 minutes
+    .venv313/bin/python bench/django_cycle                  # about 4-5 minutes
+    .venv313/bin/python bench/django_cycle --quick          # about a minute, smoke figures
+    .venv313/bin/python bench/django_cycle --vendor mysql   # MariaDB, about 2-3 minutes
+
+The package's modules: `variants` (the catalog and the constants
+both sides share), `server` (the benchmark server), `child` (what runs in the children),
+`machine` (CPU accounting, the connections monitor), `runner` (spawning a child, recording its
+result), `report` (the tables, from one table spec, and the docs section), `__main__` (the
+command line).
 """

@@ -31,13 +31,7 @@ from django_cycle.runner import (
     vendor_argv,
 )
 from django_cycle.server import bench_server
-from django_cycle.variants import (
-    DBNAME,
-    MYSQL_DRIVERS,
-    SECTIONS,
-    VENDORS,
-    scenario_variants,
-)
+from django_cycle.variants import DBNAME, MYSQL_DRIVERS, SECTIONS, VENDORS, scenario_variants
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

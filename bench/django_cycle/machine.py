@@ -10,9 +10,7 @@ import time
 import _common
 
 from django_cycle.server import BenchServer
-from django_cycle.variants import (
-    DBNAME,
-)
+from django_cycle.variants import DBNAME
 
 
 class Monitor:

@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from django_cycle.machine import CpuLedger, Monitor, wait_quiet
-from django_cycle.variants import (
-    label,
-)
+from django_cycle.variants import label
 
 # What the children run: the package directory, whose __main__.py dispatches --child.
 PACKAGE_DIR = Path(__file__).resolve().parent

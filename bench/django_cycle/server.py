@@ -8,10 +8,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
-from django_cycle.variants import (
-    DBNAME,
-    MYSQL_DRIVERS,
-)
+from django_cycle.variants import DBNAME, MYSQL_DRIVERS
 
 
 @dataclass
