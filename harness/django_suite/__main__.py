@@ -10,16 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.django_suite.compare import ACCEPTED_DIFFERENCES, compare
-from harness.django_suite.run import (
-    DEFAULT_MODULES,
-    DEFAULT_TIMEOUT,
-    SuiteResult,
-    run_suite,
-)
-from harness.django_suite.sdist import (
-    django_source,
-    ensure_requirements,
-)
+from harness.django_suite.run import DEFAULT_MODULES, DEFAULT_TIMEOUT, SuiteResult, run_suite
+from harness.django_suite.sdist import django_source, ensure_requirements
 from harness.django_suite.settings import (
     DEFAULT_POOL_OPTIONS,
     DRIVERS,

@@ -5,12 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from harness.django_suite.parse import (
-    PASSED,
-)
-from harness.django_suite.run import (
-    SuiteResult,
-)
+from harness.django_suite.parse import PASSED
+from harness.django_suite.run import SuiteResult
 
 # Tests (ids "module.Class.test") that may pass with stock but not with ours, each with the
 # reason the difference is intended; every entry is a documented divergence, so keep it short.

@@ -18,30 +18,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.django_suite.parse import (
-    OUTCOMES,
-    PASSED,
-    UNKNOWN,
-    ParsedOutput,
-    parse_output,
-)
-from harness.django_suite.sdist import (
-    django_source,
-)
+from harness.django_suite.parse import OUTCOMES, PASSED, UNKNOWN, ParsedOutput, parse_output
+from harness.django_suite.sdist import django_source
 from harness.django_suite.settings import (
-    _PREFLIGHT,
-    _SITECUSTOMIZE,
     DEFAULT_POOL_OPTIONS,
     DRIVER_MODULES,
     ENGINES,
     FORCE_PSYCOPG2_ENV,
     FORCE_PYMYSQL_ENV,
     MYSQL_ENGINES,
+    PREFLIGHT,
+    SITECUSTOMIZE,
     VENDOR_DRIVERS,
     AnyServer,
-    _settings_source,
     databases_setting,
     server_vendor,
+    settings_source,
 )
 from harness.mariadb import MariaDBServer
 from harness.servers import PostgresServer
@@ -113,7 +105,7 @@ class SuiteResult:
 
 def _preflight(env: Mapping[str, str], gis: bool, vendor: str = "postgresql") -> dict[str, str]:
     flags = [*(["--gis"] if gis else []), *(["--mysql"] if vendor == "mysql" else [])]
-    argv = [sys.executable, "-c", _PREFLIGHT, *flags]
+    argv = [sys.executable, "-c", PREFLIGHT, *flags]
     proc = subprocess.run(argv, env=dict(env), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"the suite's interpreter cannot load Django:\n{proc.stderr}")
@@ -175,8 +167,8 @@ def run_suite(
     databases = databases_setting(server, engine=engine_path, prefix=prefix, options=options)
 
     with tempfile.TemporaryDirectory(prefix="lido-django-settings-") as tmp:
-        (Path(tmp) / "sitecustomize.py").write_text(_SITECUSTOMIZE)
-        (Path(tmp) / "lido_suite_settings.py").write_text(_settings_source(databases))
+        (Path(tmp) / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        (Path(tmp) / "lido_suite_settings.py").write_text(settings_source(databases))
         env = dict(os.environ)
         if isinstance(server, PostgresServer):  # the developer's PG* settings are not for it
             env = {k: v for k, v in env.items() if not k.startswith("PG")}

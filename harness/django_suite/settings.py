@@ -36,7 +36,7 @@ FORCE_PSYCOPG2_ENV = "LIDO_FORCE_PSYCOPG2"
 FORCE_PYMYSQL_ENV = "LIDO_FORCE_PYMYSQL"
 
 
-_SITECUSTOMIZE = f"""\
+SITECUSTOMIZE = f"""\
 # Written by harness.django_suite: Django imports psycopg (3) when it can, so
 # hiding it is the only way to run Django on psycopg2 while psycopg is installed. Django's
 # MySQL backend imports MySQLdb, which PyMySQL can stand in for.
@@ -51,7 +51,7 @@ if os.environ.get({FORCE_PYMYSQL_ENV!r}) == "1":
     pymysql.install_as_MySQLdb()
 """
 
-_PREFLIGHT = """\
+PREFLIGHT = """\
 import json, sys
 import django
 info = {"django": django.__version__, "python": sys.version.split()[0]}
@@ -111,7 +111,7 @@ def gis_prerequisites(server: Server) -> str | None:
     if not postgis_available(server):
         return f"the postgis extension is not available on {server!r}"
     proc = subprocess.run(
-        [sys.executable, "-c", _PREFLIGHT, "--gis"], capture_output=True, text=True
+        [sys.executable, "-c", PREFLIGHT, "--gis"], capture_output=True, text=True
     )
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
@@ -119,7 +119,7 @@ def gis_prerequisites(server: Server) -> str | None:
     return None
 
 
-def _settings_source(databases: Mapping[str, Any]) -> str:
+def settings_source(databases: Mapping[str, Any]) -> str:
     return (
         "# Written by harness.django_suite.\n"
         "# The suite's own defaults (SECRET_KEY, PASSWORD_HASHERS, DEFAULT_AUTO_FIELD where the\n"
