@@ -1,6 +1,6 @@
-"""Where the time of django_cycle.py's loop (a) goes, measured in one process.
+"""Where the time of bench/django_cycle's loop (a) goes, measured in one process.
 
-django-lido's PostgreSQL backend (pool max 4, the same settings as django_cycle.py's
+django-lido's PostgreSQL backend (pool max 4, the same settings as bench/django_cycle's
 "lido-4"), on one throwaway server (or --conninfo). Four loops, interleaved over the
 repetitions, microseconds per iteration (medians):
 
@@ -26,7 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import django_cycle
+from django_cycle.child import configure_django
+from django_cycle.server import database, db_params, prepare_database
 
 
 def loops(connection: object) -> dict[str, tuple[Callable[[int], None], int]]:
@@ -68,10 +69,10 @@ def main() -> int:
     p.add_argument("--conninfo", help="libpq conninfo of an existing server's postgres database")
     p.add_argument("--repeat", type=int, default=11, help="repetitions (%(default)s)")
     args = p.parse_args()
-    with django_cycle.database(args.conninfo) as (admin, where, _pid):
-        django_cycle.prepare_database(admin)
-        db, version = django_cycle.db_params(admin)
-        django_cycle.configure_django(
+    with database(args.conninfo) as (admin, where, _pid):
+        prepare_database(admin)
+        db, version = db_params(admin)
+        configure_django(
             "lido-4", db, argparse.Namespace(vendor="postgresql", driver="mysqlclient")
         )
         from django.db import connection

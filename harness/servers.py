@@ -3,7 +3,8 @@
 Each server lives in a fresh temp directory on a free TCP port, so tests never touch a database
 service that happens to run on the machine. ``ThrowawayServer`` holds the engine-neutral parts
 (temp dir, port, OS user when running as root, process lifecycle, cleanup); ``PostgresServer``
-adds PostgreSQL. A MariaDB server can be added the same way.
+adds PostgreSQL. MariaDB (``harness.mariadb``) and PgBouncer (``harness.pgbouncer``) build on
+it the same way, through ``harness._spawn.SpawnedServer``.
 """
 
 from __future__ import annotations
