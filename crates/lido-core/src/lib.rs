@@ -29,6 +29,7 @@ pub mod conn;
 pub mod engine;
 pub mod error;
 pub mod liveness;
+pub mod statement;
 pub mod stats;
 pub mod wait;
 
@@ -40,5 +41,6 @@ pub use conn::{Check, CloseReason, ConnMeta, Pooled, Retired};
 pub use engine::{Checkout, Disposal, Engine, Maintenance, OpenPermit, Status};
 pub use error::AcquireError;
 pub use liveness::{probe_socket, Liveness};
+pub use statement::{changes_session, Dialect};
 pub use stats::{Histogram, HistogramSummary, Stats};
 pub use wait::{Grant, ThreadWake, Waiter, Wake};

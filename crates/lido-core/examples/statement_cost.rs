@@ -1,0 +1,54 @@
+//! What `changes_session` costs per statement, for statements as Django writes them:
+//! `cargo run --release -p lido-core --example statement_cost`. Prints the median of 7
+//! rounds (and the range) in ns per statement, per statement kind.
+
+use lido_core::{changes_session, Dialect};
+use std::hint::black_box;
+use std::time::Instant;
+
+const STATEMENTS: &[(&str, &str)] = &[
+    (
+        "pk lookup",
+        "SELECT \"auth_user\".\"id\", \"auth_user\".\"password\", \"auth_user\".\"last_login\", \
+         \"auth_user\".\"is_superuser\", \"auth_user\".\"username\", \"auth_user\".\"first_name\", \
+         \"auth_user\".\"last_name\", \"auth_user\".\"email\", \"auth_user\".\"is_staff\", \
+         \"auth_user\".\"is_active\", \"auth_user\".\"date_joined\" FROM \"auth_user\" \
+         WHERE \"auth_user\".\"id\" = %s LIMIT 21",
+    ),
+    (
+        "insert",
+        "INSERT INTO \"app_item\" (\"name\", \"created\", \"owner_id\") VALUES (%s, %s, %s) \
+         RETURNING \"app_item\".\"id\"",
+    ),
+    (
+        "update",
+        "UPDATE \"app_item\" SET \"name\" = %s WHERE \"app_item\".\"id\" = %s",
+    ),
+    ("select 1", "select 1"),
+    ("savepoint", "SAVEPOINT \"s140245_x1\""),
+    ("set", "SET search_path TO other"),
+];
+
+fn main() {
+    const N: u32 = 1_000_000;
+    for (kind, sql) in STATEMENTS {
+        let mut rounds: Vec<f64> = (0..7)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..N {
+                    black_box(changes_session(black_box(sql), Dialect::Postgres));
+                }
+                t.elapsed().as_nanos() as f64 / f64::from(N)
+            })
+            .collect();
+        rounds.sort_by(f64::total_cmp);
+        println!(
+            "{kind:>10} ({:>3} bytes): {:6.1} ns per statement (range {:.1}-{:.1}), changes: {}",
+            sql.len(),
+            rounds[3],
+            rounds[0],
+            rounds[6],
+            changes_session(sql, Dialect::Postgres)
+        );
+    }
+}
