@@ -94,3 +94,12 @@ pub struct Check {
     /// Run a round-trip check: the connection sat idle longer than `check_after_idle`.
     pub round_trip: bool,
 }
+
+/// Leave to open one connection. The slot it stands for counts towards `max_size` until
+/// it is spent with [`crate::Engine::opened`],
+/// [`crate::Engine::opened_idle`] or [`crate::Engine::open_failed`].
+#[derive(Debug)]
+#[must_use = "a permit holds a slot until it is spent"]
+pub struct OpenPermit {
+    pub(crate) generation: u64,
+}

@@ -7,7 +7,7 @@
 //! waiters are woken after it is released.
 
 use crate::config::{Config, ConfigError};
-use crate::conn::{Check, CloseReason, ConnMeta, Pooled, Retired};
+use crate::conn::{Check, CloseReason, ConnMeta, OpenPermit, Pooled, Retired};
 use crate::error::AcquireError;
 use crate::stats::Stats;
 use crate::wait::{Grant, Waiter, Wake};
@@ -17,14 +17,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
-
-/// Leave to open one connection. The slot it stands for counts towards `max_size` until
-/// it is spent with [`Engine::opened`], [`Engine::opened_idle`] or [`Engine::open_failed`].
-#[derive(Debug)]
-#[must_use = "a permit holds a slot until it is spent"]
-pub struct OpenPermit {
-    generation: u64,
-}
 
 /// The answer to a checkout.
 pub enum Checkout<C> {

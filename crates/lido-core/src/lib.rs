@@ -33,8 +33,8 @@ pub mod stats;
 pub mod wait;
 
 pub use config::{Config, ConfigError};
-pub use conn::{Check, CloseReason, ConnMeta, Pooled, Retired};
-pub use engine::{Checkout, Disposal, Engine, Maintenance, OpenPermit, Status};
+pub use conn::{Check, CloseReason, ConnMeta, OpenPermit, Pooled, Retired};
+pub use engine::{Checkout, Disposal, Engine, Maintenance, Status};
 pub use error::AcquireError;
 pub use liveness::{probe_socket, Liveness};
 pub use stats::{Histogram, HistogramSummary, Stats};

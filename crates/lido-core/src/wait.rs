@@ -4,8 +4,7 @@
 //! calls [`Wake::wake`] after releasing it. Threads park ([`ThreadWake`]); a binding for
 //! greenlets or asyncio supplies its own `Wake` and never changes the engine's decisions.
 
-use crate::conn::{Check, Pooled};
-use crate::engine::OpenPermit;
+use crate::conn::{Check, OpenPermit, Pooled};
 use parking_lot::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::thread::{self, Thread};
