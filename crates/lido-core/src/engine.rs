@@ -11,7 +11,7 @@ use crate::conn::{Check, CloseReason, ConnMeta, OpenPermit, Pooled, Retired};
 use crate::error::AcquireError;
 use crate::stats::Stats;
 use crate::wait::{Grant, Waiter, Wake};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -589,12 +589,7 @@ impl<C> Engine<C> {
             return;
         }
         st.opening -= 1;
-        let woken = st.grant_open();
-        self.below_min(&mut st);
-        drop(st);
-        if let Some(w) = woken {
-            w.notify();
-        }
+        self.free_slot(st);
     }
 
     /// A holder dropped a connection without returning it; the connection is gone with it.
@@ -609,12 +604,7 @@ impl<C> Engine<C> {
         self.stats
             .usage
             .record(now.saturating_duration_since(meta.last_used));
-        let woken = st.grant_open();
-        self.below_min(&mut st);
-        drop(st);
-        if let Some(w) = woken {
-            w.notify();
-        }
+        self.free_slot(st);
         true
     }
 
@@ -625,12 +615,7 @@ impl<C> Engine<C> {
             let mut st = self.state.lock();
             if retired.conn.meta.generation == st.generation {
                 st.closing -= 1;
-                let woken = st.grant_open();
-                self.below_min(&mut st);
-                drop(st);
-                if let Some(w) = woken {
-                    w.notify();
-                }
+                self.free_slot(st);
             }
         }
         retired.conn.payload
@@ -803,6 +788,17 @@ impl<C> Engine<C> {
                 st.maintainer = Some(thread::current());
             }
             thread::park_timeout(deadline - now);
+        }
+    }
+
+    /// A slot was just freed under `st`: gives it to the first waiter, asks maintenance to
+    /// refill if the pool fell below `min_size`, then releases the lock and wakes the waiter.
+    fn free_slot(&self, mut st: MutexGuard<'_, State<C>>) {
+        let woken = st.grant_open();
+        self.below_min(&mut st);
+        drop(st);
+        if let Some(w) = woken {
+            w.notify();
         }
     }
 
