@@ -55,7 +55,6 @@ impl CloseReason {
 pub struct ConnMeta {
     /// Unique within the pool, in opening order.
     pub id: u64,
-    pub created: Instant,
     /// When `max_lifetime` (with jitter) runs out.
     pub expires: Option<Instant>,
     /// When it last changed hands: checkout time while in use, return time while idle.

@@ -214,7 +214,6 @@ impl<C> State<C> {
             .map(|life| now + life.mul_f64(1.0 - jitter));
         ConnMeta {
             id: self.next_id,
-            created: now,
             expires,
             last_used: now,
             uses,
@@ -325,10 +324,6 @@ impl<C> Engine<C> {
         &self.stats
     }
 
-    pub fn config(&self) -> Config {
-        self.state.lock().cfg.clone()
-    }
-
     pub fn status(&self) -> Status {
         let st = self.state.lock();
         Status {
@@ -398,7 +393,7 @@ impl<C> Engine<C> {
                 max_waiting: st.cfg.max_waiting,
             });
         }
-        let waiter = Arc::new(Waiter::new(wake(), now));
+        let waiter = Arc::new(Waiter::new(wake()));
         st.waiters.push_back(Arc::clone(&waiter));
         st.debug_check_nudges();
         self.stats.requests_queued.fetch_add(1, Relaxed);

@@ -49,17 +49,15 @@ pub enum Grant<C> {
 pub struct Waiter<C> {
     grant: Mutex<Option<Grant<C>>>,
     wake: Box<dyn Wake>,
-    pub(crate) since: Instant,
     /// Holds an unanswered [`Grant::Retry`]; read and written under the engine's lock only.
     pub(crate) nudged: AtomicBool,
 }
 
 impl<C> Waiter<C> {
-    pub(crate) fn new(wake: Box<dyn Wake>, since: Instant) -> Self {
+    pub(crate) fn new(wake: Box<dyn Wake>) -> Self {
         Waiter {
             grant: Mutex::new(None),
             wake,
-            since,
             nudged: AtomicBool::new(false),
         }
     }
@@ -76,11 +74,6 @@ impl<C> Waiter<C> {
     /// Takes the grant if it has arrived.
     pub fn try_take(&self) -> Option<Grant<C>> {
         self.grant.lock().take()
-    }
-
-    /// When this waiter was queued.
-    pub fn since(&self) -> Instant {
-        self.since
     }
 
     /// Parks the calling thread until the grant arrives or `deadline` passes. Only for
