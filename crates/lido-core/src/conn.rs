@@ -73,10 +73,10 @@ pub struct Pooled<C> {
 }
 
 /// A connection the engine no longer wants, and what the caller must do with it: close it
-/// (or set it aside if `foreign`), then pass it to [`crate::Engine::discarded`], which frees
+/// (or set it aside if `foreign`), then pass it to [`crate::Engine::retire_done`], which frees
 /// its slot.
 #[derive(Debug)]
-#[must_use = "a retired connection holds its slot until passed to Engine::discarded"]
+#[must_use = "a retired connection holds its slot until passed to Engine::retire_done"]
 pub struct Retired<C> {
     pub conn: Pooled<C>,
     pub reason: CloseReason,

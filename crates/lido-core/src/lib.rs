@@ -34,7 +34,7 @@ pub mod wait;
 
 pub use config::{Config, ConfigError};
 pub use conn::{Check, CloseReason, ConnMeta, OpenPermit, Pooled, Retired};
-pub use engine::{Checkout, Disposal, Engine, Maintenance, Status};
+pub use engine::{Checkout, Engine, Maintenance, Status};
 pub use error::AcquireError;
 pub use liveness::{probe_socket, Liveness};
 pub use stats::{Histogram, HistogramSummary, Stats};

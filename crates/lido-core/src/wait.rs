@@ -50,7 +50,7 @@ pub struct Waiter<C> {
     grant: Mutex<Option<Grant<C>>>,
     wake: Box<dyn Wake>,
     /// Holds an unanswered [`Grant::Retry`]; read and written under the engine's lock only.
-    pub(crate) nudged: AtomicBool,
+    pub(crate) retry_sent: AtomicBool,
 }
 
 impl<C> Waiter<C> {
@@ -58,7 +58,7 @@ impl<C> Waiter<C> {
         Waiter {
             grant: Mutex::new(None),
             wake,
-            nudged: AtomicBool::new(false),
+            retry_sent: AtomicBool::new(false),
         }
     }
 

@@ -265,7 +265,7 @@ impl Inner {
     /// Closes (or sets aside, if foreign) a retired connection, then frees its slot.
     fn dispose(&self, py: Python<'_>, retired: Retired<PyConn>) {
         if retired.foreign {
-            let conn = self.engine.discarded(retired);
+            let conn = self.engine.retire_done(retired);
             self.keep_foreign(conn.obj, conn.watch);
             return;
         }
@@ -275,7 +275,7 @@ impl Inner {
                 self.report(py, "closing a connection", e);
             }
         }
-        drop(self.engine.discarded(retired));
+        drop(self.engine.retire_done(retired));
     }
 
     fn keep_foreign(&self, obj: Py<PyAny>, watch: Py<PyAny>) {
