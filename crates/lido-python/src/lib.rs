@@ -5,8 +5,16 @@
 //! exceptions. Checkout and return are Rust methods that the Python `Pool` class inherits,
 //! so the hot path runs no Python frame of ours.
 
+mod driver;
 mod errors;
+mod exit;
+mod inner;
+mod leases;
+mod maintainer;
+mod options;
 mod pool;
+mod stats;
+mod turns;
 
 use pyo3::prelude::*;
 
@@ -14,10 +22,10 @@ use pyo3::prelude::*;
 fn _lido(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<pool::PoolCore>()?;
-    m.add_class::<pool::LeakWatch>()?;
-    m.add_class::<pool::Maintainer>()?;
-    m.add_function(wrap_pyfunction!(pool::_interpreter_exiting, m)?)?;
-    m.add_function(wrap_pyfunction!(pool::validate_options, m)?)?;
+    m.add_class::<leases::LeakWatch>()?;
+    m.add_class::<maintainer::Maintainer>()?;
+    m.add_function(wrap_pyfunction!(exit::_interpreter_exiting, m)?)?;
+    m.add_function(wrap_pyfunction!(options::validate_options, m)?)?;
     m.add("PoolError", py.get_type::<errors::PoolError>())?;
     m.add("PoolTimeout", py.get_type::<errors::PoolTimeout>())?;
     m.add("PoolClosed", py.get_type::<errors::PoolClosed>())?;

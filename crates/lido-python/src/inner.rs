@@ -1,0 +1,221 @@
+//! `Inner`: a pool's shared state, and the driver I/O the engine's answers call for: open,
+//! verify, lend, clean and dispose.
+
+use crate::driver::{Driver, Hooks, Status, TX_IDLE, TX_INERROR, TX_INTRANS};
+use crate::leases::{ByAddress, Held, PyConn};
+use lido_core::{probe_socket, Check, Engine, OpenPermit, Pooled, Retired};
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyString;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+pub(crate) struct Inner {
+    pub(crate) engine: Engine<PyConn>,
+    pub(crate) timeout: Duration,
+    pub(crate) probe: bool,
+    pub(crate) hooks: Hooks,
+    pub(crate) driver: PyOnceLock<Driver>,
+    /// Connections in use, by object address.
+    pub(crate) leases: Mutex<ByAddress<Pooled<Held>>>,
+    /// After a fork, the parent's connections: kept alive and never closed here.
+    pub(crate) foreign: Mutex<(HashSet<usize>, Vec<Py<PyAny>>)>,
+    /// Consecutive failed maintenance opens, for back-off.
+    pub(crate) open_failures: AtomicU64,
+}
+
+impl Inner {
+    pub(crate) fn driver(&self, py: Python<'_>) -> Option<&Driver> {
+        self.driver.get(py)
+    }
+
+    /// Closes (or sets aside, if foreign) a retired connection, then frees its slot.
+    pub(crate) fn dispose(&self, py: Python<'_>, retired: Retired<PyConn>) {
+        if retired.foreign {
+            let conn = self.engine.retire_done(retired);
+            self.keep_foreign(conn.obj, conn.watch);
+            return;
+        }
+        if let Some(driver) = self.driver(py) {
+            let obj = retired.conn.payload.obj.bind(py);
+            if let Err(e) = driver.close.call1(py, (obj,)) {
+                self.report(py, "closing a connection", e);
+            }
+        }
+        drop(self.engine.retire_done(retired));
+    }
+
+    pub(crate) fn report(&self, py: Python<'_>, what: &str, e: PyErr) {
+        match &self.hooks.on_error {
+            Some(hook) => {
+                if let Err(e2) = hook.call1(py, (what, e.into_value(py))) {
+                    e2.write_unraisable(py, None);
+                }
+            }
+            None => e.write_unraisable(py, None),
+        }
+    }
+
+    /// Checkout checks: the socket probe, and a round trip if the engine asks for one.
+    pub(crate) fn verify(&self, py: Python<'_>, conn: &Pooled<PyConn>, check: Check) -> bool {
+        if check.probe
+            && self.probe
+            && conn.payload.fd >= 0
+            && !probe_socket(conn.payload.fd).reusable()
+        {
+            return false;
+        }
+        if check.round_trip {
+            let hook = match (&self.hooks.check, self.driver(py)) {
+                (Some(user), _) => user,
+                (None, Some(d)) => &d.check,
+                (None, None) => return true,
+            };
+            if hook.call1(py, (conn.payload.obj.bind(py),)).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Gives a connection to the caller, keeping only a weak record of it.
+    /// `queued_at` is when the request started, if it had to queue.
+    pub(crate) fn lend(&self, conn: Pooled<PyConn>, queued_at: Option<Instant>) -> Py<PyAny> {
+        let Pooled { payload, meta } = conn;
+        let key = payload.obj.as_ptr() as usize;
+        let held = Pooled {
+            payload: Held {
+                status_source: payload.status_source,
+                fd: payload.fd,
+                watch: payload.watch,
+            },
+            meta,
+        };
+        self.leases.lock().insert(key, held);
+        let wait = &self.engine.stats().acquire_wait;
+        match queued_at {
+            Some(start) => wait.record(start.elapsed()),
+            None => wait.record_zero(),
+        }
+        payload.obj
+    }
+
+    /// Opens a connection with `permit`; the driver's own error reaches the caller.
+    pub(crate) fn open(
+        &self,
+        py: Python<'_>,
+        permit: OpenPermit,
+    ) -> PyResult<(PyConn, Duration, OpenPermit)> {
+        let t0 = Instant::now();
+        let obj = match self.hooks.connect.call0(py) {
+            Ok(obj) => obj,
+            Err(e) => {
+                self.engine.open_failed(permit);
+                return Err(e);
+            }
+        };
+        let took = t0.elapsed();
+        let driver = match self
+            .driver
+            .get_or_try_init(py, || self.learn_driver(py, obj.bind(py)))
+        {
+            Ok(d) => d,
+            Err(e) => {
+                self.engine.open_failed(permit);
+                return Err(e);
+            }
+        };
+        let fd = driver
+            .fileno
+            .call1(py, (obj.bind(py),))
+            .and_then(|v| v.extract::<i32>(py))
+            .unwrap_or(-1);
+        let status_source = match &driver.status {
+            Status::Attr(source, _) => match source.call1(py, (obj.bind(py),)) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.engine.open_failed(permit);
+                    return Err(e);
+                }
+            },
+            _ => None,
+        };
+        Ok((
+            PyConn {
+                status_source,
+                watch: py.None(),
+                obj,
+                fd,
+            },
+            took,
+            permit,
+        ))
+    }
+
+    pub(crate) fn learn_driver(&self, py: Python<'_>, conn: &Bound<'_, PyAny>) -> PyResult<Driver> {
+        let d = self.hooks.driver_for.call1(py, (conn,))?;
+        let d = d.bind(py);
+        let source = d.getattr("status_source")?;
+        let attr = d.getattr("status_attr")?.cast_into::<PyString>()?;
+        let status = if source.is_none() {
+            Status::Unknown
+        } else if attr.is_empty()? {
+            Status::Call(source.unbind())
+        } else {
+            Status::Attr(source.unbind(), attr.unbind())
+        };
+        Ok(Driver {
+            status,
+            rollback: d.getattr("rollback")?.unbind(),
+            check: d.getattr("check")?.unbind(),
+            close: d.getattr("close")?.unbind(),
+            fileno: d.getattr("fileno")?.unbind(),
+        })
+    }
+
+    /// Rolls back what the holder left open and runs the reset hook. False: not reusable.
+    pub(crate) fn clean(
+        &self,
+        py: Python<'_>,
+        conn: &Bound<'_, PyAny>,
+        status_source: Option<&Py<PyAny>>,
+    ) -> bool {
+        let Some(driver) = self.driver(py) else {
+            return false;
+        };
+        let code = match (&driver.status, status_source) {
+            (Status::Attr(_, attr), Some(source)) => Some(source.bind(py).getattr(attr.bind(py))),
+            (Status::Call(f), _) => Some(f.bind(py).call1((conn,))),
+            _ => None,
+        };
+        let needs_rollback = match code {
+            Some(code) => match code.and_then(|v| v.extract::<i64>()) {
+                Ok(TX_IDLE) => false,
+                Ok(TX_INTRANS | TX_INERROR) => true,
+                // Active (a query still running) or unknown (broken): cannot be cleaned.
+                _ => return false,
+            },
+            None => true,
+        };
+        if needs_rollback {
+            if driver.rollback.call1(py, (conn,)).is_err() {
+                return false;
+            }
+            if !matches!(driver.status, Status::Unknown) {
+                self.engine
+                    .stats()
+                    .returns_rolled_back
+                    .fetch_add(1, Relaxed);
+            }
+        }
+        if let Some(reset) = &self.hooks.reset {
+            if let Err(e) = reset.call1(py, (conn,)) {
+                self.report(py, "resetting a returned connection", e);
+                return false;
+            }
+        }
+        true
+    }
+}
