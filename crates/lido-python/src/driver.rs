@@ -10,7 +10,7 @@ pub(crate) const TX_INTRANS: i64 = 2;
 pub(crate) const TX_INERROR: i64 = 3;
 
 /// How to read a returned connection's transaction status (libpq codes).
-pub(crate) enum Status {
+pub(crate) enum TxStatus {
     /// Unknown: always roll back.
     Unknown,
     /// Call this on the connection.
@@ -22,7 +22,7 @@ pub(crate) enum Status {
 
 /// Per-driver hooks, learned from the first connection.
 pub(crate) struct Driver {
-    pub(crate) status: Status,
+    pub(crate) status: TxStatus,
     pub(crate) rollback: Py<PyAny>,
     /// The default round-trip check; a user's `check` takes precedence.
     pub(crate) check: Py<PyAny>,

@@ -1,7 +1,7 @@
 //! `Inner`: a pool's shared state, and the driver I/O the engine's answers call for: open,
-//! verify, lend, clean and dispose.
+//! verify, lend, clean and retire.
 
-use crate::driver::{Driver, Hooks, Status, TX_IDLE, TX_INERROR, TX_INTRANS};
+use crate::driver::{Driver, Hooks, TxStatus, TX_IDLE, TX_INERROR, TX_INTRANS};
 use crate::leases::{ByAddress, Held, PyConn};
 use lido_core::{probe_socket, Check, Engine, OpenPermit, Pooled, Retired};
 use parking_lot::Mutex;
@@ -32,7 +32,7 @@ impl Inner {
     }
 
     /// Closes (or sets aside, if foreign) a retired connection, then frees its slot.
-    pub(crate) fn dispose(&self, py: Python<'_>, retired: Retired<PyConn>) {
+    pub(crate) fn retire(&self, py: Python<'_>, retired: Retired<PyConn>) {
         if retired.foreign {
             let conn = self.engine.retire_done(retired);
             self.keep_foreign(conn.obj, conn.watch);
@@ -133,7 +133,7 @@ impl Inner {
             .and_then(|v| v.extract::<i32>(py))
             .unwrap_or(-1);
         let status_source = match &driver.status {
-            Status::Attr(source, _) => match source.call1(py, (obj.bind(py),)) {
+            TxStatus::Attr(source, _) => match source.call1(py, (obj.bind(py),)) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     self.engine.open_failed(permit);
@@ -160,11 +160,11 @@ impl Inner {
         let source = d.getattr("status_source")?;
         let attr = d.getattr("status_attr")?.cast_into::<PyString>()?;
         let status = if source.is_none() {
-            Status::Unknown
+            TxStatus::Unknown
         } else if attr.is_empty()? {
-            Status::Call(source.unbind())
+            TxStatus::Call(source.unbind())
         } else {
-            Status::Attr(source.unbind(), attr.unbind())
+            TxStatus::Attr(source.unbind(), attr.unbind())
         };
         Ok(Driver {
             status,
@@ -186,8 +186,8 @@ impl Inner {
             return false;
         };
         let code = match (&driver.status, status_source) {
-            (Status::Attr(_, attr), Some(source)) => Some(source.bind(py).getattr(attr.bind(py))),
-            (Status::Call(f), _) => Some(f.bind(py).call1((conn,))),
+            (TxStatus::Attr(_, attr), Some(source)) => Some(source.bind(py).getattr(attr.bind(py))),
+            (TxStatus::Call(f), _) => Some(f.bind(py).call1((conn,))),
             _ => None,
         };
         let needs_rollback = match code {
@@ -203,7 +203,7 @@ impl Inner {
             if driver.rollback.call1(py, (conn,)).is_err() {
                 return false;
             }
-            if !matches!(driver.status, Status::Unknown) {
+            if !matches!(driver.status, TxStatus::Unknown) {
                 self.engine
                     .stats()
                     .returns_rolled_back

@@ -69,7 +69,11 @@ impl LeakWatch {
 
 /// Registers a freshly opened connection's leak watch: a weak reference whose callback
 /// frees the slot if the holder drops the connection.
-pub(crate) fn admit(inner: &Arc<Inner>, py: Python<'_>, mut conn: PyConn) -> PyResult<PyConn> {
+pub(crate) fn attach_leak_watch(
+    inner: &Arc<Inner>,
+    py: Python<'_>,
+    mut conn: PyConn,
+) -> PyResult<PyConn> {
     let watch = Py::new(
         py,
         LeakWatch {

@@ -2,7 +2,7 @@
 
 use crate::exit::park_forever_if_exiting;
 use crate::inner::Inner;
-use crate::leases::admit;
+use crate::leases::attach_leak_watch;
 use pyo3::prelude::*;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -40,7 +40,7 @@ impl Maintainer {
         let inner = &*self.inner;
         let m = inner.engine.maintain(Instant::now())?;
         for r in m.retire {
-            inner.dispose(py, r);
+            inner.retire(py, r);
         }
         let mut failed = false;
         for permit in m.open {
@@ -49,12 +49,12 @@ impl Maintainer {
                 continue;
             }
             match inner.open(py, permit) {
-                Ok((conn, took, permit)) => match admit(&self.inner, py, conn) {
+                Ok((conn, took, permit)) => match attach_leak_watch(&self.inner, py, conn) {
                     Ok(conn) => {
                         if let Some(r) =
                             inner.engine.opened_idle(permit, conn, Instant::now(), took)
                         {
-                            inner.dispose(py, r);
+                            inner.retire(py, r);
                         }
                         inner.open_failures.store(0, Relaxed);
                     }

@@ -4,7 +4,7 @@ use crate::driver::Hooks;
 use crate::errors::{acquire_error, config_error, PoolClosed};
 use crate::exit::park_forever_if_exiting;
 use crate::inner::Inner;
-use crate::leases::{admit, ByAddress, Held, PyConn};
+use crate::leases::{attach_leak_watch, ByAddress, Held, PyConn};
 use crate::maintainer::Maintainer;
 use crate::options::{count, secs, EngineOptions};
 use crate::stats::summary_dict;
@@ -37,7 +37,7 @@ impl PoolCore {
     ) -> PyResult<Py<PyAny>> {
         let inner = &*self.inner;
         let (conn, took, permit) = inner.open(py, permit)?;
-        let conn = match admit(&self.inner, py, conn) {
+        let conn = match attach_leak_watch(&self.inner, py, conn) {
             Ok(c) => c,
             Err(e) => {
                 inner.engine.open_failed(permit);
@@ -47,7 +47,7 @@ impl PoolCore {
         match inner.engine.opened(permit, conn, Instant::now(), took) {
             Ok(pooled) => Ok(inner.lend(pooled, queued_at)),
             Err(retired) => {
-                inner.dispose(py, retired);
+                inner.retire(py, retired);
                 Err(PoolClosed::new_err(format!(
                     "pool '{}' is closed",
                     inner.engine.name()
@@ -132,11 +132,11 @@ impl PoolCore {
                         inner
                             .engine
                             .replace(conn, CloseReason::CheckFailed, Instant::now());
-                    inner.dispose(py, retired);
+                    inner.retire(py, retired);
                     next.map_err(acquire_error)?
                 }
                 Checkout::Retire(retired) => {
-                    inner.dispose(py, retired);
+                    inner.retire(py, retired);
                     inner
                         .engine
                         .checkout_in_turn(Instant::now(), turn, wake)
@@ -213,7 +213,7 @@ impl PoolCore {
             .engine
             .release_in_turn(pooled, healthy, Instant::now(), turn)
         {
-            inner.dispose(py, retired);
+            inner.retire(py, retired);
         }
         Ok(())
     }
@@ -221,7 +221,7 @@ impl PoolCore {
     /// Closes the pool. Idle connections close now, those in use when they come back.
     fn close(&self, py: Python<'_>) {
         for retired in self.inner.engine.close() {
-            self.inner.dispose(py, retired);
+            self.inner.retire(py, retired);
         }
     }
 
@@ -241,7 +241,7 @@ impl PoolCore {
         let max = count("max_size", max_size).map_err(config_error)? as usize;
         let retired = self.inner.engine.resize(min, max).map_err(config_error)?;
         for r in retired {
-            self.inner.dispose(py, r);
+            self.inner.retire(py, r);
         }
         Ok(())
     }
@@ -356,7 +356,7 @@ impl Drop for PoolCore {
         if !self.inner.engine.status().closed {
             Python::attach(|py| {
                 for retired in self.inner.engine.close() {
-                    self.inner.dispose(py, retired);
+                    self.inner.retire(py, retired);
                 }
             });
         }
