@@ -2,8 +2,9 @@
 //! verify, lend, clean and retire.
 
 use crate::driver::{Driver, Hooks, TxStatus, TX_IDLE, TX_INERROR, TX_INTRANS};
+use crate::errors::config_error;
 use crate::leases::{ByAddress, Held, PyConn};
-use lido_core::{probe_socket, Check, Engine, OpenPermit, Pooled, Retired};
+use lido_core::{probe_socket, Check, Config, Engine, OpenPermit, Pooled, Retired};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -27,6 +28,54 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    pub(crate) fn new(name: String, cfg: Config, probe: bool, hooks: Hooks) -> PyResult<Self> {
+        let timeout = cfg.timeout;
+        let engine = Engine::new(name, cfg).map_err(config_error)?;
+        Ok(Inner {
+            engine,
+            timeout,
+            probe,
+            hooks,
+            driver: PyOnceLock::new(),
+            leases: Mutex::new(ByAddress::default()),
+            foreign: Mutex::new((HashSet::new(), Vec::new())),
+            open_failures: AtomicU64::new(0),
+        })
+    }
+
+    /// Closes the pool. Idle connections close now, those in use when they come back.
+    pub(crate) fn close(&self, py: Python<'_>) {
+        for retired in self.engine.close() {
+            self.retire(py, retired);
+        }
+    }
+
+    /// Changes min_size and max_size; idle connections above the new maximum close now.
+    pub(crate) fn resize(&self, py: Python<'_>, min_size: usize, max_size: usize) -> PyResult<()> {
+        let retired = self
+            .engine
+            .resize(min_size, max_size)
+            .map_err(config_error)?;
+        for r in retired {
+            self.retire(py, r);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        let s = self.engine.status();
+        format!(
+            "<Pool '{}' size={}/{} idle={} in_use={} waiting={}{}>",
+            self.engine.name(),
+            s.size,
+            s.max_size,
+            s.idle,
+            s.in_use,
+            s.waiting,
+            if s.closed { " closed" } else { "" }
+        )
+    }
+
     pub(crate) fn driver(&self, py: Python<'_>) -> Option<&Driver> {
         self.driver.get(py)
     }

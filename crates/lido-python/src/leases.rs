@@ -2,7 +2,8 @@
 //! without being returned, and the parent's connections kept after a fork.
 
 use crate::inner::Inner;
-use pyo3::exceptions::PyTypeError;
+use lido_core::Pooled;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -49,6 +50,22 @@ pub(crate) struct Held {
     pub(crate) status_source: Option<Py<PyAny>>,
     pub(crate) fd: i32,
     pub(crate) watch: Py<PyAny>,
+}
+
+impl Held {
+    /// The pooled connection again, once its holder gave `obj` back.
+    pub(crate) fn rejoin(held: Pooled<Held>, obj: Py<PyAny>) -> Pooled<PyConn> {
+        let Pooled { payload, meta } = held;
+        Pooled {
+            payload: PyConn {
+                status_source: payload.status_source,
+                obj,
+                fd: payload.fd,
+                watch: payload.watch,
+            },
+            meta,
+        }
+    }
 }
 
 /// The weakref callback that notices a connection dropped by its holder.
@@ -103,6 +120,23 @@ pub(crate) fn attach_leak_watch(
 }
 
 impl Inner {
+    /// Ends the lease of a returned connection. `Ok(None)`: the parent's, after a fork, to
+    /// be left alone; `Err`: not lent by this pool.
+    pub(crate) fn end_lease(&self, conn: &Bound<'_, PyAny>) -> PyResult<Option<Pooled<Held>>> {
+        let key = conn.as_ptr() as usize;
+        if let Some(held) = self.leases.lock().remove(&key) {
+            return Ok(Some(held));
+        }
+        if self.foreign.lock().0.contains(&key) {
+            return Ok(None);
+        }
+        Err(PyValueError::new_err(format!(
+            "pool '{}': this connection is not checked out from it (returned twice, \
+             or from another pool)",
+            self.engine.name()
+        )))
+    }
+
     pub(crate) fn keep_foreign(&self, obj: Py<PyAny>, watch: Py<PyAny>) {
         let mut f = self.foreign.lock();
         f.0.insert(obj.as_ptr() as usize);

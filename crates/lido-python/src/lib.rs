@@ -5,9 +5,11 @@
 //! exceptions. Checkout and return are Rust methods that the Python `Pool` class inherits,
 //! so the hot path runs no Python frame of ours.
 
+mod checkout;
 mod driver;
 mod errors;
 mod exit;
+mod fork;
 mod inner;
 mod leases;
 mod maintainer;
