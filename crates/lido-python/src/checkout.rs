@@ -6,6 +6,7 @@ use crate::errors::{acquire_error, PoolClosed};
 use crate::exit::park_forever_if_exiting;
 use crate::inner::Inner;
 use crate::leases::{attach_leak_watch, Held, PyConn};
+use crate::permit::PermitGuard;
 use crate::turns::{thread_turn, turn_of};
 use lido_core::{Check, Checkout, CloseReason, Grant, OpenPermit, Pooled, ThreadWake, Waiter};
 use pyo3::prelude::*;
@@ -123,15 +124,10 @@ impl Inner {
         permit: OpenPermit,
         queued_at: Option<Instant>,
     ) -> PyResult<Py<PyAny>> {
-        let (conn, took, permit) = self.open(py, permit)?;
-        let conn = match attach_leak_watch(self, py, conn) {
-            Ok(c) => c,
-            Err(e) => {
-                self.engine.open_failed(permit);
-                return Err(e);
-            }
-        };
-        match self.engine.opened(permit, conn, Instant::now(), took) {
+        let slot = PermitGuard::new(&self.engine, permit);
+        let (conn, took) = self.open(py)?;
+        let conn = attach_leak_watch(self, py, conn)?;
+        match self.engine.opened(slot.spend(), conn, Instant::now(), took) {
             Ok(pooled) => Ok(self.lend(pooled, queued_at)),
             Err(retired) => {
                 self.retire(py, retired);

@@ -4,7 +4,7 @@
 use crate::driver::{Driver, Hooks, TxStatus, TX_IDLE, TX_INERROR, TX_INTRANS};
 use crate::errors::config_error;
 use crate::leases::{ByAddress, Held, PyConn};
-use lido_core::{probe_socket, Check, Config, Engine, OpenPermit, Pooled, Retired};
+use lido_core::{probe_socket, Check, Config, Engine, Pooled, Retired};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -151,56 +151,31 @@ impl Inner {
         payload.obj
     }
 
-    /// Opens a connection with `permit`; the driver's own error reaches the caller.
-    pub(crate) fn open(
-        &self,
-        py: Python<'_>,
-        permit: OpenPermit,
-    ) -> PyResult<(PyConn, Duration, OpenPermit)> {
+    /// Opens a connection; the driver's own error reaches the caller. The caller holds the
+    /// slot in a [`crate::permit::PermitGuard`], which frees it if this fails.
+    pub(crate) fn open(&self, py: Python<'_>) -> PyResult<(PyConn, Duration)> {
         let t0 = Instant::now();
-        let obj = match self.hooks.connect.call0(py) {
-            Ok(obj) => obj,
-            Err(e) => {
-                self.engine.open_failed(permit);
-                return Err(e);
-            }
-        };
+        let obj = self.hooks.connect.call0(py)?;
         let took = t0.elapsed();
-        let driver = match self
+        let driver = self
             .driver
-            .get_or_try_init(py, || self.learn_driver(py, obj.bind(py)))
-        {
-            Ok(d) => d,
-            Err(e) => {
-                self.engine.open_failed(permit);
-                return Err(e);
-            }
-        };
+            .get_or_try_init(py, || self.learn_driver(py, obj.bind(py)))?;
         let fd = driver
             .fileno
             .call1(py, (obj.bind(py),))
             .and_then(|v| v.extract::<i32>(py))
             .unwrap_or(-1);
         let status_source = match &driver.status {
-            TxStatus::Attr(source, _) => match source.call1(py, (obj.bind(py),)) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    self.engine.open_failed(permit);
-                    return Err(e);
-                }
-            },
+            TxStatus::Attr(source, _) => Some(source.call1(py, (obj.bind(py),))?),
             _ => None,
         };
-        Ok((
-            PyConn {
-                status_source,
-                watch: py.None(),
-                obj,
-                fd,
-            },
-            took,
-            permit,
-        ))
+        let conn = PyConn {
+            status_source,
+            watch: py.None(),
+            obj,
+            fd,
+        };
+        Ok((conn, took))
     }
 
     pub(crate) fn learn_driver(&self, py: Python<'_>, conn: &Bound<'_, PyAny>) -> PyResult<Driver> {

@@ -14,6 +14,7 @@ mod inner;
 mod leases;
 mod maintainer;
 mod options;
+mod permit;
 mod pool;
 mod stats;
 mod turns;

@@ -3,6 +3,8 @@
 use crate::exit::park_forever_if_exiting;
 use crate::inner::Inner;
 use crate::leases::attach_leak_watch;
+use crate::permit::PermitGuard;
+use lido_core::OpenPermit;
 use pyo3::prelude::*;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -37,50 +39,65 @@ impl Maintainer {
     /// connections up to min_size. Returns (seconds until next due, opens failed), or None
     /// once the pool is closed.
     fn run(&self, py: Python<'_>) -> Option<(f64, bool)> {
-        let inner = &*self.inner;
-        let m = inner.engine.maintain(Instant::now())?;
-        for r in m.retire {
-            inner.retire(py, r);
+        let plan = self.inner.engine.maintain(Instant::now())?;
+        for r in plan.retire {
+            self.inner.retire(py, r);
         }
-        let mut failed = false;
-        for permit in m.open {
-            if failed {
-                inner.engine.open_unused(permit);
-                continue;
-            }
-            match inner.open(py, permit) {
-                Ok((conn, took, permit)) => match attach_leak_watch(&self.inner, py, conn) {
-                    Ok(conn) => {
-                        if let Some(r) =
-                            inner.engine.opened_idle(permit, conn, Instant::now(), took)
-                        {
-                            inner.retire(py, r);
-                        }
-                        inner.open_failures.store(0, Relaxed);
-                    }
-                    Err(e) => {
-                        inner.engine.open_failed(permit);
-                        inner.report(py, "registering a new connection", e);
-                        failed = true;
-                    }
-                },
-                Err(e) => {
-                    inner.report(py, "opening a connection to keep min_size", e);
-                    failed = true;
-                }
-            }
-        }
-        let next = if failed {
-            // Exponential back-off, 0.1 s doubling up to 10 s.
-            let n = inner.open_failures.fetch_add(1, Relaxed).min(7);
-            (0.1 * f64::from(1u32 << n)).min(10.0)
-        } else {
-            m.next_due
-                .map_or(60.0, |t| {
-                    t.saturating_duration_since(Instant::now()).as_secs_f64()
-                })
-                .clamp(0.01, 60.0)
-        };
-        Some((next, failed))
+        let failed = open_all(&self.inner, py, plan.open);
+        Some((next_run_in(&self.inner, failed, plan.next_due), failed))
     }
+}
+
+/// Opens a connection for each permit; after the first failure, gives the rest back
+/// untried. Returns whether an open failed.
+fn open_all(inner: &Arc<Inner>, py: Python<'_>, permits: Vec<OpenPermit>) -> bool {
+    let mut permits = permits.into_iter();
+    for permit in permits.by_ref() {
+        if let Err((what, e)) = open_idle(inner, py, permit) {
+            inner.report(py, what, e);
+            for untried in permits {
+                inner.engine.open_unused(untried);
+            }
+            return true;
+        }
+    }
+    false
+}
+
+/// Opens one connection for the pool: it goes to the first waiter, or idle. The error
+/// comes with what was being done, for the report.
+fn open_idle(
+    inner: &Arc<Inner>,
+    py: Python<'_>,
+    permit: OpenPermit,
+) -> Result<(), (&'static str, PyErr)> {
+    let slot = PermitGuard::new(&inner.engine, permit);
+    let (conn, took) = inner
+        .open(py)
+        .map_err(|e| ("opening a connection to keep min_size", e))?;
+    let conn =
+        attach_leak_watch(inner, py, conn).map_err(|e| ("registering a new connection", e))?;
+    if let Some(r) = inner
+        .engine
+        .opened_idle(slot.spend(), conn, Instant::now(), took)
+    {
+        inner.retire(py, r);
+    }
+    inner.open_failures.store(0, Relaxed);
+    Ok(())
+}
+
+/// Seconds until the next round: a back-off after a failed open, else until the next
+/// connection is due for closing (at most a minute).
+fn next_run_in(inner: &Inner, failed: bool, next_due: Option<Instant>) -> f64 {
+    if failed {
+        // Exponential back-off, 0.1 s doubling up to 10 s.
+        let n = inner.open_failures.fetch_add(1, Relaxed).min(7);
+        return (0.1 * f64::from(1u32 << n)).min(10.0);
+    }
+    next_due
+        .map_or(60.0, |t| {
+            t.saturating_duration_since(Instant::now()).as_secs_f64()
+        })
+        .clamp(0.01, 60.0)
 }
