@@ -3,12 +3,12 @@
 //! is a connection for the caller.
 
 use crate::errors::{acquire_error, PoolClosed};
-use crate::exit::park_forever_if_exiting;
 use crate::inner::Inner;
 use crate::leases::{attach_leak_watch, Held, PyConn};
 use crate::permit::PermitGuard;
 use crate::turns::{thread_turn, turn_of};
-use lido_core::{Check, Checkout, CloseReason, Grant, OpenPermit, Pooled, ThreadWake, Waiter};
+use crate::wait::WaitStrategy;
+use lido_core::{Check, Checkout, CloseReason, Grant, OpenPermit, Pooled, Waiter};
 use pyo3::prelude::*;
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering::Relaxed;
@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 type Step = ControlFlow<Py<PyAny>, Checkout<PyConn>>;
 
 /// What the steps of one `getconn` call share.
-struct Request {
+struct Request<'w> {
+    /// How this caller waits when it has to queue.
+    how: &'w dyn WaitStrategy,
     start: Instant,
     timeout: Duration,
     deadline: Instant,
@@ -31,11 +33,12 @@ struct Request {
     queued_at: Option<Instant>,
 }
 
-impl Request {
-    fn new(inner: &Inner, timeout: Duration) -> Self {
+impl<'w> Request<'w> {
+    fn new(inner: &Inner, timeout: Duration, how: &'w dyn WaitStrategy) -> Self {
         let start = Instant::now();
         let key = turn_key(inner);
         Request {
+            how,
             start,
             timeout,
             deadline: start + timeout,
@@ -55,17 +58,19 @@ impl Request {
 
 /// A pool's key in the thread's turns: the address of its shared state.
 fn turn_key(inner: &Inner) -> usize {
-    std::ptr::from_ref(inner) as usize
+    inner as *const Inner as usize
 }
 
 impl Inner {
-    /// Takes a connection for the caller, waiting up to `timeout` (default: the pool's).
+    /// Takes a connection for the caller, waiting up to `timeout` (default: the pool's)
+    /// in the way `how` says.
     pub(crate) fn getconn(
         self: &Arc<Self>,
         py: Python<'_>,
         timeout: Option<Duration>,
+        how: &dyn WaitStrategy,
     ) -> PyResult<Py<PyAny>> {
-        let mut req = Request::new(self, timeout.unwrap_or(self.timeout));
+        let mut req = Request::new(self, timeout.unwrap_or(self.timeout), how);
         let mut answer = self.ask(&req, req.start)?;
         loop {
             let step = match answer {
@@ -89,10 +94,9 @@ impl Inner {
     }
 
     /// Asks the engine, which decides under its lock and does no I/O.
-    fn ask(&self, req: &Request, now: Instant) -> PyResult<Checkout<PyConn>> {
-        let wake = || -> Box<dyn lido_core::Wake> { Box::new(ThreadWake::current()) };
+    fn ask(&self, req: &Request<'_>, now: Instant) -> PyResult<Checkout<PyConn>> {
         self.engine
-            .checkout_in_turn(now, req.turn, wake)
+            .checkout_in_turn(now, req.turn, || req.how.waker())
             .map_err(acquire_error)
     }
 
@@ -101,7 +105,7 @@ impl Inner {
     fn use_checked(
         &self,
         py: Python<'_>,
-        req: &Request,
+        req: &Request<'_>,
         conn: Pooled<PyConn>,
         check: Check,
     ) -> PyResult<Step> {
@@ -139,26 +143,27 @@ impl Inner {
         }
     }
 
-    /// Waits, without the GIL, for the engine to grant something, and turns the grant into
-    /// the next answer to act on.
+    /// Waits for the engine to grant something, in the caller's way of waiting.
     fn wait(
         &self,
         py: Python<'_>,
-        req: &mut Request,
+        req: &mut Request<'_>,
         waiter: &Arc<Waiter<PyConn>>,
     ) -> PyResult<Checkout<PyConn>> {
         req.queued_at = Some(req.start);
-        let w = Arc::clone(waiter);
-        let deadline = req.deadline;
-        let granted = py.detach(move || {
-            let grant = w.park_until(deadline);
-            park_forever_if_exiting();
-            grant
-        });
-        let grant = match granted {
+        let grant = match req.how.wait(py, waiter, req.deadline) {
             Some(grant) => grant,
             None => self.give_up(waiter, req.timeout)?,
         };
+        self.granted(waiter, grant)
+    }
+
+    /// Turns a grant into the next answer to act on.
+    fn granted(
+        &self,
+        waiter: &Arc<Waiter<PyConn>>,
+        grant: Grant<PyConn>,
+    ) -> PyResult<Checkout<PyConn>> {
         match grant {
             Grant::Conn(conn, check) => Ok(Checkout::Ready(conn, check)),
             Grant::Open(permit) => Ok(Checkout::Open(permit)),

@@ -18,6 +18,7 @@ mod permit;
 mod pool;
 mod stats;
 mod turns;
+mod wait;
 
 use pyo3::prelude::*;
 

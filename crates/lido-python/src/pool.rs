@@ -6,6 +6,7 @@ use crate::errors::config_error;
 use crate::inner::Inner;
 use crate::maintainer::Maintainer;
 use crate::options::{count, secs, EngineOptions};
+use crate::wait::ParkThread;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::Arc;
@@ -54,7 +55,8 @@ impl PoolCore {
     #[pyo3(signature = (timeout=None))]
     fn getconn(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let timeout = timeout.map(|t| secs("timeout", t)).transpose();
-        self.inner.getconn(py, timeout.map_err(config_error)?)
+        self.inner
+            .getconn(py, timeout.map_err(config_error)?, &ParkThread)
     }
 
     /// Gives a connection back: rolled back, reset, then kept, handed on, or closed.
