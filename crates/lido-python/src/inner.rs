@@ -1,14 +1,13 @@
 //! `Inner`: a pool's shared state, and the driver I/O the engine's answers call for: open,
 //! verify, lend, clean and retire.
 
-use crate::driver::{Driver, Hooks, TxStatus, TX_IDLE, TX_INERROR, TX_INTRANS};
+use crate::driver::{Driver, Hooks};
 use crate::errors::config_error;
 use crate::leases::{ByAddress, Held, PyConn};
 use lido_core::{probe_socket, Check, Config, Engine, Pooled, Retired};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyString;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -157,18 +156,15 @@ impl Inner {
         let t0 = Instant::now();
         let obj = self.hooks.connect.call0(py)?;
         let took = t0.elapsed();
-        let driver = self
-            .driver
-            .get_or_try_init(py, || self.learn_driver(py, obj.bind(py)))?;
+        let driver = self.driver.get_or_try_init(py, || {
+            Driver::learn(py, &self.hooks.driver_for, obj.bind(py))
+        })?;
         let fd = driver
             .fileno
             .call1(py, (obj.bind(py),))
             .and_then(|v| v.extract::<i32>(py))
             .unwrap_or(-1);
-        let status_source = match &driver.status {
-            TxStatus::Attr(source, _) => Some(source.call1(py, (obj.bind(py),))?),
-            _ => None,
-        };
+        let status_source = driver.status_source(py, obj.bind(py))?;
         let conn = PyConn {
             status_source,
             watch: py.None(),
@@ -176,27 +172,6 @@ impl Inner {
             fd,
         };
         Ok((conn, took))
-    }
-
-    pub(crate) fn learn_driver(&self, py: Python<'_>, conn: &Bound<'_, PyAny>) -> PyResult<Driver> {
-        let d = self.hooks.driver_for.call1(py, (conn,))?;
-        let d = d.bind(py);
-        let source = d.getattr("status_source")?;
-        let attr = d.getattr("status_attr")?.cast_into::<PyString>()?;
-        let status = if source.is_none() {
-            TxStatus::Unknown
-        } else if attr.is_empty()? {
-            TxStatus::Call(source.unbind())
-        } else {
-            TxStatus::Attr(source.unbind(), attr.unbind())
-        };
-        Ok(Driver {
-            status,
-            rollback: d.getattr("rollback")?.unbind(),
-            check: d.getattr("check")?.unbind(),
-            close: d.getattr("close")?.unbind(),
-            fileno: d.getattr("fileno")?.unbind(),
-        })
     }
 
     /// Rolls back what the holder left open and runs the reset hook. False: not reusable.
@@ -209,25 +184,14 @@ impl Inner {
         let Some(driver) = self.driver(py) else {
             return false;
         };
-        let code = match (&driver.status, status_source) {
-            (TxStatus::Attr(_, attr), Some(source)) => Some(source.bind(py).getattr(attr.bind(py))),
-            (TxStatus::Call(f), _) => Some(f.bind(py).call1((conn,))),
-            _ => None,
-        };
-        let needs_rollback = match code {
-            Some(code) => match code.and_then(|v| v.extract::<i64>()) {
-                Ok(TX_IDLE) => false,
-                Ok(TX_INTRANS | TX_INERROR) => true,
-                // Active (a query still running) or unknown (broken): cannot be cleaned.
-                _ => return false,
-            },
-            None => true,
+        let Some(needs_rollback) = driver.needs_rollback(py, conn, status_source) else {
+            return false;
         };
         if needs_rollback {
             if driver.rollback.call1(py, (conn,)).is_err() {
                 return false;
             }
-            if !matches!(driver.status, TxStatus::Unknown) {
+            if driver.knows_status() {
                 self.engine
                     .stats()
                     .returns_rolled_back
