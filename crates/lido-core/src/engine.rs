@@ -186,11 +186,10 @@ impl<C> State<C> {
 
     /// Puts a returned connection where it goes: idle when nobody waits; with waiters,
     /// straight to the first one, unless the holder's turn is still running. Then it goes
-    /// idle and the first waiter without a [`Grant::Retry`] is sent one. A
-    /// thread that returns and at once checks out again, still holding the GIL, goes on
-    /// without a context switch. Strict hand-over at every return would make every
-    /// checkout a switch once anyone waits (a lock convoy). The caller notifies the
-    /// returned waiter once the lock is released.
+    /// idle and the first waiter without a [`Grant::Retry`] is sent one, so a thread that
+    /// returns and checks out again goes on without a context switch (strict hand-over
+    /// would make a lock convoy; see docs/design.md). The caller notifies the returned
+    /// waiters once the lock is released.
     fn place_returned(&mut self, conn: Pooled<C>, turn: Option<Instant>, now: Instant) -> Woken<C> {
         let woken = if self.waiters.is_empty() || self.in_turn(turn, now) {
             self.idle.push(conn);
