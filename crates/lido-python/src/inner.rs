@@ -12,6 +12,8 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+/// A pool's shared state: the engine and what the binding keeps beside it. `PoolCore` and
+/// `Maintainer` hold it; a `LeakWatch` only refers to it weakly.
 pub(crate) struct Inner {
     pub(crate) engine: Engine<PyConn>,
     pub(crate) timeout: Duration,
@@ -61,6 +63,7 @@ impl Inner {
         Ok(())
     }
 
+    /// `repr()` of the pool.
     pub(crate) fn describe(&self) -> String {
         let s = self.engine.status();
         format!(
@@ -95,6 +98,7 @@ impl Inner {
         drop(self.engine.retire_done(retired));
     }
 
+    /// Reports an error that has no caller to raise to: to `on_error`, else as unraisable.
     pub(crate) fn report(&self, py: Python<'_>, what: &str, e: PyErr) {
         match &self.hooks.on_error {
             Some(hook) => {
