@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every check: set-up (apt, venv, build; see scripts/setup.sh), lint (cargo fmt, ruff),
+# Runs every check: set-up (apt, venv, build; see scripts/setup.sh), lint (cargo fmt, clippy, ruff),
 # the engine's Rust tests, and the Python tests against the installed wheel on Python 3.11
 # and on 3.13 (Django 6.1) when .venv313 exists. Every step runs even if an
 # earlier one failed; the exit status is non-zero if any failed. pytest's "no tests ran"
@@ -70,6 +70,7 @@ step() {
 }
 
 step "cargo fmt" cargo fmt --all --check
+step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "ruff" .venv/bin/ruff check python harness tests bench demo
 step "cargo test lido-core" cargo test -p lido-core
 step "pytest py3.11" .venv/bin/python -m pytest -q tests

@@ -55,7 +55,6 @@ impl CloseReason {
 pub struct ConnMeta {
     /// Unique within the pool, in opening order.
     pub id: u64,
-    pub created: Instant,
     /// When `max_lifetime` (with jitter) runs out.
     pub expires: Option<Instant>,
     /// When it last changed hands: checkout time while in use, return time while idle.
@@ -74,10 +73,10 @@ pub struct Pooled<C> {
 }
 
 /// A connection the engine no longer wants, and what the caller must do with it: close it
-/// (or set it aside if `foreign`), then pass it to [`crate::Engine::discarded`], which frees
+/// (or set it aside if `foreign`), then pass it to [`crate::Engine::retire_done`], which frees
 /// its slot.
 #[derive(Debug)]
-#[must_use = "a retired connection holds its slot until passed to Engine::discarded"]
+#[must_use = "a retired connection holds its slot until passed to Engine::retire_done"]
 pub struct Retired<C> {
     pub conn: Pooled<C>,
     pub reason: CloseReason,
@@ -93,4 +92,13 @@ pub struct Check {
     pub probe: bool,
     /// Run a round-trip check: the connection sat idle longer than `check_after_idle`.
     pub round_trip: bool,
+}
+
+/// Leave to open one connection. The slot it stands for counts towards `max_size` until
+/// it is spent with [`crate::Engine::opened`],
+/// [`crate::Engine::opened_idle`] or [`crate::Engine::open_failed`].
+#[derive(Debug)]
+#[must_use = "a permit holds a slot until it is spent"]
+pub struct OpenPermit {
+    pub(crate) generation: u64,
 }

@@ -7,24 +7,16 @@
 //! waiters are woken after it is released.
 
 use crate::config::{Config, ConfigError, Validated};
-use crate::conn::{Check, CloseReason, ConnMeta, Pooled, Retired};
+use crate::conn::{Check, CloseReason, ConnMeta, OpenPermit, Pooled, Retired};
 use crate::error::AcquireError;
 use crate::stats::Stats;
 use crate::wait::{Grant, Waiter, Wake};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
-
-/// Leave to open one connection. The slot it stands for counts towards `max_size` until
-/// it is spent with [`Engine::opened`], [`Engine::opened_idle`] or [`Engine::open_failed`].
-#[derive(Debug)]
-#[must_use = "a permit holds a slot until it is spent"]
-pub struct OpenPermit {
-    generation: u64,
-}
 
 /// The answer to a checkout.
 pub enum Checkout<C> {
@@ -38,9 +30,6 @@ pub enum Checkout<C> {
     /// Wait for a grant on this waiter, then [`Engine::cancel`] it if the wait runs out.
     Wait(Arc<Waiter<C>>),
 }
-
-/// What the engine tells a caller returning a connection: nothing to do, or close one.
-pub type Disposal<C> = Option<Retired<C>>;
 
 /// Work for the maintenance helper.
 pub struct Maintenance<C> {
@@ -75,11 +64,11 @@ struct State<C> {
     opening: usize,
     /// Retired but not yet closed by the caller: still holds its slot, so the cap on open
     /// connections is hard even while a close is under way.
-    closing: usize,
+    retiring: usize,
     waiters: VecDeque<Arc<Waiter<C>>>,
     /// Waiters holding an unanswered [`Grant::Retry`]. Kept at least as large as `idle`
     /// while anyone waits, so that no idle connection sits unseen by the queue.
-    nudged: usize,
+    retries_sent: usize,
     closed: bool,
     generation: u64,
     next_id: u64,
@@ -94,7 +83,7 @@ struct State<C> {
 impl<C> State<C> {
     /// Slots taken, counting connections being opened and being closed: the hard cap.
     fn size(&self) -> usize {
-        self.live() + self.closing
+        self.live() + self.retiring
     }
 
     /// Connections that will still be there once the closes under way are done: what
@@ -105,7 +94,7 @@ impl<C> State<C> {
 
     /// Hands `conn`, already taken out of `idle`/`in_use`/`opening`, to the caller to close.
     fn retire(&mut self, conn: Pooled<C>, reason: CloseReason, stats: &Stats) -> Retired<C> {
-        self.closing += 1;
+        self.retiring += 1;
         stats.closed(reason);
         Retired {
             conn,
@@ -132,48 +121,48 @@ impl<C> State<C> {
     /// Takes the first waiter off the queue to be served.
     fn pop_waiter(&mut self) -> Option<Arc<Waiter<C>>> {
         let w = self.waiters.pop_front()?;
-        self.forget_nudge(&w);
+        self.forget_retry(&w);
         Some(w)
     }
 
-    fn forget_nudge(&mut self, w: &Waiter<C>) {
-        if w.nudged.swap(false, Relaxed) {
-            self.nudged -= 1;
+    fn forget_retry(&mut self, w: &Waiter<C>) {
+        if w.retry_sent.swap(false, Relaxed) {
+            self.retries_sent -= 1;
         }
     }
 
-    /// No idle connection goes unseen by the queue: at least as many waiters have been told
-    /// to ask again as there are idle connections (or waiters, if fewer).
-    fn debug_check_nudges(&self) {
+    /// No idle connection goes unseen by the queue: at least as many waiters hold a
+    /// [`Grant::Retry`] as there are idle connections (or waiters, if fewer).
+    fn debug_check_retries(&self) {
         debug_assert_eq!(
-            self.nudged,
+            self.retries_sent,
             self.waiters
                 .iter()
-                .filter(|w| w.nudged.load(Relaxed))
+                .filter(|w| w.retry_sent.load(Relaxed))
                 .count()
         );
-        debug_assert!(self.nudged >= self.idle.len().min(self.waiters.len()));
+        debug_assert!(self.retries_sent >= self.idle.len().min(self.waiters.len()));
     }
 
-    /// Tells the first waiter not yet told that a connection is idle, unless every idle
-    /// connection already has a waiter on its way to it.
-    fn nudge(&mut self) -> Option<Arc<Waiter<C>>> {
-        if self.nudged >= self.idle.len() {
+    /// Sends [`Grant::Retry`] to the first waiter without one, unless every idle connection
+    /// already has a waiter on its way to it.
+    fn send_retry(&mut self) -> Option<Arc<Waiter<C>>> {
+        if self.retries_sent >= self.idle.len() {
             return None;
         }
-        let w = self.waiters.iter().find(|w| !w.nudged.load(Relaxed))?;
-        w.nudged.store(true, Relaxed);
+        let w = self.waiters.iter().find(|w| !w.retry_sent.load(Relaxed))?;
+        w.retry_sent.store(true, Relaxed);
         w.give(Grant::Retry);
         let w = Arc::clone(w);
-        self.nudged += 1;
+        self.retries_sent += 1;
         Some(w)
     }
 
     /// Gives a connection that is not in use to the first waiter (it is then in use, with
     /// one more use, and checked by the probe only, since it was in use a moment ago), or
-    /// puts it on the idle stack if nobody waits. If the first waiter had been told of an
-    /// idle connection, the next one is told instead.
-    fn hand_over(&mut self, mut conn: Pooled<C>) -> Woken<C> {
+    /// puts it on the idle stack if nobody waits. If the first waiter held a Retry, the next
+    /// one is sent it instead.
+    fn serve_first_waiter(&mut self, mut conn: Pooled<C>) -> Woken<C> {
         let Some(w) = self.pop_waiter() else {
             self.idle.push(conn);
             return [None, None];
@@ -185,7 +174,7 @@ impl<C> State<C> {
             round_trip: false,
         };
         w.give(Grant::Conn(conn, check));
-        [Some(w), self.nudge()]
+        [Some(w), self.send_retry()]
     }
 
     /// Whether a holder whose turn began at `turn` may still pass over the waiters: take an
@@ -197,19 +186,18 @@ impl<C> State<C> {
 
     /// Puts a returned connection where it goes: idle when nobody waits; with waiters,
     /// straight to the first one, unless the holder's turn is still running. Then it goes
-    /// idle and the first waiter not yet told is told to ask again ([`Grant::Retry`]). A
-    /// thread that returns and at once checks out again, still holding the GIL, goes on
-    /// without a context switch. Strict hand-over at every return would make every
-    /// checkout a switch once anyone waits (a lock convoy). The caller notifies the
-    /// returned waiter once the lock is released.
-    fn hand_on(&mut self, conn: Pooled<C>, turn: Option<Instant>, now: Instant) -> Woken<C> {
+    /// idle and the first waiter without a [`Grant::Retry`] is sent one, so a thread that
+    /// returns and checks out again goes on without a context switch (strict hand-over
+    /// would make a lock convoy; see docs/design.md). The caller notifies the returned
+    /// waiters once the lock is released.
+    fn place_returned(&mut self, conn: Pooled<C>, turn: Option<Instant>, now: Instant) -> Woken<C> {
         let woken = if self.waiters.is_empty() || self.in_turn(turn, now) {
             self.idle.push(conn);
-            [self.nudge(), None]
+            [self.send_retry(), None]
         } else {
-            self.hand_over(conn)
+            self.serve_first_waiter(conn)
         };
-        self.debug_check_nudges();
+        self.debug_check_retries();
         woken
     }
 
@@ -222,7 +210,6 @@ impl<C> State<C> {
             .map(|life| now + life.mul_f64(1.0 - jitter));
         ConnMeta {
             id: self.next_id,
-            created: now,
             expires,
             last_used: now,
             uses,
@@ -311,9 +298,9 @@ impl<C> Engine<C> {
                 idle: Vec::new(),
                 in_use: 0,
                 opening: 0,
-                closing: 0,
+                retiring: 0,
                 waiters: VecDeque::new(),
-                nudged: 0,
+                retries_sent: 0,
                 closed: false,
                 generation: 0,
                 next_id: 0,
@@ -331,10 +318,6 @@ impl<C> Engine<C> {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
-    }
-
-    pub fn config(&self) -> Config {
-        self.state.lock().cfg.clone()
     }
 
     pub fn status(&self) -> Status {
@@ -406,9 +389,9 @@ impl<C> Engine<C> {
                 max_waiting: st.cfg.max_waiting,
             });
         }
-        let waiter = Arc::new(Waiter::new(wake(), now));
+        let waiter = Arc::new(Waiter::new(wake()));
         st.waiters.push_back(Arc::clone(&waiter));
-        st.debug_check_nudges();
+        st.debug_check_retries();
         self.stats.requests_queued.fetch_add(1, Relaxed);
         Ok(Checkout::Wait(waiter))
     }
@@ -450,20 +433,20 @@ impl<C> Engine<C> {
 
     /// Takes back a connection. `healthy` is false when it came back broken or could not
     /// be cleaned. Hands it straight to the first waiter if there is one.
-    pub fn release(&self, conn: Pooled<C>, healthy: bool, now: Instant) -> Disposal<C> {
+    pub fn release(&self, conn: Pooled<C>, healthy: bool, now: Instant) -> Option<Retired<C>> {
         self.release_in_turn(conn, healthy, now, None)
     }
 
     /// Takes back a connection from a holder whose turn began at `turn`: with waiters, it
     /// goes straight to the first one once the turn is over, and idle (the first waiter is
-    /// told) while it lasts. See [`Engine::checkout_in_turn`].
+    /// sent a Retry) while it lasts. See [`Engine::checkout_in_turn`].
     pub fn release_in_turn(
         &self,
         mut conn: Pooled<C>,
         healthy: bool,
         now: Instant,
         turn: Option<Instant>,
-    ) -> Disposal<C> {
+    ) -> Option<Retired<C>> {
         let mut st = self.state.lock();
         if conn.meta.generation != st.generation {
             return Some(Retired {
@@ -493,7 +476,7 @@ impl<C> Engine<C> {
             return Some(st.retire(conn, reason, &self.stats));
         }
         conn.meta.last_used = now;
-        let woken = st.hand_on(conn, turn, now);
+        let woken = st.place_returned(conn, turn, now);
         if woken[0].is_some() {
             drop(st);
             notify_all(woken);
@@ -504,7 +487,7 @@ impl<C> Engine<C> {
 
     /// Retires the longest-idle connection if it sat idle past `max_idle` while the pool is
     /// above `min_size`. One per call keeps the return path short; maintenance does the rest.
-    fn evict_stale_idle(&self, st: &mut State<C>, now: Instant) -> Disposal<C> {
+    fn evict_stale_idle(&self, st: &mut State<C>, now: Instant) -> Option<Retired<C>> {
         let max_idle = st.cfg.max_idle?;
         let oldest = st.idle.first()?;
         if st.live() <= st.cfg.min_size
@@ -538,7 +521,7 @@ impl<C> Engine<C> {
         payload: C,
         now: Instant,
         took: Duration,
-    ) -> Disposal<C> {
+    ) -> Option<Retired<C>> {
         // One lock for the whole step, so that a close() cannot slip in between and leave
         // the connection idle in a closed pool. Nobody has used it yet: no use counted.
         let mut st = self.state.lock();
@@ -546,7 +529,7 @@ impl<C> Engine<C> {
             Ok(conn) => conn,
             Err(retired) => return Some(retired),
         };
-        let woken = st.hand_over(conn);
+        let woken = st.serve_first_waiter(conn);
         drop(st);
         notify_all(woken);
         None
@@ -597,12 +580,7 @@ impl<C> Engine<C> {
             return;
         }
         st.opening -= 1;
-        let woken = st.grant_open();
-        self.below_min(&mut st);
-        drop(st);
-        if let Some(w) = woken {
-            w.notify();
-        }
+        self.free_slot(st);
     }
 
     /// A holder dropped a connection without returning it; the connection is gone with it.
@@ -617,28 +595,18 @@ impl<C> Engine<C> {
         self.stats
             .usage
             .record(now.saturating_duration_since(meta.last_used));
-        let woken = st.grant_open();
-        self.below_min(&mut st);
-        drop(st);
-        if let Some(w) = woken {
-            w.notify();
-        }
+        self.free_slot(st);
         true
     }
 
     /// Reports that a retired connection is now closed (or, if foreign, set aside): its
     /// slot is free again and goes to the first waiter. Call it for every [`Retired`].
-    pub fn discarded(&self, retired: Retired<C>) -> C {
+    pub fn retire_done(&self, retired: Retired<C>) -> C {
         if !retired.foreign {
             let mut st = self.state.lock();
             if retired.conn.meta.generation == st.generation {
-                st.closing -= 1;
-                let woken = st.grant_open();
-                self.below_min(&mut st);
-                drop(st);
-                if let Some(w) = woken {
-                    w.notify();
-                }
+                st.retiring -= 1;
+                self.free_slot(st);
             }
         }
         retired.conn.payload
@@ -650,10 +618,10 @@ impl<C> Engine<C> {
         let mut st = self.state.lock();
         if let Some(pos) = st.waiters.iter().position(|w| Arc::ptr_eq(w, waiter)) {
             st.waiters.remove(pos);
-            st.forget_nudge(waiter);
-            // Its nudge, if it had one, passes to the next waiter.
-            let next = st.nudge();
-            st.debug_check_nudges();
+            st.forget_retry(waiter);
+            // Its Retry, if it had one, passes to the next waiter.
+            let next = st.send_retry();
+            st.debug_check_retries();
             drop(st);
             if let Some(w) = next {
                 w.notify();
@@ -677,7 +645,7 @@ impl<C> Engine<C> {
             // Served or closed meanwhile, under the lock: the grant is in its slot.
             return Ok(Checkout::Wait(Arc::clone(waiter)));
         };
-        st.forget_nudge(waiter);
+        st.forget_retry(waiter);
         let answer = if let Some(answer) = st.take_idle(now, &self.stats) {
             st.waiters.remove(pos);
             answer
@@ -687,7 +655,7 @@ impl<C> Engine<C> {
         } else {
             Checkout::Wait(Arc::clone(waiter))
         };
-        st.debug_check_nudges();
+        st.debug_check_retries();
         Ok(answer)
     }
 
@@ -705,9 +673,9 @@ impl<C> Engine<C> {
             .map(|conn| st.retire(conn, CloseReason::PoolClosed, &self.stats))
             .collect();
         let waiters: Vec<_> = st.waiters.drain(..).collect();
-        st.nudged = 0;
+        st.retries_sent = 0;
         for w in &waiters {
-            w.nudged.store(false, Relaxed);
+            w.retry_sent.store(false, Relaxed);
             w.give(Grant::Closed);
         }
         st.wake_maintainer();
@@ -808,6 +776,17 @@ impl<C> Engine<C> {
         }
     }
 
+    /// A slot was just freed under `st`: gives it to the first waiter, asks maintenance to
+    /// refill if the pool fell below `min_size`, then releases the lock and wakes the waiter.
+    fn free_slot(&self, mut st: MutexGuard<'_, State<C>>) {
+        let woken = st.grant_open();
+        self.below_min(&mut st);
+        drop(st);
+        if let Some(w) = woken {
+            w.notify();
+        }
+    }
+
     fn below_min(&self, st: &mut State<C>) {
         if st.size() < st.cfg.min_size {
             st.wake_maintainer();
@@ -838,12 +817,12 @@ impl<C> Engine<C> {
         st.generation += 1;
         st.in_use = 0;
         st.opening = 0;
-        st.closing = 0;
+        st.retiring = 0;
         // The parent's maintenance thread does not exist here.
         st.maintainer = None;
         // Their threads do not exist in the child.
         st.waiters.clear();
-        st.nudged = 0;
+        st.retries_sent = 0;
         std::mem::take(&mut st.idle)
     }
 }

@@ -37,8 +37,8 @@ pub use config::{
     checkout_timeout, option, Config, ConfigError, Kind, OptionSpec, SetError, Validated, Value,
     OPTIONS,
 };
-pub use conn::{Check, CloseReason, ConnMeta, Pooled, Retired};
-pub use engine::{Checkout, Disposal, Engine, Maintenance, OpenPermit, Status};
+pub use conn::{Check, CloseReason, ConnMeta, OpenPermit, Pooled, Retired};
+pub use engine::{Checkout, Engine, Maintenance, Status};
 pub use error::AcquireError;
 pub use liveness::{probe_socket, Liveness};
 pub use statement::{changes_session, Dialect};

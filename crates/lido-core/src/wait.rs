@@ -4,8 +4,7 @@
 //! calls [`Wake::wake`] after releasing it. Threads park ([`ThreadWake`]); a binding for
 //! greenlets or asyncio supplies its own `Wake` and never changes the engine's decisions.
 
-use crate::conn::{Check, Pooled};
-use crate::engine::OpenPermit;
+use crate::conn::{Check, OpenPermit, Pooled};
 use parking_lot::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::thread::{self, Thread};
@@ -50,18 +49,16 @@ pub enum Grant<C> {
 pub struct Waiter<C> {
     grant: Mutex<Option<Grant<C>>>,
     wake: Box<dyn Wake>,
-    pub(crate) since: Instant,
     /// Holds an unanswered [`Grant::Retry`]; read and written under the engine's lock only.
-    pub(crate) nudged: AtomicBool,
+    pub(crate) retry_sent: AtomicBool,
 }
 
 impl<C> Waiter<C> {
-    pub(crate) fn new(wake: Box<dyn Wake>, since: Instant) -> Self {
+    pub(crate) fn new(wake: Box<dyn Wake>) -> Self {
         Waiter {
             grant: Mutex::new(None),
             wake,
-            since,
-            nudged: AtomicBool::new(false),
+            retry_sent: AtomicBool::new(false),
         }
     }
 
@@ -77,11 +74,6 @@ impl<C> Waiter<C> {
     /// Takes the grant if it has arrived.
     pub fn try_take(&self) -> Option<Grant<C>> {
         self.grant.lock().take()
-    }
-
-    /// When this waiter was queued.
-    pub fn since(&self) -> Instant {
-        self.since
     }
 
     /// Parks the calling thread until the grant arrives or `deadline` passes. Only for

@@ -51,7 +51,7 @@ impl World {
         );
         // The driver closes it, then the engine frees the slot.
         self.physical.fetch_sub(1, SeqCst);
-        self.engine.discarded(r);
+        self.engine.retire_done(r);
     }
     fn hold(&self, c: &Pooled<u64>) {
         assert!(

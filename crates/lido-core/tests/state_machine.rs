@@ -179,14 +179,14 @@ fn lifetime_with_jitter_retires_on_checkout_and_return() {
     let c = it.next().unwrap();
     let r = e.release(c, true, t + life).expect("expired on return");
     assert_eq!(r.reason, CloseReason::Lifetime);
-    e.discarded(r);
+    e.retire_done(r);
     // Kept idle, then expired while idle: retired at checkout.
     let c = it.next().unwrap();
     assert!(e.release(c, true, t).is_none());
     match e.checkout(t + life, wake).unwrap() {
         Checkout::Retire(r) => {
             assert_eq!(r.reason, CloseReason::Lifetime);
-            e.discarded(r);
+            e.retire_done(r);
         }
         _ => panic!("expired idle connection must not be handed out"),
     }
@@ -211,11 +211,11 @@ fn max_uses_and_broken_returns_are_closed() {
         1,
         "the slot is held until the close is done"
     );
-    e.discarded(r);
+    e.retire_done(r);
     let c = get(&e, t, 2);
     let r = e.release(c, false, t).unwrap();
     assert_eq!(r.reason, CloseReason::Broken);
-    e.discarded(r);
+    e.retire_done(r);
     assert_eq!(e.status().size, 0);
     assert_eq!(e.stats().closes_total(), 2);
 }
@@ -241,7 +241,7 @@ fn max_uses_counts_only_real_uses_of_a_maintenance_opened_connection() {
     assert_eq!(c.meta.uses, 2);
     let r = e.release(c, true, t).unwrap();
     assert_eq!(r.reason, CloseReason::MaxUses);
-    e.discarded(r);
+    e.retire_done(r);
 }
 
 #[test]
@@ -262,11 +262,11 @@ fn max_idle_closes_only_above_min_size() {
     // 11 s later the bottom of the stack has been idle too long.
     let r = e.release(c, true, t + Duration::from_secs(11)).unwrap();
     assert_eq!((r.reason, r.conn.payload), (CloseReason::Idle, 1));
-    e.discarded(r);
+    e.retire_done(r);
     let m = e.maintain(t + Duration::from_secs(11)).unwrap();
     assert_eq!(m.retire.len(), 1, "one more stale, then min_size stops it");
     for r in m.retire {
-        e.discarded(r);
+        e.retire_done(r);
     }
     assert_eq!(e.status().size, 1);
     assert!(m.open.is_empty());
@@ -310,7 +310,7 @@ fn close_wakes_waiters_retires_idle_and_later_returns() {
     assert!(matches!(w.try_take(), Some(Grant::Closed)));
     let r = e.release(a, true, t).unwrap();
     assert_eq!(r.reason, CloseReason::PoolClosed);
-    e.discarded(r);
+    e.retire_done(r);
     assert!(matches!(
         e.checkout(t, wake),
         Err(AcquireError::Closed { .. })
@@ -339,7 +339,7 @@ fn resize_shrinks_idle_and_grows_for_waiters() {
     for c in cs {
         if let Some(r) = e.release(c, true, t) {
             reasons.push(r.reason);
-            e.discarded(r);
+            e.retire_done(r);
         }
     }
     assert_eq!(
@@ -361,12 +361,12 @@ fn replace_hands_back_another_idle_or_a_permit() {
     let b = get(&e, t, 2);
     e.release(a, true, t);
     let (retired, next) = e.replace(b, CloseReason::CheckFailed, t);
-    assert_eq!(e.discarded(retired), 2);
+    assert_eq!(e.retire_done(retired), 2);
     match next.unwrap() {
         Checkout::Ready(c, _) => {
             assert_eq!(c.payload, 1);
             let (retired, next) = e.replace(c, CloseReason::CheckFailed, t);
-            e.discarded(retired);
+            e.retire_done(retired);
             assert!(matches!(next.unwrap(), Checkout::Open(_)));
         }
         _ => panic!(),
@@ -411,7 +411,7 @@ fn fork_child_starts_empty_and_treats_parent_connections_as_foreign() {
         "a parent's connection is never closed by the child"
     );
     assert!(!e.lost(&r.conn.meta, t));
-    e.discarded(r);
+    e.retire_done(r);
     assert_eq!(e.status().size, 0);
     let c = get(&e, t, 3);
     assert_eq!(c.payload, 3);
@@ -461,7 +461,7 @@ fn shrinking_counts_connections_still_being_closed_as_gone() {
     let retired = e.resize(0, 1).unwrap();
     assert!(retired.is_empty(), "1 live connection fits max_size 1");
     for r in m.retire {
-        e.discarded(r);
+        e.retire_done(r);
     }
     assert_eq!(e.status().size, 1);
 }
@@ -505,7 +505,7 @@ fn a_connection_opened_by_maintenance_after_close_is_retired() {
         .opened_idle(permit, 7, t, Duration::ZERO)
         .expect("a closed pool keeps nothing idle");
     assert_eq!((r.conn.payload, r.reason), (7, CloseReason::PoolClosed));
-    e.discarded(r);
+    e.retire_done(r);
     let s = e.status();
     assert_eq!((s.size, s.idle), (0, 0));
 }

@@ -5,9 +5,27 @@
 //! exceptions. Checkout and return are Rust methods that the Python `Pool` class inherits,
 //! so the hot path runs no Python frame of ours.
 
-mod errors;
-mod options;
-mod pool;
+// The Python class and what it exports.
+mod errors; // Python exceptions for the engine's errors
+mod pool; // PoolCore: the #[pymethods], each delegating to Inner
+mod stats; // PoolCore.stats(): the dict and its keys
+
+// Checking connections out and back in.
+mod checkout; // getconn as a chain of steps; putconn
+mod inner; // Inner: shared state; open, verify, lend, clean, retire
+mod permit; // PermitGuard: an open permit's slot is freed on failure
+mod turns; // each thread's turn at each pool
+mod wait; // WaitStrategy: how a checkout waits (ParkThread)
+
+// What Python gives the pool: callbacks and options.
+mod driver; // the Python callbacks, learned driver hooks, transaction status
+mod options; // PoolOptions (checked by the engine's option table) and OPTIONS
+
+// Connections and the process around them.
+mod exit; // interpreter exit: woken threads stay parked
+mod fork; // os.fork(): the child leaves the parent's connections alone
+mod leases; // connections in use, LeakWatch, a fork parent's connections
+mod maintainer; // Maintainer: the maintenance thread's handle
 
 use pyo3::prelude::*;
 
@@ -15,9 +33,9 @@ use pyo3::prelude::*;
 fn _lido(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<pool::PoolCore>()?;
-    m.add_class::<pool::LeakWatch>()?;
-    m.add_class::<pool::Maintainer>()?;
-    m.add_function(wrap_pyfunction!(pool::_interpreter_exiting, m)?)?;
+    m.add_class::<leases::LeakWatch>()?;
+    m.add_class::<maintainer::Maintainer>()?;
+    m.add_function(wrap_pyfunction!(exit::_interpreter_exiting, m)?)?;
     m.add_class::<options::PoolOptions>()?;
     m.add("OPTIONS", options::option_table(py)?)?;
     m.add("PoolError", py.get_type::<errors::PoolError>())?;

@@ -5,10 +5,11 @@
 //! never a bool. The engine's table decides what is allowed and words every message; this
 //! file only renders Python values and raises `TypeError` or `ValueError`.
 
+use crate::errors::config_error;
 use lido_core::{
     checkout_timeout, option, Config, ConfigError, Kind, SetError, Validated, Value, OPTIONS,
 };
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyTuple};
 use std::collections::hash_map::DefaultHasher;
@@ -54,17 +55,13 @@ fn with_repr(mut e: ConfigError, obj: &Bound<'_, PyAny>) -> ConfigError {
     e
 }
 
-pub fn value_error(e: ConfigError) -> PyErr {
-    PyValueError::new_err(e.to_string())
-}
-
 /// A timeout given to one `getconn()`, checked like the `timeout` option.
 pub fn timeout_arg(obj: &Bound<'_, PyAny>) -> PyResult<Duration> {
     let v = value_of(obj);
     match checkout_timeout(v) {
         Ok(d) => Ok(d),
         Err(e) if matches!(v, Value::Int(_) | Value::Number(_)) => {
-            Err(value_error(with_repr(e, obj)))
+            Err(config_error(with_repr(e, obj)))
         }
         Err(e) => Err(PyTypeError::new_err(with_repr(e, obj).to_string())),
     }
@@ -74,7 +71,9 @@ pub fn timeout_arg(obj: &Bound<'_, PyAny>) -> PyResult<Duration> {
 pub fn size_arg(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<usize> {
     let spec = option(name).expect("a size option");
     match value_of(obj) {
-        Value::Int(i) => usize::try_from(i).map_err(|_| value_error(with_repr(spec.error(i), obj))),
+        Value::Int(i) => {
+            usize::try_from(i).map_err(|_| config_error(with_repr(spec.error(i), obj)))
+        }
         v => Err(PyTypeError::new_err(
             with_repr(spec.error(v), obj).to_string(),
         )),
@@ -107,10 +106,10 @@ impl PoolOptions {
                         .join(", ")
                 )),
                 SetError::WrongType(e) => PyTypeError::new_err(with_repr(e, &obj).to_string()),
-                SetError::Invalid(e) => value_error(with_repr(e, &obj)),
+                SetError::Invalid(e) => config_error(with_repr(e, &obj)),
             })?;
         }
-        let config = cfg.validate().map_err(value_error)?;
+        let config = cfg.validate().map_err(config_error)?;
         Ok(PoolOptions { config })
     }
 

@@ -1,0 +1,213 @@
+//! `Inner`: a pool's shared state, and the driver I/O the engine's answers call for: open,
+//! verify, lend, clean and retire.
+
+use crate::driver::{Driver, Hooks};
+use crate::errors::config_error;
+use crate::leases::{ByAddress, Held, PyConn};
+use lido_core::{probe_socket, Check, Engine, Pooled, Retired, Validated};
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// A pool's shared state: the engine and what the binding keeps beside it. `PoolCore` and
+/// `Maintainer` hold it; a `LeakWatch` only refers to it weakly.
+pub(crate) struct Inner {
+    pub(crate) engine: Engine<PyConn>,
+    pub(crate) timeout: Duration,
+    pub(crate) probe: bool,
+    pub(crate) hooks: Hooks,
+    pub(crate) driver: PyOnceLock<Driver>,
+    /// Connections in use, by object address.
+    pub(crate) leases: Mutex<ByAddress<Pooled<Held>>>,
+    /// After a fork, the parent's connections: kept alive and never closed here.
+    pub(crate) foreign: Mutex<(HashSet<usize>, Vec<Py<PyAny>>)>,
+    /// Consecutive failed maintenance opens, for back-off.
+    pub(crate) open_failures: AtomicU64,
+}
+
+impl Inner {
+    pub(crate) fn new(name: String, cfg: Validated, hooks: Hooks) -> Self {
+        let (timeout, probe) = (cfg.timeout, cfg.probe);
+        let engine = Engine::new(name, cfg);
+        Inner {
+            engine,
+            timeout,
+            probe,
+            hooks,
+            driver: PyOnceLock::new(),
+            leases: Mutex::new(ByAddress::default()),
+            foreign: Mutex::new((HashSet::new(), Vec::new())),
+            open_failures: AtomicU64::new(0),
+        }
+    }
+
+    /// Closes the pool. Idle connections close now, those in use when they come back.
+    pub(crate) fn close(&self, py: Python<'_>) {
+        for retired in self.engine.close() {
+            self.retire(py, retired);
+        }
+    }
+
+    /// Changes min_size and max_size; idle connections above the new maximum close now.
+    pub(crate) fn resize(&self, py: Python<'_>, min_size: usize, max_size: usize) -> PyResult<()> {
+        let retired = self
+            .engine
+            .resize(min_size, max_size)
+            .map_err(config_error)?;
+        for r in retired {
+            self.retire(py, r);
+        }
+        Ok(())
+    }
+
+    /// `repr()` of the pool.
+    pub(crate) fn describe(&self) -> String {
+        let s = self.engine.status();
+        format!(
+            "<Pool '{}' size={}/{} idle={} in_use={} waiting={}{}>",
+            self.engine.name(),
+            s.size,
+            s.max_size,
+            s.idle,
+            s.in_use,
+            s.waiting,
+            if s.closed { " closed" } else { "" }
+        )
+    }
+
+    pub(crate) fn driver(&self, py: Python<'_>) -> Option<&Driver> {
+        self.driver.get(py)
+    }
+
+    /// Closes (or sets aside, if foreign) a retired connection, then frees its slot.
+    pub(crate) fn retire(&self, py: Python<'_>, retired: Retired<PyConn>) {
+        if retired.foreign {
+            let conn = self.engine.retire_done(retired);
+            self.keep_foreign(conn.obj, conn.watch);
+            return;
+        }
+        if let Some(driver) = self.driver(py) {
+            let obj = retired.conn.payload.obj.bind(py);
+            if let Err(e) = driver.close.call1(py, (obj,)) {
+                self.report(py, "closing a connection", e);
+            }
+        }
+        drop(self.engine.retire_done(retired));
+    }
+
+    /// Reports an error that has no caller to raise to: to `on_error`, else as unraisable.
+    pub(crate) fn report(&self, py: Python<'_>, what: &str, e: PyErr) {
+        match &self.hooks.on_error {
+            Some(hook) => {
+                if let Err(e2) = hook.call1(py, (what, e.into_value(py))) {
+                    e2.write_unraisable(py, None);
+                }
+            }
+            None => e.write_unraisable(py, None),
+        }
+    }
+
+    /// Checkout checks: the socket probe, and a round trip if the engine asks for one.
+    pub(crate) fn verify(&self, py: Python<'_>, conn: &Pooled<PyConn>, check: Check) -> bool {
+        if check.probe
+            && self.probe
+            && conn.payload.fd >= 0
+            && !probe_socket(conn.payload.fd).reusable()
+        {
+            return false;
+        }
+        if check.round_trip {
+            let hook = match (&self.hooks.check, self.driver(py)) {
+                (Some(user), _) => user,
+                (None, Some(d)) => &d.check,
+                (None, None) => return true,
+            };
+            if hook.call1(py, (conn.payload.obj.bind(py),)).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Gives a connection to the caller, keeping only a weak record of it.
+    /// `queued_at` is when the request started, if it had to queue.
+    pub(crate) fn lend(&self, conn: Pooled<PyConn>, queued_at: Option<Instant>) -> Py<PyAny> {
+        let Pooled { payload, meta } = conn;
+        let key = payload.obj.as_ptr() as usize;
+        let held = Pooled {
+            payload: Held {
+                status_source: payload.status_source,
+                fd: payload.fd,
+                watch: payload.watch,
+            },
+            meta,
+        };
+        self.leases.lock().insert(key, held);
+        let wait = &self.engine.stats().acquire_wait;
+        match queued_at {
+            Some(start) => wait.record(start.elapsed()),
+            None => wait.record_zero(),
+        }
+        payload.obj
+    }
+
+    /// Opens a connection; the driver's own error reaches the caller. The caller holds the
+    /// slot in a [`crate::permit::PermitGuard`], which frees it if this fails.
+    pub(crate) fn open(&self, py: Python<'_>) -> PyResult<(PyConn, Duration)> {
+        let t0 = Instant::now();
+        let obj = self.hooks.connect.call0(py)?;
+        let took = t0.elapsed();
+        let driver = self.driver.get_or_try_init(py, || {
+            Driver::learn(py, &self.hooks.driver_for, obj.bind(py))
+        })?;
+        let fd = driver
+            .fileno
+            .call1(py, (obj.bind(py),))
+            .and_then(|v| v.extract::<i32>(py))
+            .unwrap_or(-1);
+        let status_source = driver.status_source(py, obj.bind(py))?;
+        let conn = PyConn {
+            status_source,
+            watch: py.None(),
+            obj,
+            fd,
+        };
+        Ok((conn, took))
+    }
+
+    /// Rolls back what the holder left open and runs the reset hook. False: not reusable.
+    pub(crate) fn clean(
+        &self,
+        py: Python<'_>,
+        conn: &Bound<'_, PyAny>,
+        status_source: Option<&Py<PyAny>>,
+    ) -> bool {
+        let Some(driver) = self.driver(py) else {
+            return false;
+        };
+        let Some(needs_rollback) = driver.needs_rollback(py, conn, status_source) else {
+            return false;
+        };
+        if needs_rollback {
+            if driver.rollback.call1(py, (conn,)).is_err() {
+                return false;
+            }
+            if driver.knows_status() {
+                self.engine
+                    .stats()
+                    .returns_rolled_back
+                    .fetch_add(1, Relaxed);
+            }
+        }
+        if let Some(reset) = &self.hooks.reset {
+            if let Err(e) = reset.call1(py, (conn,)) {
+                self.report(py, "resetting a returned connection", e);
+                return false;
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,163 @@
+//! Connections in use: the lease records, the leak watch that notices a connection dropped
+//! without being returned, and the parent's connections kept after a fork.
+
+use crate::inner::Inner;
+use lido_core::Pooled;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+/// Hashes an object address: already unique, so a multiply spreads it well enough.
+#[derive(Default)]
+pub(crate) struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(20);
+    }
+}
+
+pub(crate) type ByAddress<V> = HashMap<usize, V, BuildHasherDefault<AddressHasher>>;
+
+/// What the engine stores for an idle connection.
+pub(crate) struct PyConn {
+    pub(crate) obj: Py<PyAny>,
+    /// The object whose `status_attr` gives the transaction status (for psycopg, the
+    /// connection's `pgconn`), looked up once at open.
+    pub(crate) status_source: Option<Py<PyAny>>,
+    /// The socket, read once at open; -1 when the driver exposes none.
+    pub(crate) fd: i32,
+    /// A weak reference to `obj` whose callback reports a leak.
+    pub(crate) watch: Py<PyAny>,
+}
+
+/// What is kept for a connection in use: no strong reference, so a holder that drops
+/// it really lets it go.
+pub(crate) struct Held {
+    pub(crate) status_source: Option<Py<PyAny>>,
+    pub(crate) fd: i32,
+    pub(crate) watch: Py<PyAny>,
+}
+
+impl Held {
+    /// The pooled connection again, once its holder gave `obj` back.
+    pub(crate) fn rejoin(held: Pooled<Held>, obj: Py<PyAny>) -> Pooled<PyConn> {
+        let Pooled { payload, meta } = held;
+        Pooled {
+            payload: PyConn {
+                status_source: payload.status_source,
+                obj,
+                fd: payload.fd,
+                watch: payload.watch,
+            },
+            meta,
+        }
+    }
+}
+
+/// The weakref callback that notices a connection dropped by its holder.
+#[pyclass(module = "django_lido._lido", frozen)]
+pub struct LeakWatch {
+    pub(crate) pool: Weak<Inner>,
+    pub(crate) key: usize,
+}
+
+#[pymethods]
+impl LeakWatch {
+    fn __call__(&self, py: Python<'_>, _ref: &Bound<'_, PyAny>) {
+        if let Some(inner) = self.pool.upgrade() {
+            inner.lost(py, self.key);
+        }
+    }
+}
+
+/// Registers a freshly opened connection's leak watch: a weak reference whose callback
+/// frees the slot if the holder drops the connection.
+pub(crate) fn attach_leak_watch(
+    inner: &Arc<Inner>,
+    py: Python<'_>,
+    mut conn: PyConn,
+) -> PyResult<PyConn> {
+    let watch = Py::new(
+        py,
+        LeakWatch {
+            pool: Arc::downgrade(inner),
+            key: conn.obj.as_ptr() as usize,
+        },
+    )?;
+    let weakref = py.import("weakref")?.getattr("ref")?;
+    conn.watch = match weakref.call1((conn.obj.bind(py), watch)) {
+        Ok(w) => w.unbind(),
+        Err(e) if e.is_instance_of::<PyTypeError>(py) => {
+            let kind = conn
+                .obj
+                .bind(py)
+                .get_type()
+                .fully_qualified_name()
+                .map_or_else(|_| "?".to_owned(), |n| n.to_string());
+            return Err(PyTypeError::new_err(format!(
+                "pool '{}': connections of type {kind} cannot be weakly referenced, and the \
+                 pool needs that to notice connections dropped without being returned",
+                inner.engine.name()
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(conn)
+}
+
+impl Inner {
+    /// Ends the lease of a returned connection. `Ok(None)`: the parent's, after a fork, to
+    /// be left alone; `Err`: not lent by this pool.
+    pub(crate) fn end_lease(&self, conn: &Bound<'_, PyAny>) -> PyResult<Option<Pooled<Held>>> {
+        let key = conn.as_ptr() as usize;
+        if let Some(held) = self.leases.lock().remove(&key) {
+            return Ok(Some(held));
+        }
+        if self.foreign.lock().0.contains(&key) {
+            return Ok(None);
+        }
+        Err(PyValueError::new_err(format!(
+            "pool '{}': this connection is not checked out from it (returned twice, \
+             or from another pool)",
+            self.engine.name()
+        )))
+    }
+
+    pub(crate) fn keep_foreign(&self, obj: Py<PyAny>, watch: Py<PyAny>) {
+        let mut f = self.foreign.lock();
+        f.0.insert(obj.as_ptr() as usize);
+        f.1.push(obj);
+        f.1.push(watch);
+    }
+
+    pub(crate) fn lost(&self, py: Python<'_>, key: usize) {
+        let Some(held) = self.leases.lock().remove(&key) else {
+            return;
+        };
+        let now = Instant::now();
+        if self.engine.lost(&held.meta, now) {
+            if let Some(hook) = &self.hooks.on_leak {
+                let secs = now
+                    .saturating_duration_since(held.meta.last_used)
+                    .as_secs_f64();
+                if let Err(e) = hook.call1(py, (held.meta.id, secs)) {
+                    e.write_unraisable(py, None);
+                }
+            }
+        }
+    }
+}
