@@ -20,7 +20,7 @@ class _ForkAware(Protocol):
     def _before_fork(self) -> None: ...
     def _after_fork_in_parent(self) -> None: ...
     def _after_fork_in_child(self) -> None: ...
-    def close(self) -> None: ...
+    def close(self, timeout: float = ...) -> None: ...
 
 
 _pools: weakref.WeakSet[_ForkAware] = weakref.WeakSet()
@@ -50,13 +50,18 @@ def _after_in_child() -> None:
     _forking.clear()
 
 
+# At exit a maintenance thread still inside a connect is not waited for beyond this.
+_EXIT_JOIN = 0.1
+
+
 def _close_all() -> None:
-    # Threads still waiting for a connection now stay parked instead of waking into a
-    # finalizing interpreter (see _lido._interpreter_exiting).
+    # No thread is left running Python inside a pool call when finalization starts, and
+    # threads that enter one or wake from a wait from now on stay parked (see the binding's
+    # exit.rs); this thread then closes the pools.
     _interpreter_exiting()
     for pool in list(_pools):
         with contextlib.suppress(Exception):  # exit must go on
-            pool.close()
+            pool.close(timeout=_EXIT_JOIN)
 
 
 os.register_at_fork(

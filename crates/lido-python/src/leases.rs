@@ -1,6 +1,7 @@
 //! Connections in use: the lease records, the leak watch that notices a connection dropped
 //! without being returned, and the parent's connections kept after a fork.
 
+use crate::exit::Active;
 use crate::inner::Inner;
 use lido_core::Pooled;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -78,6 +79,7 @@ pub struct LeakWatch {
 #[pymethods]
 impl LeakWatch {
     fn __call__(&self, py: Python<'_>, _ref: &Bound<'_, PyAny>) {
+        let _active = Active::enter(py);
         if let Some(inner) = self.pool.upgrade() {
             inner.lost(py, self.key);
         }

@@ -1,6 +1,6 @@
 //! `Maintainer`: the maintenance thread's handle on a pool.
 
-use crate::exit::park_forever_if_exiting;
+use crate::exit::{park_forever_if_exiting, Active};
 use crate::inner::Inner;
 use crate::leases::attach_leak_watch;
 use crate::permit::PermitGuard;
@@ -39,6 +39,7 @@ impl Maintainer {
     /// connections up to min_size. Returns (seconds until next due, opens failed), or None
     /// once the pool is closed.
     fn run(&self, py: Python<'_>) -> Option<(f64, bool)> {
+        let _active = Active::enter(py);
         let plan = self.inner.engine.maintain(Instant::now())?;
         for r in plan.retire {
             self.inner.retire(py, r);

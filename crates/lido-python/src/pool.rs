@@ -2,6 +2,7 @@
 //! `Inner`; PyO3 allows one `#[pymethods]` block per class.
 
 use crate::driver::Hooks;
+use crate::exit::Active;
 use crate::inner::Inner;
 use crate::maintainer::Maintainer;
 use crate::options::{size_arg, timeout_arg, PoolOptions};
@@ -51,6 +52,7 @@ impl PoolCore {
     /// Takes a connection, waiting up to `timeout` seconds (default: the pool's).
     #[pyo3(signature = (timeout=None))]
     fn getconn(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+        let _active = Active::enter(py);
         let timeout = timeout
             .filter(|t| !t.is_none())
             .map(timeout_arg)
@@ -60,11 +62,13 @@ impl PoolCore {
 
     /// Gives a connection back: rolled back, reset, then kept, handed on, or closed.
     fn putconn(&self, py: Python<'_>, conn: Bound<'_, PyAny>) -> PyResult<()> {
+        let _active = Active::enter(py);
         self.inner.putconn(py, conn)
     }
 
     /// Closes the pool. Idle connections close now, those in use when they come back.
     fn close(&self, py: Python<'_>) {
+        let _active = Active::enter(py);
         self.inner.close(py);
     }
 
@@ -85,6 +89,7 @@ impl PoolCore {
         min_size: &Bound<'_, PyAny>,
         max_size: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
+        let _active = Active::enter(py);
         let (min, max) = (
             size_arg("min_size", min_size)?,
             size_arg("max_size", max_size)?,
@@ -101,6 +106,7 @@ impl PoolCore {
 
     /// Statistics, with names from psycopg_pool and HikariCP.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let _active = Active::enter(py);
         self.inner.stats_dict(py)
     }
 
@@ -128,7 +134,10 @@ impl Drop for PoolCore {
     /// connections are closed through the driver.
     fn drop(&mut self) {
         if !self.inner.engine.status().closed {
-            Python::attach(|py| self.inner.close(py));
+            Python::attach(|py| {
+                let _active = Active::enter(py);
+                self.inner.close(py);
+            });
         }
     }
 }

@@ -8,7 +8,7 @@
 //! a `Wake` that resolves a future through `call_soon_threadsafe`; since its wait is an
 //! await, a coroutine would drive getconn's steps (checkout.rs) in place of its loop.
 
-use crate::exit::park_forever_if_exiting;
+use crate::exit::outside_section;
 use crate::leases::PyConn;
 use lido_core::{Grant, ThreadWake, Waiter, Wake};
 use pyo3::prelude::*;
@@ -47,10 +47,6 @@ impl WaitStrategy for ParkThread {
         deadline: Instant,
     ) -> Option<Grant<PyConn>> {
         let w = Arc::clone(waiter);
-        py.detach(move || {
-            let grant = w.park_until(deadline);
-            park_forever_if_exiting();
-            grant
-        })
+        py.detach(move || outside_section(|| w.park_until(deadline)))
     }
 }
