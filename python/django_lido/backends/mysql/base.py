@@ -19,8 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.mysql import base as stock
 
-from django_lido import checks
-from django_lido.backends import registry
+from django_lido.backends import checks, registry
 from django_lido.backends.mysql.creation import DatabaseCreation
 from django_lido.backends.mysql.session import Session
 from django_lido.backends.pool_options import PoolSettings

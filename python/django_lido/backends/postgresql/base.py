@@ -18,8 +18,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.postgresql import base as stock
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
-from django_lido import checks
-from django_lido.backends import registry
+from django_lido.backends import checks, registry
 from django_lido.backends.pool_options import PoolSettings
 from django_lido.backends.pooled import Opener, PooledDatabaseMixin, freeze
 from django_lido.backends.postgresql.creation import DatabaseCreation
