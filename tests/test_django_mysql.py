@@ -183,7 +183,8 @@ def test_native_status_reads_are_right_from_many_threads(maria: MariaDBServer) -
     pytest.importorskip("MySQLdb")
     import sys
 
-    from django_lido.drivers import TX_IDLE, TX_INTRANS, mysqlclient_native
+    from django_lido.drivers import TX_IDLE, TX_INTRANS
+    from django_lido.drivers.mysql import mysqlclient_native
 
     native = mysqlclient_native()
     if native is None:

@@ -8,7 +8,7 @@ in Python), so a checkout sends nothing.
 
 An open transaction is always rolled back on return: the driver keeps the server status
 flags of the last reply, so this needs no round trip when nothing is open (autocommit off
-counts as open; see ``django_lido.drivers``). After that, the reset policy
+counts as open; see ``django_lido.drivers.mysql``). After that, the reset policy
 (``OPTIONS["pool"]["reset"]``):
 
 - ``"auto"`` (default): no round trip unless the client can see that the session changed:
@@ -35,7 +35,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from django_lido.drivers import (
+from django_lido.drivers.mysql import (
     SERVER_STATUS_NO_BACKSLASH_ESCAPES,
     mysqlclient_native,
     pymysql_reset_connection,
