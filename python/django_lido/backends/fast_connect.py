@@ -1,32 +1,75 @@
-"""The short connect path of ``PooledDatabaseMixin``.
+"""Django's ``connect()`` made short, for a wrapper whose settings are unchanged.
 
-Checkout is on every request's path, so once a wrapper has connected through Django's own
-``connect()`` with the current settings, later connects take a shorter way (``connect``
-below): the same state resets and steps, without rebuilding what only the settings decide.
+Checkout is on every request's path, and Django's ``connect()`` costs about as much again
+as the pool's checkout and return together (some 40 Python calls: the parameters rebuilt,
+the pool property three times, its ``open()``...). Once a wrapper has connected through
+Django's own ``connect()`` with the current settings, ``FastConnectMixin.connect`` makes
+the same resets of the wrapper's state in the same order, takes a connection from the same
+pool, does what the stock ``get_new_connection`` does to a pooled connection
+(``_lido_after_checkout``), then Django's autocommit and connection-state steps and its
+signal. What only the settings decide is kept in one ``ConnectCache`` per wrapper.
+
+It mirrors ``BaseDatabaseWrapper.connect()`` in django/db/backends/base/base.py (lines
+237-261 in Django 5.2 and in 6.1) and the common case of ``set_autocommit()`` (457-492).
+Guarded by ``assert_short_connect_matches_djangos`` in tests/django_helpers.py (the wrapper
+after both paths from the same state; run by ``test_short_connect_leaves_the_wrapper_as_
+djangos_connect_does`` for PostgreSQL and MySQL), and by
+``test_connect_steps_replaced_in_a_subclass_or_instance_are_honoured``, which replaces each
+name of ``LIDO_CONNECT_STEPS`` on a wrapper.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings as django_settings
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 from django.utils.asyncio import async_unsafe
 
-from django_lido.backends.pool_options import CONSUMED_KEYS, driver_options
+from django_lido.backends.pool_options import CONSUMED_KEYS, PoolSettings, driver_options
+from django_lido.drivers import Conn
 from django_lido.errors import PoolTimeout
 from django_lido.pool import Pool
 
+# The mixins see Django's wrapper when type-checked; at run time the stock class comes
+# after them in the backend's bases.
+if TYPE_CHECKING:
+    _Wrapper = BaseDatabaseWrapper
+else:
+    _Wrapper = object
 
-class FastConnectMixin:
-    """Django's ``connect()`` made short for a wrapper whose settings are unchanged."""
 
-    # Cache of the last look-up, checked on each connect: (what the connection parameters
-    # depend on, OPTIONS, the parameters).
-    _lido_params_cache: tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]] | None = None
-    # (the parameters, their pool) of the last connect that went Django's whole way.
-    _lido_warm: tuple[dict[str, Any], Pool] | None = None
+@dataclass(slots=True, eq=False)
+class ConnectCache:
+    """What a wrapper looked up from its settings at its last connects; each pair is reused
+    while its key is unchanged."""
+
+    # OPTIONS' pool settings as given (a copy) -> parsed, None for no pool.
+    settings_given: tuple[Any, ...] | None = None
+    settings: PoolSettings | None = None
+    # What the connection parameters depend on (a few fields, a copy of OPTIONS) -> them.
+    params_key: tuple[Any, ...] | None = None
+    params_options: dict[str, Any] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    # The parameters object a pool was looked up for -> that pool.
+    pool_params: dict[str, Any] | None = None
+    pool: Pool | None = None
+    # The same, of the last connect through Django's own connect(): the short path's pool.
+    warm_params: dict[str, Any] | None = None
+    warm_pool: Pool | None = None
+
+    def forget_pool(self) -> None:
+        self.pool_params = self.pool = self.warm_params = self.warm_pool = None
+
+
+class FastConnectMixin(_Wrapper):
+    """The short connect path and the parameter cache it relies on."""
+
+    # The pool the current connection came from; None for an unpooled connection.
+    _lido_conn_pool: Pool | None = None
 
     # Methods the short connect path does not call (``_lido_after_checkout`` stands in for
     # the first, a check that the settings are unchanged for the next two, the common case
@@ -39,25 +82,40 @@ class FastConnectMixin:
         "set_autocommit",
     )
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._lido_cache = ConnectCache()
+        super().__init__(*args, **kwargs)
+
+    # --- vendor hooks --------------------------------------------------------------------
+    def _lido_after_checkout(self, conn: Conn) -> None:
+        """What the stock ``get_new_connection`` does to a connection it took from the pool,
+        for the short connect path (the connection is ``self.connection`` already)."""
+
+    def _lido_timeout_bases(self) -> tuple[type[BaseException], ...]:
+        """What a ``PoolTimeout`` raised by the backend also is: the driver's
+        ``OperationalError``, so that Django wraps it like any failed connect."""
+        return (self.Database.OperationalError,)
+
     def _lido_build_connection_params(self) -> dict[str, Any]:
         """Django's connection parameters, built from the driver options only (Django passes
         every OPTIONS key to the driver, and its psycopg2 code refuses "pool")."""
-        settings_dict = self.settings_dict  # type: ignore[has-type]
+        settings_dict = self.settings_dict
         options = settings_dict["OPTIONS"]
         if CONSUMED_KEYS.isdisjoint(options):
-            return super().get_connection_params()  # type: ignore[misc, no-any-return]
+            return super().get_connection_params()
         self.settings_dict = {**settings_dict, "OPTIONS": driver_options(options)}
         try:
-            return super().get_connection_params()  # type: ignore[misc, no-any-return]
+            return super().get_connection_params()
         finally:
             self.settings_dict = settings_dict
 
+    # --- Django's hook points -------------------------------------------------------------
     def get_connection_params(self) -> dict[str, Any]:
         # Django builds the parameters on every connect, that is at every checkout; they
         # change only with the settings, so the last result is reused (the same object)
         # while what goes into it compares equal: a few fields, OPTIONS (the pool settings
         # included) and the time zone.
-        sd = self.settings_dict  # type: ignore[has-type]
+        sd = self.settings_dict
         options = sd["OPTIONS"]
         fingerprint = (
             sd["NAME"],
@@ -65,37 +123,33 @@ class FastConnectMixin:
             sd["PASSWORD"],
             sd["HOST"],
             sd["PORT"],
-            self.timezone,  # type: ignore[attr-defined]
+            self.timezone,
             django_settings.USE_TZ,
         )
-        cached = self._lido_params_cache
-        if cached is not None and cached[0] == fingerprint and cached[1] == options:
-            return cached[2]
+        cache = self._lido_cache
+        if cache.params_key == fingerprint and cache.params_options == options:
+            return cache.params
         params = self._lido_build_connection_params()
         # Nested dicts copied too, so that a change made in place to OPTIONS["pool"] is
         # seen by the comparison above.
         copied = {k: dict(v) if isinstance(v, dict) else v for k, v in options.items()}
-        self._lido_params_cache = (fingerprint, copied, params)
+        cache.params_key, cache.params_options, cache.params = fingerprint, copied, params
         return params
 
     @async_unsafe
     def connect(self) -> None:
-        # Django's connect() costs about as much again as the pool's checkout and return
-        # together (some 40 Python calls: the parameters, the pool property three times, its
-        # open(), ...). Once this wrapper has connected with the current settings, the same
-        # pool serves them: this path makes Django's resets in the same order, takes the
-        # connection and does the stock per-checkout steps (``_lido_after_checkout``), then
-        # Django's autocommit and connection-state steps and its signal, as connect() does.
         pool = self._lido_warm_pool()
         if pool is None:
-            super().connect()  # type: ignore[misc]
+            super().connect()
             if self._lido_conn_pool is not None and _short_path_allowed(type(self)):
-                self._lido_warm = self._lido_pool_cache
+                cache = self._lido_cache
+                cache.warm_params, cache.warm_pool = cache.pool_params, cache.pool
             return
-        settings_dict = self.settings_dict  # type: ignore[has-type]
+        # Django's connect() from here on, in its order, with the connection from ``pool``.
+        settings_dict = self.settings_dict
         self.in_atomic_block = False
-        self.savepoint_ids: list[Any] = []
-        self.atomic_blocks: list[Any] = []
+        self.savepoint_ids = []
+        self.atomic_blocks = []
         self.needs_rollback = False
         self.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
         max_age = settings_dict["CONN_MAX_AGE"]
@@ -106,28 +160,29 @@ class FastConnectMixin:
         try:
             conn = pool.getconn()
         except PoolTimeout as exc:
-            raise _timeout_class(self._lido_timeout_bases())(*exc.args) from None
+            raise timeout_class(self._lido_timeout_bases())(*exc.args) from None
         self.connection = conn
         self._lido_conn_pool = pool
         self._lido_after_checkout(conn)
         autocommit = settings_dict["AUTOCOMMIT"]
-        if autocommit and not self.run_commit_hooks_on_set_autocommit_on:  # type: ignore[has-type]
+        if autocommit and not self.run_commit_hooks_on_set_autocommit_on:
             # All that set_autocommit(True) does right after the resets above, connected,
             # outside any atomic block, with its health check done and no hooks to run.
-            self._set_autocommit(True)  # type: ignore[attr-defined]
+            self._set_autocommit(True)
             self.autocommit = True
         else:
-            self.set_autocommit(autocommit)  # type: ignore[attr-defined]
-        self.init_connection_state()  # type: ignore[attr-defined]
+            self.set_autocommit(autocommit)
+        self.init_connection_state()
         if connection_created.receivers:
             connection_created.send(sender=self.__class__, connection=self)
-        self.run_on_commit: list[Any] = []
+        self.run_on_commit = []
 
     def _lido_warm_pool(self) -> Pool | None:
         """The pool of the last connect through Django's own connect() if the current
         settings still use it, else None (then Django's connect() runs again)."""
-        cached = self._lido_warm
-        if cached is None:
+        cache = self._lido_cache
+        pool = cache.warm_pool
+        if pool is None:
             return None
         # A step replaced on the instance: LIDO_CONNECT_STEPS, spelled out because this runs
         # at every checkout (half the cost of keys().isdisjoint()); a test replaces each
@@ -140,24 +195,24 @@ class FastConnectMixin:
             or "set_autocommit" in replaced
         ):
             return None
-        self.check_settings()  # type: ignore[attr-defined]
+        self.check_settings()
         # The same object while the settings are unchanged (get_connection_params).
-        if cached[0] is not self.get_connection_params() or cached[1].closed:
+        if cache.warm_params is not self.get_connection_params() or pool.closed:
             return None
-        return cached[1]
+        return pool
 
 
 _short_path: dict[type, bool] = {}
 
 
-def _short_path_allowed(cls: type) -> bool:
+def _short_path_allowed(cls: type[FastConnectMixin]) -> bool:
     """Whether ``cls`` connects with the steps its backend's ``_lido_after_checkout`` was
     written for: those of the django-lido ``DatabaseWrapper`` it is or derives from. A
     subclass that replaces one of ``LIDO_CONNECT_STEPS`` always connects the long way."""
     allowed = _short_path.get(cls)
     if allowed is None:
         shipped = next(k for k in cls.__mro__ if k.__module__.startswith(_BACKENDS_PACKAGE))
-        steps: tuple[str, ...] = cls.LIDO_CONNECT_STEPS  # type: ignore[attr-defined]
+        steps = cls.LIDO_CONNECT_STEPS
         allowed = all(getattr(cls, name) is getattr(shipped, name) for name in steps)
         _short_path[cls] = allowed
     return allowed
@@ -169,7 +224,7 @@ _BACKENDS_PACKAGE = __name__.rpartition(".")[0] + "."
 _timeout_classes: dict[tuple[type[BaseException], ...], type[PoolTimeout]] = {}
 
 
-def _timeout_class(bases: tuple[type[BaseException], ...]) -> type[PoolTimeout]:
+def timeout_class(bases: tuple[type[BaseException], ...]) -> type[PoolTimeout]:
     """``PoolTimeout`` that is also each of ``bases`` (one class per combination)."""
     cls = _timeout_classes.get(bases)
     if cls is None:

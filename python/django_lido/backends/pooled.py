@@ -21,7 +21,7 @@ from typing import Any
 from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
 
 from django_lido.backends import registry
-from django_lido.backends.fast_connect import FastConnectMixin, _timeout_class
+from django_lido.backends.fast_connect import FastConnectMixin, timeout_class
 from django_lido.backends.pool_options import (
     PoolSettings,
     pool_settings,
@@ -53,14 +53,8 @@ class PooledDatabaseMixin(FastConnectMixin):
     is off with ``OPTIONS["pool"] = False``, and for Django's no-database connection).
     """
 
-    # The pool the current connection came from; None for an unpooled connection.
-    _lido_conn_pool: Pool | None = None
     # While ``get_new_connection`` runs: the pool Django's stock code must take from.
     _lido_next_pool: Pool | None = None
-    # Caches of the last look-ups, checked on each connect: (raw OPTIONS pool settings,
-    # parsed) and (the parameters, their pool).
-    _lido_settings_cache: tuple[Any, PoolSettings | None] | None = None
-    _lido_pool_cache: tuple[dict[str, Any], Pool] | None = None
     # Set while Django's health check runs: a connection it closes is discarded.
     _lido_discard = False
 
@@ -84,15 +78,6 @@ class PooledDatabaseMixin(FastConnectMixin):
         that fails) and resets it on return: ``Pool``'s connect, configure and reset."""
         raise NotImplementedError
 
-    def _lido_after_checkout(self, conn: Conn) -> None:
-        """What the stock ``get_new_connection`` does to a connection it took from the pool,
-        for the short connect path (the connection is ``self.connection`` already)."""
-
-    def _lido_timeout_bases(self) -> tuple[type[BaseException], ...]:
-        """What a ``PoolTimeout`` raised by the backend also is: the driver's
-        ``OperationalError``, so that Django wraps it like any failed connect."""
-        return (self.Database.OperationalError,)  # type: ignore[attr-defined]
-
     # --- settings and pool look-up --------------------------------------------------------
     def _lido_settings(self) -> PoolSettings | None:
         options = self.settings_dict["OPTIONS"]  # type: ignore[attr-defined]
@@ -100,11 +85,11 @@ class PooledDatabaseMixin(FastConnectMixin):
         # A copy of a dict, so that a change made in place is seen too.
         raw = (dict(pool) if isinstance(pool, dict) else pool,
                options.get("MAX_CONNS"), options.get("MIN_CONNS"))  # fmt: skip
-        cached = self._lido_settings_cache
-        if cached is not None and cached[0] == raw:
-            return cached[1]
+        cache = self._lido_cache
+        if cache.settings_given == raw:
+            return cache.settings
         settings = pool_settings(self.alias, options)  # type: ignore[attr-defined]
-        self._lido_settings_cache = (raw, settings)
+        cache.settings_given, cache.settings = raw, settings
         return settings
 
     def _lido_registry_key(self, conn_params: dict[str, Any], settings: PoolSettings) -> Hashable:
@@ -112,11 +97,12 @@ class PooledDatabaseMixin(FastConnectMixin):
 
     def _lido_pool_for(self, conn_params: dict[str, Any]) -> Pool | None:
         """The pool for these parameters (created on first use), or None if pooling is off."""
-        cached = self._lido_pool_cache
+        cache = self._lido_cache
         # The parameters object is the cached one while the settings, pool settings
         # included, are unchanged (get_connection_params): then so is the pool.
-        if cached is not None and cached[0] is conn_params and not cached[1].closed:
-            return cached[1]
+        pool = cache.pool
+        if pool is not None and cache.pool_params is conn_params and not pool.closed:
+            return pool
         if self.alias == NO_DB_ALIAS:  # type: ignore[attr-defined]
             return None
         settings = self._lido_settings()
@@ -143,7 +129,7 @@ class PooledDatabaseMixin(FastConnectMixin):
             # Outside the registry's lock: opening min_size connections may take a while.
             # A no-op once they are open.
             pool.wait()
-        self._lido_pool_cache = (conn_params, pool)
+        cache.pool_params, cache.pool = conn_params, pool
         return pool
 
     @property
@@ -169,7 +155,7 @@ class PooledDatabaseMixin(FastConnectMixin):
                 finally:
                     self._lido_next_pool = None
         except PoolTimeout as exc:
-            raise _timeout_class(self._lido_timeout_bases())(*exc.args) from None
+            raise timeout_class(self._lido_timeout_bases())(*exc.args) from None
         self._lido_conn_pool = pool
         return conn
 
@@ -195,7 +181,7 @@ class PooledDatabaseMixin(FastConnectMixin):
     def close_pool(self) -> None:
         """Closes the pool of this alias's current settings, if one is open; the next
         connect makes a new one. Connections in use close when they come back."""
-        self._lido_pool_cache = self._lido_warm = None
+        self._lido_cache.forget_pool()
         if self.alias == NO_DB_ALIAS:  # type: ignore[attr-defined]
             return
         settings = self._lido_settings()
