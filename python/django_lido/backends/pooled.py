@@ -16,22 +16,25 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
 
 from django_lido.backends import registry
 from django_lido.backends.fast_connect import FastConnectMixin, timeout_class
-from django_lido.backends.pool_options import (
-    PoolSettings,
-    pool_settings,
-)
+from django_lido.backends.pool_options import PoolSettings, pool_settings
+from django_lido.drivers import Conn
 from django_lido.errors import PoolTimeout
 from django_lido.pool import Pool
 
-Conn = Any
-# connect() -> a new connection; configure(conn), once per connection; reset(conn) or None.
-Opener = tuple[Callable[[], Conn], Callable[[Conn], object], Callable[[Conn], object] | None]
+
+class Opener(NamedTuple):
+    """How a pool opens a physical connection, sets it up once (the pool closes it if that
+    fails) and resets it on return: ``Pool``'s connect, configure and reset."""
+
+    connect: Callable[[], Conn]
+    configure: Callable[[Conn], object]
+    reset: Callable[[Conn], object] | None
 
 
 def freeze(params: Mapping[str, Any]) -> tuple[tuple[str, Hashable], ...]:
@@ -74,8 +77,7 @@ class PooledDatabaseMixin(FastConnectMixin):
         raise NotImplementedError
 
     def _lido_opener(self, conn_params: dict[str, Any], settings: PoolSettings) -> Opener:
-        """How the pool opens a physical connection, sets it up once (the pool closes it if
-        that fails) and resets it on return: ``Pool``'s connect, configure and reset."""
+        """How the pool for these parameters opens, sets up and resets its connections."""
         raise NotImplementedError
 
     # --- settings and pool look-up --------------------------------------------------------
@@ -111,13 +113,13 @@ class PooledDatabaseMixin(FastConnectMixin):
         target = self._lido_target(conn_params)
 
         def create() -> Pool:
-            connect, configure, reset = self._lido_opener(dict(conn_params), settings)
+            opener = self._lido_opener(dict(conn_params), settings)
             return Pool(
-                connect,
-                configure=configure,
+                opener.connect,
+                configure=opener.configure,
                 name=settings.name or f"{self.alias}:{target.database}",  # type: ignore[attr-defined]
                 check=settings.check,
-                reset=reset,
+                reset=opener.reset,
                 probe=settings.probe,
                 **settings.engine,
             )

@@ -22,7 +22,7 @@ from django_lido.drivers.base import (
     Conn,
     Driver,
 )
-from django_lido.drivers.mysql import PYMYSQL, _mysqlclient_driver
+from django_lido.drivers.mysql import PYMYSQL, mysqlclient_driver
 from django_lido.drivers.postgres import PSYCOPG, PSYCOPG2
 
 __all__ = [
@@ -48,5 +48,5 @@ def driver_for(conn: Conn) -> Driver:
     if root == "pymysql":
         return PYMYSQL
     if root == "MySQLdb":
-        return _mysqlclient_driver()
+        return mysqlclient_driver()
     return GENERIC

@@ -190,7 +190,7 @@ PYMYSQL = Driver(
 
 
 @functools.cache
-def _mysqlclient_driver() -> Driver:
+def mysqlclient_driver() -> Driver:
     native = mysqlclient_native()
     return Driver(
         name="mysqlclient",

@@ -24,8 +24,7 @@ from django_lido.backends.mysql.creation import DatabaseCreation
 from django_lido.backends.mysql.session import Session
 from django_lido.backends.pool_options import PoolSettings
 from django_lido.backends.pooled import Opener, PooledDatabaseMixin, freeze
-
-Conn = Any
+from django_lido.drivers import Conn
 
 
 class MySQLPoolMixin(PooledDatabaseMixin):
@@ -90,7 +89,7 @@ class MySQLPoolMixin(PooledDatabaseMixin):
                 encoders.pop(bytes)
             session.set_up(conn)
 
-        return open_connection, set_up, session.reset_hook(settings.reset)
+        return Opener(open_connection, set_up, session.reset_hook(settings.reset))
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Conn:
         conn = super().get_new_connection(conn_params)

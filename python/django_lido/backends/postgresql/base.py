@@ -24,8 +24,7 @@ from django_lido.backends.pooled import Opener, PooledDatabaseMixin, freeze
 from django_lido.backends.postgresql.creation import DatabaseCreation
 from django_lido.backends.postgresql.features import DatabaseFeatures
 from django_lido.backends.postgresql.session import Session
-
-Conn = Any
+from django_lido.drivers import Conn
 
 if not is_psycopg3:
     from psycopg2.extras import register_default_jsonb
@@ -111,7 +110,7 @@ class PostgresPoolMixin(PooledDatabaseMixin):
                 register_default_jsonb(conn_or_curs=conn, loads=_text)
             session.set_up(conn)
 
-        return open_connection, set_up, session.reset_hook(settings.reset)
+        return Opener(open_connection, set_up, session.reset_hook(settings.reset))
 
     def _lido_after_checkout(self, conn: Conn) -> None:
         # The stock get_new_connection's step for a pooled connection: the isolation level
