@@ -27,6 +27,8 @@ DEV_REQS=(
   "PyMySQL>=1.1"
   "mysqlclient>=2.2"
   "gunicorn>=23"
+  "mypy>=1.15"
+  "django-stubs>=5.2,<5.3"
 )
 # Python 3.13 runs the other supported Django (6.1, which needs Python >= 3.12).
 PY313_REQS=(

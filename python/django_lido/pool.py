@@ -78,6 +78,8 @@ class Pool(PoolCore):
     dropped by its holder without ``putconn()`` frees its slot and is logged as leaked.
     """
 
+    _maintenance: threading.Thread | None
+
     def __new__(
         cls,
         connect: Callable[[], Conn] | str,
@@ -111,7 +113,7 @@ class Pool(PoolCore):
             on_error=_error_logger(name),
             options=opts,
         )
-        self._maintenance: threading.Thread | None = None
+        self._maintenance = None
         self._start_maintenance()
         lifecycle.register(self)
         return self
@@ -176,7 +178,9 @@ class Pool(PoolCore):
         self._start_maintenance()
 
 
-def _configured(connect: Callable[[], Conn], configure: Callable[[Conn], object]) -> Callable:
+def _configured(
+    connect: Callable[[], Conn], configure: Callable[[Conn], object]
+) -> Callable[[], Conn]:
     def open_and_configure() -> Conn:
         conn = connect()
         try:

@@ -34,10 +34,18 @@ from django_lido.drivers import Conn
 from django_lido.errors import PoolTimeout
 from django_lido.pool import Pool
 
-# The mixins see Django's wrapper when type-checked; at run time the stock class comes
-# after them in the backend's bases.
 if TYPE_CHECKING:
-    _Wrapper = BaseDatabaseWrapper
+
+    class _Wrapper(BaseDatabaseWrapper):
+        """Django's wrapper as the mixins use it, with what django-stubs leaves out. At run
+        time the mixins derive from object, and the stock wrapper follows them in the
+        backend's bases."""
+
+        Database: Any  # the driver module, set by each stock backend
+
+        def _set_autocommit(self, autocommit: bool) -> None: ...
+        def _cursor(self, name: str | None = None) -> Any: ...
+
 else:
     _Wrapper = object
 

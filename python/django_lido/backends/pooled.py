@@ -82,7 +82,7 @@ class PooledDatabaseMixin(FastConnectMixin):
 
     # --- settings and pool look-up --------------------------------------------------------
     def _lido_settings(self) -> PoolSettings | None:
-        options = self.settings_dict["OPTIONS"]  # type: ignore[attr-defined]
+        options = self.settings_dict["OPTIONS"]
         pool = options.get("pool", True)
         # A copy of a dict, so that a change made in place is seen too.
         raw = (dict(pool) if isinstance(pool, dict) else pool,
@@ -90,7 +90,7 @@ class PooledDatabaseMixin(FastConnectMixin):
         cache = self._lido_cache
         if cache.settings_given == raw:
             return cache.settings
-        settings = pool_settings(self.alias, options)  # type: ignore[attr-defined]
+        settings = pool_settings(self.alias, options)
         cache.settings_given, cache.settings = raw, settings
         return settings
 
@@ -105,7 +105,7 @@ class PooledDatabaseMixin(FastConnectMixin):
         pool = cache.pool
         if pool is not None and cache.pool_params is conn_params and not pool.closed:
             return pool
-        if self.alias == NO_DB_ALIAS:  # type: ignore[attr-defined]
+        if self.alias == NO_DB_ALIAS:
             return None
         settings = self._lido_settings()
         if settings is None:
@@ -117,7 +117,7 @@ class PooledDatabaseMixin(FastConnectMixin):
             return Pool(
                 opener.connect,
                 configure=opener.configure,
-                name=settings.name or f"{self.alias}:{target.database}",  # type: ignore[attr-defined]
+                name=settings.name or f"{self.alias}:{target.database}",
                 check=settings.check,
                 reset=opener.reset,
                 probe=settings.probe,
@@ -138,9 +138,9 @@ class PooledDatabaseMixin(FastConnectMixin):
     def pool(self) -> Pool | None:
         if self._lido_next_pool is not None:
             return self._lido_next_pool
-        if self.alias == NO_DB_ALIAS or self._lido_settings() is None:  # type: ignore[attr-defined]
+        if self.alias == NO_DB_ALIAS or self._lido_settings() is None:
             return None
-        return self._lido_pool_for(self.get_connection_params())  # type: ignore[attr-defined]
+        return self._lido_pool_for(self.get_connection_params())
 
     # --- Django's hook points -------------------------------------------------------------
     def get_new_connection(self, conn_params: dict[str, Any]) -> Conn:
@@ -153,7 +153,7 @@ class PooledDatabaseMixin(FastConnectMixin):
                 # native pool protocol: open(), getconn()), then does its set-up.
                 self._lido_next_pool = pool
                 try:
-                    conn = super().get_new_connection(conn_params)  # type: ignore[misc]
+                    conn = super().get_new_connection(conn_params)
                 finally:
                     self._lido_next_pool = None
         except PoolTimeout as exc:
@@ -162,12 +162,12 @@ class PooledDatabaseMixin(FastConnectMixin):
         return conn
 
     def _close(self) -> None:
-        conn = self.connection  # type: ignore[attr-defined]
+        conn = self.connection
         if conn is None:
             return
         pool = self._lido_conn_pool
         if pool is None:
-            with self.wrap_database_errors:  # type: ignore[attr-defined]
+            with self.wrap_database_errors:
                 conn.close()
             return
         if self._lido_discard:
@@ -184,11 +184,11 @@ class PooledDatabaseMixin(FastConnectMixin):
         """Closes the pool of this alias's current settings, if one is open; the next
         connect makes a new one. Connections in use close when they come back."""
         self._lido_cache.forget_pool()
-        if self.alias == NO_DB_ALIAS:  # type: ignore[attr-defined]
+        if self.alias == NO_DB_ALIAS:
             return
         settings = self._lido_settings()
         if settings is not None:
-            conn_params = self.get_connection_params()  # type: ignore[attr-defined]
+            conn_params = self.get_connection_params()
             registry.close(self._lido_registry_key(conn_params, settings))
 
     def close_if_health_check_failed(self) -> None:
@@ -198,6 +198,6 @@ class PooledDatabaseMixin(FastConnectMixin):
         # connection Django finds unusable is discarded, not given back to the pool.
         self._lido_discard = True
         try:
-            BaseDatabaseWrapper.close_if_health_check_failed(self)  # type: ignore[arg-type]
+            BaseDatabaseWrapper.close_if_health_check_failed(self)
         finally:
             self._lido_discard = False

@@ -119,7 +119,8 @@ class MySQLClientNative:
 
     def _buffers(self) -> _InfoBuffers:
         try:
-            return self._local.buffers  # type: ignore[no-any-return]
+            buffers: _InfoBuffers = self._local.buffers
+            return buffers
         except AttributeError:
             self._local.buffers = buffers = _InfoBuffers()
             return buffers

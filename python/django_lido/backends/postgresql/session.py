@@ -98,7 +98,8 @@ class Session(SessionBase):
 
         quoted = QuotedString(value)
         quoted.prepare(conn)
-        return quoted.getquoted().decode()
+        literal: str = quoted.getquoted().decode()
+        return literal
 
     def reset_auto(self, conn: Conn) -> None:
         if self.snapshot(conn) != self.baseline:
