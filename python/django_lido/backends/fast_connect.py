@@ -10,12 +10,14 @@ pool, does what the stock ``get_new_connection`` does to a pooled connection
 signal. What only the settings decide is kept in one ``ConnectCache`` per wrapper.
 
 It mirrors ``BaseDatabaseWrapper.connect()`` in django/db/backends/base/base.py (lines
-237-261 in Django 5.2 and in 6.1) and the common case of ``set_autocommit()`` (457-492).
-Guarded by ``assert_short_connect_matches_djangos`` in tests/django_helpers.py (the wrapper
-after both paths from the same state; run by ``test_short_connect_leaves_the_wrapper_as_
-djangos_connect_does`` for PostgreSQL and MySQL), and by
-``test_connect_steps_replaced_in_a_subclass_or_instance_are_honoured``, which replaces each
-name of ``LIDO_CONNECT_STEPS`` on a wrapper.
+237-261 in Django 5.2 and 6.1) and the common case of ``set_autocommit()`` (457-492 there).
+Guarded by:
+
+- ``assert_short_connect_matches_djangos`` (tests/django_helpers.py): the wrapper after
+  both paths from the same state must match, for PostgreSQL and MySQL
+  (``test_short_connect_leaves_the_wrapper_as_djangos_connect_does``);
+- ``test_connect_steps_replaced_in_a_subclass_or_instance_are_honoured``
+  (tests/test_django_backend.py), which replaces each name of ``LIDO_CONNECT_STEPS``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ A vendor backend mixes ``PooledDatabaseMixin`` in front of Django's stock
 connection, which parameters make two pools different, and its reset policy; and says with
 ``lido_stock_uses_pool`` whether Django's stock ``get_new_connection`` already takes from
 ``self.pool``.
+
+This module is Django's long way to a connection; once a wrapper has gone it, its later
+connects take the short path of ``fast_connect``, the mixin's base.
 """
 
 from __future__ import annotations

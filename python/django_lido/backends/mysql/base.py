@@ -31,13 +31,13 @@ class MySQLPoolMixin(PooledDatabaseMixin):
     """MySQL specifics of pooling; mixed in front of a stock MySQL wrapper."""
 
     lido_vendor = "mysql"
-
-    if TYPE_CHECKING:
-        isolation_level: str | None  # set by Django's get_connection_params
     # Django's MySQL backend has no pool: the mixin takes connections from ours itself.
     lido_stock_uses_pool = False
     # Set while Django connects: the session of a pooled connection is set up already.
     _lido_checked_out = False
+
+    if TYPE_CHECKING:
+        isolation_level: str | None  # set by Django's get_connection_params
 
     def _lido_driver_name(self) -> str:
         # "MySQLdb" for mysqlclient; "pymysql" after pymysql.install_as_MySQLdb().
