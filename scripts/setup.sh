@@ -28,6 +28,8 @@ DEV_REQS=(
   "mysqlclient>=2.2"
   "gunicorn>=23"
   "hypothesis>=6.100"
+  "mypy>=1.15"
+  "django-stubs>=5.2,<5.3"
 )
 # Python 3.13 runs the other supported Django (6.1, which needs Python >= 3.12).
 PY313_REQS=(

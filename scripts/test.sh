@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every check: set-up (apt, venv, build; see scripts/setup.sh), lint (cargo fmt, clippy, ruff),
-# the engine's Rust tests, and the Python tests against the installed wheel on Python 3.11
+# Runs every check: set-up (apt, venv, build; see scripts/setup.sh), lint (cargo fmt, clippy,
+# ruff), types (mypy), the engine's Rust tests, and the Python tests against the installed
+# wheel on Python 3.11
 # and on 3.13 (Django 6.1) when .venv313 exists. Every step runs even if an
 # earlier one failed; the exit status is non-zero if any failed. pytest's "no tests ran"
 # (exit 5) counts as a failure.
@@ -72,6 +73,9 @@ step() {
 step "cargo fmt" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "ruff" .venv/bin/ruff check python harness tests bench demo
+step "mypy" .venv/bin/mypy python
+# The stub of the compiled module against the module itself.
+step "stubtest" .venv/bin/python -m mypy.stubtest django_lido._lido
 step "cargo test lido-core" cargo test -p lido-core
 step "pytest py3.11" .venv/bin/python -m pytest -q tests
 if [ -x .venv313/bin/python ]; then

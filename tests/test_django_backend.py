@@ -487,7 +487,7 @@ def test_test_databases_clone_and_destroy_with_pooled_connections_open(dj: Any) 
 
 @pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
 def test_system_checks_report_misconfigurations(dj: Any) -> None:
-    from django_lido.checks import check_pool_settings, check_server_limits
+    from django_lido.backends.checks import check_pool_settings, check_server_limits
 
     databases = {
         "bad": database(dj, pool={"max_size": 2, "min_size": 3}),

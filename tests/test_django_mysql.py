@@ -183,7 +183,8 @@ def test_native_status_reads_are_right_from_many_threads(maria: MariaDBServer) -
     pytest.importorskip("MySQLdb")
     import sys
 
-    from django_lido.drivers import TX_IDLE, TX_INTRANS, mysqlclient_native
+    from django_lido.drivers import TX_IDLE, TX_INTRANS
+    from django_lido.drivers.mysql import mysqlclient_native
 
     native = mysqlclient_native()
     if native is None:
@@ -796,7 +797,7 @@ def test_test_databases_create_clone_and_destroy_with_pooled_connections_open(
 
 @pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
 def test_system_checks_report_misconfigurations(dj: MariaDBServer) -> None:
-    from django_lido.checks import check_pool_settings, check_server_limits
+    from django_lido.backends.checks import check_pool_settings, check_server_limits
 
     user = unique("lido_limited")
     dj.execute(f"CREATE USER {user}@localhost WITH MAX_USER_CONNECTIONS 3")

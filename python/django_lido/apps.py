@@ -11,6 +11,6 @@ class DjangoLidoConfig(AppConfig):
     verbose_name = "django-lido connection pool"
 
     def ready(self) -> None:
-        from django_lido import checks
+        from django_lido.backends import checks
 
         checks.register()

@@ -15,13 +15,12 @@ from typing import Any
 
 from django_lido import lifecycle
 from django_lido._lido import Maintainer, PoolCore
-from django_lido.drivers import driver_for
+from django_lido.drivers import Conn, driver_for
 from django_lido.errors import PoolClosed
 from django_lido.options import PoolOptions
 
 logger = logging.getLogger("django_lido.pool")
 
-Conn = Any
 
 _names = iter(range(1, 1 << 62))
 
@@ -52,6 +51,8 @@ class Pool(PoolCore):
     Returned connections are rolled back if a transaction is open or failed. A connection
     dropped by its holder without ``putconn()`` frees its slot and is logged as leaked.
     """
+
+    _maintenance: threading.Thread | None
 
     def __new__(
         cls,
@@ -93,7 +94,7 @@ class Pool(PoolCore):
             on_error=_error_logger(name),
             options=options,
         )
-        self._maintenance: threading.Thread | None = None
+        self._maintenance = None
         self._start_maintenance()
         lifecycle.register(self)
         return self
@@ -158,7 +159,9 @@ class Pool(PoolCore):
         self._start_maintenance()
 
 
-def _configured(connect: Callable[[], Conn], configure: Callable[[Conn], object]) -> Callable:
+def _configured(
+    connect: Callable[[], Conn], configure: Callable[[Conn], object]
+) -> Callable[[], Conn]:
     def open_and_configure() -> Conn:
         conn = connect()
         try:

@@ -1,5 +1,5 @@
 """Django database backends on the pool: ``django_lido.backends.postgresql``,
-``django_lido.backends.postgis``.
+``django_lido.backends.postgis`` and ``django_lido.backends.mysql`` (MySQL and MariaDB).
 
 Each backend subclasses Django's stock backend and overrides the few hook points where a
 connection is opened and closed (see ``pooled.PooledDatabaseMixin``); everything else is

@@ -5,29 +5,51 @@ sessions using its tables hold."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 from django_lido.backends import registry
 
+if TYPE_CHECKING:
+    from django.db.backends.base.creation import BaseDatabaseCreation
 
-class PooledCreationMixin:
+    from django_lido.backends.pooled import PooledDatabaseMixin
+
+    class _Creation(BaseDatabaseCreation):
+        """Django's creation class as the mixin uses it, with the private steps that
+        django-stubs leaves out."""
+
+        def _get_test_db_name(self) -> str: ...
+        def _create_test_db(
+            self, verbosity: int, autoclobber: bool, keepdb: bool = False
+        ) -> str: ...
+        def _clone_test_db(self, suffix: str, verbosity: int, keepdb: bool = False) -> None: ...
+        def _destroy_test_db(self, test_database_name: str, verbosity: int) -> None: ...
+
+else:
+    _Creation = object
+
+
+class PooledCreationMixin(_Creation):
     """Mixed in front of a stock ``DatabaseCreation``."""
 
     def _close_pools_for(self, *databases: str) -> None:
-        self.connection.close()  # type: ignore[attr-defined]
+        wrapper = cast("PooledDatabaseMixin", self.connection)
+        wrapper.close()
         for database in databases:
-            registry.close_for_database(self.connection.lido_vendor, database)  # type: ignore[attr-defined]
+            registry.close_for_database(wrapper.lido_vendor, database)
 
     def _create_test_db(self, verbosity: int, autoclobber: bool, keepdb: bool = False) -> str:
         if not keepdb:  # an old test database of that name may be dropped first
-            self._close_pools_for(self._get_test_db_name())  # type: ignore[attr-defined]
-        return super()._create_test_db(verbosity, autoclobber, keepdb)  # type: ignore[misc, no-any-return]
+            self._close_pools_for(self._get_test_db_name())
+        return super()._create_test_db(verbosity, autoclobber, keepdb)
 
     def _clone_test_db(self, suffix: str, verbosity: int, keepdb: bool = False) -> None:
         self._close_pools_for(
-            self.connection.settings_dict["NAME"],  # type: ignore[attr-defined]
-            self.get_test_db_clone_settings(suffix)["NAME"],  # type: ignore[attr-defined]
+            self.connection.settings_dict["NAME"],
+            self.get_test_db_clone_settings(suffix)["NAME"],
         )
-        super()._clone_test_db(suffix, verbosity, keepdb)  # type: ignore[misc]
+        super()._clone_test_db(suffix, verbosity, keepdb)
 
     def _destroy_test_db(self, test_database_name: str, verbosity: int) -> None:
         self._close_pools_for(test_database_name)
-        super()._destroy_test_db(test_database_name, verbosity)  # type: ignore[misc]
+        super()._destroy_test_db(test_database_name, verbosity)

@@ -158,7 +158,7 @@ def pool_settings(alias: str, options: Mapping[str, Any]) -> PoolSettings | None
         if isinstance(min_size, int) and not isinstance(min_size, bool):
             engine_opts["max_size"] = max(min_size, DEFAULTS["max_size"])
     try:
-        options = PoolOptions(**engine_opts)
+        checked = PoolOptions(**engine_opts)
     except (TypeError, ValueError) as exc:
         raise ImproperlyConfigured(f"{where}: {exc}") from None
 
@@ -184,7 +184,7 @@ def pool_settings(alias: str, options: Mapping[str, Any]) -> PoolSettings | None
             if not isinstance(given[key], bool):
                 raise bad(key)
             flags[key] = given[key]
-    return PoolSettings(options=options, name=name, check=check, reset=reset, **flags)
+    return PoolSettings(options=checked, name=name, check=check, reset=reset, **flags)
 
 
 def driver_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,36 +11,33 @@ connection, which parameters make two pools different, and its reset policy; and
 ``lido_stock_uses_pool`` whether Django's stock ``get_new_connection`` already takes from
 ``self.pool``.
 
-Checkout is on every request's path, so once a wrapper has connected through Django's own
-``connect()`` with the current settings, later connects take a shorter way (``connect``
-below): the same state resets and steps, without rebuilding what only the settings decide.
+This module is Django's long way to a connection; once a wrapper has gone it, its later
+connects take the short path of ``fast_connect``, the mixin's base.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-from django.conf import settings as django_settings
 from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
-from django.db.backends.signals import connection_created
-from django.utils.asyncio import async_unsafe
 
 from django_lido.backends import registry
-from django_lido.backends.pool_options import (
-    CONSUMED_KEYS,
-    PoolSettings,
-    driver_options,
-    pool_settings,
-)
+from django_lido.backends.fast_connect import FastConnectMixin, timeout_class
+from django_lido.backends.pool_options import PoolSettings, pool_settings
+from django_lido.drivers import Conn
 from django_lido.errors import PoolTimeout
 from django_lido.pool import Pool
 
-Conn = Any
-# connect() -> a new connection; configure(conn), once per connection; reset(conn) or None.
-Opener = tuple[Callable[[], Conn], Callable[[Conn], object], Callable[[Conn], object] | None]
+
+class Opener(NamedTuple):
+    """How a pool opens a physical connection, sets it up once (the pool closes it if that
+    fails) and resets it on return: ``Pool``'s connect, configure and reset."""
+
+    connect: Callable[[], Conn]
+    configure: Callable[[Conn], object]
+    reset: Callable[[Conn], object] | None
 
 
 def freeze(params: Mapping[str, Any]) -> tuple[tuple[str, Hashable], ...]:
@@ -55,38 +52,17 @@ def freeze(params: Mapping[str, Any]) -> tuple[tuple[str, Hashable], ...]:
     return tuple(sorted(out))
 
 
-class PooledDatabaseMixin:
+class PooledDatabaseMixin(FastConnectMixin):
     """Makes a stock Django ``DatabaseWrapper`` take its connections from a pool.
 
     ``connection.pool`` is the ``django_lido.Pool`` these settings use (None when pooling
     is off with ``OPTIONS["pool"] = False``, and for Django's no-database connection).
     """
 
-    # The pool the current connection came from; None for an unpooled connection.
-    _lido_conn_pool: Pool | None = None
     # While ``get_new_connection`` runs: the pool Django's stock code must take from.
     _lido_next_pool: Pool | None = None
-    # Caches of the last look-ups, checked on each connect: (raw OPTIONS pool settings,
-    # parsed), (what the connection parameters depend on, OPTIONS, the parameters) and
-    # (the parameters, their pool).
-    _lido_settings_cache: tuple[Any, PoolSettings | None] | None = None
-    _lido_params_cache: tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]] | None = None
-    _lido_pool_cache: tuple[dict[str, Any], Pool] | None = None
-    # (the parameters, their pool) of the last connect that went Django's whole way.
-    _lido_warm: tuple[dict[str, Any], Pool] | None = None
     # Set while Django's health check runs: a connection it closes is discarded.
     _lido_discard = False
-
-    # Methods the short connect path does not call (``_lido_after_checkout`` stands in for
-    # the first, a check that the settings are unchanged for the next two, the common case
-    # of the last is inlined): replaced in a subclass or on the instance (a test's mock),
-    # they make every connect take the long way, through them.
-    LIDO_CONNECT_STEPS = (
-        "get_new_connection",
-        "get_connection_params",
-        "check_settings",
-        "set_autocommit",
-    )
 
     # --- vendor hooks --------------------------------------------------------------------
     lido_vendor: str = ""
@@ -104,83 +80,35 @@ class PooledDatabaseMixin:
         raise NotImplementedError
 
     def _lido_opener(self, conn_params: dict[str, Any], settings: PoolSettings) -> Opener:
-        """How the pool opens a physical connection, sets it up once (the pool closes it if
-        that fails) and resets it on return: ``Pool``'s connect, configure and reset."""
+        """How the pool for these parameters opens, sets up and resets its connections."""
         raise NotImplementedError
-
-    def _lido_after_checkout(self, conn: Conn) -> None:
-        """What the stock ``get_new_connection`` does to a connection it took from the pool,
-        for the short connect path (the connection is ``self.connection`` already)."""
-
-    def _lido_timeout_bases(self) -> tuple[type[BaseException], ...]:
-        """What a ``PoolTimeout`` raised by the backend also is: the driver's
-        ``OperationalError``, so that Django wraps it like any failed connect."""
-        return (self.Database.OperationalError,)  # type: ignore[attr-defined]
-
-    def _lido_build_connection_params(self) -> dict[str, Any]:
-        """Django's connection parameters, built from the driver options only (Django passes
-        every OPTIONS key to the driver, and its psycopg2 code refuses "pool")."""
-        settings_dict = self.settings_dict  # type: ignore[has-type]
-        options = settings_dict["OPTIONS"]
-        if CONSUMED_KEYS.isdisjoint(options):
-            return super().get_connection_params()  # type: ignore[misc, no-any-return]
-        self.settings_dict = {**settings_dict, "OPTIONS": driver_options(options)}
-        try:
-            return super().get_connection_params()  # type: ignore[misc, no-any-return]
-        finally:
-            self.settings_dict = settings_dict
 
     # --- settings and pool look-up --------------------------------------------------------
     def _lido_settings(self) -> PoolSettings | None:
-        options = self.settings_dict["OPTIONS"]  # type: ignore[attr-defined]
+        options = self.settings_dict["OPTIONS"]
         pool = options.get("pool", True)
         # A copy of a dict, so that a change made in place is seen too.
         raw = (dict(pool) if isinstance(pool, dict) else pool,
                options.get("MAX_CONNS"), options.get("MIN_CONNS"))  # fmt: skip
-        cached = self._lido_settings_cache
-        if cached is not None and cached[0] == raw:
-            return cached[1]
-        settings = pool_settings(self.alias, options)  # type: ignore[attr-defined]
-        self._lido_settings_cache = (raw, settings)
+        cache = self._lido_cache
+        if cache.settings_given == raw:
+            return cache.settings
+        settings = pool_settings(self.alias, options)
+        cache.settings_given, cache.settings = raw, settings
         return settings
 
     def _lido_registry_key(self, conn_params: dict[str, Any], settings: PoolSettings) -> Hashable:
         return (type(self).__module__, self._lido_key(conn_params), settings.pool_key())
 
-    def get_connection_params(self) -> dict[str, Any]:
-        # Django builds the parameters on every connect, that is at every checkout; they
-        # change only with the settings, so the last result is reused (the same object)
-        # while what goes into it compares equal: a few fields, OPTIONS (the pool settings
-        # included) and the time zone.
-        sd = self.settings_dict  # type: ignore[has-type]
-        options = sd["OPTIONS"]
-        fingerprint = (
-            sd["NAME"],
-            sd["USER"],
-            sd["PASSWORD"],
-            sd["HOST"],
-            sd["PORT"],
-            self.timezone,  # type: ignore[attr-defined]
-            django_settings.USE_TZ,
-        )
-        cached = self._lido_params_cache
-        if cached is not None and cached[0] == fingerprint and cached[1] == options:
-            return cached[2]
-        params = self._lido_build_connection_params()
-        # Nested dicts copied too, so that a change made in place to OPTIONS["pool"] is
-        # seen by the comparison above.
-        copied = {k: dict(v) if isinstance(v, dict) else v for k, v in options.items()}
-        self._lido_params_cache = (fingerprint, copied, params)
-        return params
-
     def _lido_pool_for(self, conn_params: dict[str, Any]) -> Pool | None:
         """The pool for these parameters (created on first use), or None if pooling is off."""
-        cached = self._lido_pool_cache
+        cache = self._lido_cache
         # The parameters object is the cached one while the settings, pool settings
         # included, are unchanged (get_connection_params): then so is the pool.
-        if cached is not None and cached[0] is conn_params and not cached[1].closed:
-            return cached[1]
-        if self.alias == NO_DB_ALIAS:  # type: ignore[attr-defined]
+        pool = cache.pool
+        if pool is not None and cache.pool_params is conn_params and not pool.closed:
+            return pool
+        if self.alias == NO_DB_ALIAS:
             return None
         settings = self._lido_settings()
         if settings is None:
@@ -188,13 +116,13 @@ class PooledDatabaseMixin:
         target = self._lido_target(conn_params)
 
         def create() -> Pool:
-            connect, configure, reset = self._lido_opener(dict(conn_params), settings)
+            opener = self._lido_opener(dict(conn_params), settings)
             return Pool(
-                connect,
-                configure=configure,
-                name=settings.name or f"{self.alias}:{target.database}",  # type: ignore[attr-defined]
+                opener.connect,
+                configure=opener.configure,
+                name=settings.name or f"{self.alias}:{target.database}",
                 check=settings.check,
-                reset=reset,
+                reset=opener.reset,
                 options=settings.options,
             )
 
@@ -205,86 +133,18 @@ class PooledDatabaseMixin:
             # Outside the registry's lock: opening min_size connections may take a while.
             # A no-op once they are open.
             pool.wait()
-        self._lido_pool_cache = (conn_params, pool)
+        cache.pool_params, cache.pool = conn_params, pool
         return pool
 
     @property
     def pool(self) -> Pool | None:
         if self._lido_next_pool is not None:
             return self._lido_next_pool
-        if self.alias == NO_DB_ALIAS or self._lido_settings() is None:  # type: ignore[attr-defined]
+        if self.alias == NO_DB_ALIAS or self._lido_settings() is None:
             return None
-        return self._lido_pool_for(self.get_connection_params())  # type: ignore[attr-defined]
+        return self._lido_pool_for(self.get_connection_params())
 
     # --- Django's hook points -------------------------------------------------------------
-    @async_unsafe
-    def connect(self) -> None:
-        # Django's connect() costs about as much again as the pool's checkout and return
-        # together (some 40 Python calls: the parameters, the pool property three times, its
-        # open(), ...). Once this wrapper has connected with the current settings, the same
-        # pool serves them: this path makes Django's resets in the same order, takes the
-        # connection and does the stock per-checkout steps (``_lido_after_checkout``), then
-        # Django's autocommit and connection-state steps and its signal, as connect() does.
-        pool = self._lido_warm_pool()
-        if pool is None:
-            super().connect()  # type: ignore[misc]
-            if self._lido_conn_pool is not None and _short_path_allowed(type(self)):
-                self._lido_warm = self._lido_pool_cache
-            return
-        settings_dict = self.settings_dict  # type: ignore[has-type]
-        self.in_atomic_block = False
-        self.savepoint_ids: list[Any] = []
-        self.atomic_blocks: list[Any] = []
-        self.needs_rollback = False
-        self.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
-        max_age = settings_dict["CONN_MAX_AGE"]
-        self.close_at = None if max_age is None else time.monotonic() + max_age
-        self.closed_in_transaction = False
-        self.errors_occurred = False
-        self.health_check_done = True
-        try:
-            conn = pool.getconn()
-        except PoolTimeout as exc:
-            raise _timeout_class(self._lido_timeout_bases())(*exc.args) from None
-        self.connection = conn
-        self._lido_conn_pool = pool
-        self._lido_after_checkout(conn)
-        autocommit = settings_dict["AUTOCOMMIT"]
-        if autocommit and not self.run_commit_hooks_on_set_autocommit_on:  # type: ignore[has-type]
-            # All that set_autocommit(True) does right after the resets above, connected,
-            # outside any atomic block, with its health check done and no hooks to run.
-            self._set_autocommit(True)  # type: ignore[attr-defined]
-            self.autocommit = True
-        else:
-            self.set_autocommit(autocommit)  # type: ignore[attr-defined]
-        self.init_connection_state()  # type: ignore[attr-defined]
-        if connection_created.receivers:
-            connection_created.send(sender=self.__class__, connection=self)
-        self.run_on_commit: list[Any] = []
-
-    def _lido_warm_pool(self) -> Pool | None:
-        """The pool of the last connect through Django's own connect() if the current
-        settings still use it, else None (then Django's connect() runs again)."""
-        cached = self._lido_warm
-        if cached is None:
-            return None
-        # A step replaced on the instance: LIDO_CONNECT_STEPS, spelled out because this runs
-        # at every checkout (half the cost of keys().isdisjoint()); a test replaces each
-        # name of the tuple in turn, so the two cannot drift apart unnoticed.
-        replaced = self.__dict__
-        if (
-            "get_new_connection" in replaced
-            or "get_connection_params" in replaced
-            or "check_settings" in replaced
-            or "set_autocommit" in replaced
-        ):
-            return None
-        self.check_settings()  # type: ignore[attr-defined]
-        # The same object while the settings are unchanged (get_connection_params).
-        if cached[0] is not self.get_connection_params() or cached[1].closed:
-            return None
-        return cached[1]
-
     def get_new_connection(self, conn_params: dict[str, Any]) -> Conn:
         pool = self._lido_pool_for(conn_params)
         try:
@@ -295,21 +155,21 @@ class PooledDatabaseMixin:
                 # native pool protocol: open(), getconn()), then does its set-up.
                 self._lido_next_pool = pool
                 try:
-                    conn = super().get_new_connection(conn_params)  # type: ignore[misc]
+                    conn = super().get_new_connection(conn_params)
                 finally:
                     self._lido_next_pool = None
         except PoolTimeout as exc:
-            raise _timeout_class(self._lido_timeout_bases())(*exc.args) from None
+            raise timeout_class(self._lido_timeout_bases())(*exc.args) from None
         self._lido_conn_pool = pool
         return conn
 
     def _close(self) -> None:
-        conn = self.connection  # type: ignore[attr-defined]
+        conn = self.connection
         if conn is None:
             return
         pool = self._lido_conn_pool
         if pool is None:
-            with self.wrap_database_errors:  # type: ignore[attr-defined]
+            with self.wrap_database_errors:
                 conn.close()
             return
         if self._lido_discard:
@@ -325,12 +185,12 @@ class PooledDatabaseMixin:
     def close_pool(self) -> None:
         """Closes the pool of this alias's current settings, if one is open; the next
         connect makes a new one. Connections in use close when they come back."""
-        self._lido_pool_cache = self._lido_warm = None
-        if self.alias == NO_DB_ALIAS:  # type: ignore[attr-defined]
+        self._lido_cache.forget_pool()
+        if self.alias == NO_DB_ALIAS:
             return
         settings = self._lido_settings()
         if settings is not None:
-            conn_params = self.get_connection_params()  # type: ignore[attr-defined]
+            conn_params = self.get_connection_params()
             registry.close(self._lido_registry_key(conn_params, settings))
 
     def close_if_health_check_failed(self) -> None:
@@ -340,37 +200,6 @@ class PooledDatabaseMixin:
         # connection Django finds unusable is discarded, not given back to the pool.
         self._lido_discard = True
         try:
-            BaseDatabaseWrapper.close_if_health_check_failed(self)  # type: ignore[arg-type]
+            BaseDatabaseWrapper.close_if_health_check_failed(self)
         finally:
             self._lido_discard = False
-
-
-_short_path: dict[type, bool] = {}
-
-
-def _short_path_allowed(cls: type) -> bool:
-    """Whether ``cls`` connects with the steps its backend's ``_lido_after_checkout`` was
-    written for: those of the django-lido ``DatabaseWrapper`` it is or derives from. A
-    subclass that replaces one of ``LIDO_CONNECT_STEPS`` always connects the long way."""
-    allowed = _short_path.get(cls)
-    if allowed is None:
-        shipped = next(k for k in cls.__mro__ if k.__module__.startswith(_BACKENDS_PACKAGE))
-        steps: tuple[str, ...] = cls.LIDO_CONNECT_STEPS  # type: ignore[attr-defined]
-        allowed = all(getattr(cls, name) is getattr(shipped, name) for name in steps)
-        _short_path[cls] = allowed
-    return allowed
-
-
-_BACKENDS_PACKAGE = __name__.rpartition(".")[0] + "."
-
-
-_timeout_classes: dict[tuple[type[BaseException], ...], type[PoolTimeout]] = {}
-
-
-def _timeout_class(bases: tuple[type[BaseException], ...]) -> type[PoolTimeout]:
-    """``PoolTimeout`` that is also each of ``bases`` (one class per combination)."""
-    cls = _timeout_classes.get(bases)
-    if cls is None:
-        cls = type("PoolTimeout", (PoolTimeout, *bases), {"__module__": __name__})
-        _timeout_classes[bases] = cls
-    return cls

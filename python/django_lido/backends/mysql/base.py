@@ -13,20 +13,18 @@ driver already has. See ``session.py`` for what happens on return.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.mysql import base as stock
 
-from django_lido import checks
-from django_lido.backends import registry
+from django_lido.backends import checks, registry
 from django_lido.backends.mysql.creation import DatabaseCreation
 from django_lido.backends.mysql.session import Session
 from django_lido.backends.pool_options import PoolSettings
 from django_lido.backends.pooled import Opener, PooledDatabaseMixin, freeze
-
-Conn = Any
+from django_lido.drivers import Conn
 
 
 class MySQLPoolMixin(PooledDatabaseMixin):
@@ -38,9 +36,12 @@ class MySQLPoolMixin(PooledDatabaseMixin):
     # Set while Django connects: the session of a pooled connection is set up already.
     _lido_checked_out = False
 
+    if TYPE_CHECKING:
+        isolation_level: str | None  # set by Django's get_connection_params
+
     def _lido_driver_name(self) -> str:
         # "MySQLdb" for mysqlclient; "pymysql" after pymysql.install_as_MySQLdb().
-        return str(self.Database.__name__)  # type: ignore[attr-defined]
+        return str(self.Database.__name__)
 
     def _lido_target(self, conn_params: dict[str, Any]) -> registry.Target:
         return registry.Target(
@@ -59,20 +60,20 @@ class MySQLPoolMixin(PooledDatabaseMixin):
         return (
             self._lido_driver_name(),
             freeze(params),
-            self.isolation_level,  # type: ignore[attr-defined]  # set by get_connection_params
+            self.isolation_level,
         )
 
     def _lido_opener(self, conn_params: dict[str, Any], settings: PoolSettings) -> Opener:
         # Nothing here may refer to ``self``: the pool outlives this thread's wrapper.
-        connect = self.Database.connect  # type: ignore[attr-defined]
+        connect = self.Database.connect
         session = Session(
             driver=self._lido_driver_name(),
             params=conn_params,
-            isolation_level=self.isolation_level,  # type: ignore[attr-defined]
+            isolation_level=self.isolation_level,
         )
         if settings.reset == "full" and not session.can_reset:
             raise ImproperlyConfigured(
-                f"DATABASES[{self.alias!r}]['OPTIONS']['pool']['reset']='full' needs "  # type: ignore[attr-defined]
+                f"DATABASES[{self.alias!r}]['OPTIONS']['pool']['reset']='full' needs "
                 "COM_RESET_CONNECTION, which this mysqlclient cannot send (it is not built "
                 "on MariaDB Connector/C); use PyMySQL, or reset='auto' or 'rollback'"
             )
@@ -91,7 +92,7 @@ class MySQLPoolMixin(PooledDatabaseMixin):
                 encoders.pop(bytes)
             session.set_up(conn)
 
-        return open_connection, set_up, session.reset_hook(settings.reset)
+        return Opener(open_connection, set_up, session.reset_hook(settings.reset))
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Conn:
         conn = super().get_new_connection(conn_params)
@@ -106,23 +107,23 @@ class MySQLPoolMixin(PooledDatabaseMixin):
         # session was set up when the physical connection was opened; any other call (a
         # direct one) sets it up as Django's stock backend does.
         if not self._lido_checked_out:
-            super().init_connection_state()  # type: ignore[misc]
+            super().init_connection_state()
             return
         self._lido_checked_out = False
-        BaseDatabaseWrapper.init_connection_state(self)  # type: ignore[arg-type]
+        BaseDatabaseWrapper.init_connection_state(self)
 
     def is_usable(self) -> bool:
         # After close() the pooled connection is the pool's again (as with Django's
         # PostgreSQL pool, whose is_usable() has the same test).
-        if self.connection is None:  # type: ignore[attr-defined]
+        if self.connection is None:
             return False
-        return bool(super().is_usable())  # type: ignore[misc]
+        return bool(super().is_usable())
 
     def lido_server_connection_limit(self) -> int | None:
         """How many connections the server accepts for this user: the tightest of
         ``max_connections`` and ``max_user_connections`` (whose session value is the
         account's own limit when it has one)."""
-        with self.cursor() as cursor:  # type: ignore[attr-defined]
+        with self.cursor() as cursor:
             cursor.execute("SELECT @@max_connections, @@max_user_connections")
             limits = [n for n in cursor.fetchone() if n is not None and n > 0]
         return min(limits) if limits else None

@@ -8,7 +8,7 @@ in Python), so a checkout sends nothing.
 
 An open transaction is always rolled back on return: the driver keeps the server status
 flags of the last reply, so this needs no round trip when nothing is open (autocommit off
-counts as open; see ``django_lido.drivers``). After that, the reset policy
+counts as open; see ``django_lido.drivers.mysql``). After that, the reset policy
 (``OPTIONS["pool"]["reset"]``):
 
 - ``"auto"`` (default): no round trip unless the client can see that the session changed:
@@ -32,16 +32,15 @@ counts as open; see ``django_lido.drivers``). After that, the reset policy
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
-from django_lido.drivers import (
+from django_lido.backends.session import SessionBase
+from django_lido.drivers import Conn
+from django_lido.drivers.mysql import (
     SERVER_STATUS_NO_BACKSLASH_ESCAPES,
     mysqlclient_native,
     pymysql_reset_connection,
 )
-
-Conn = Any
 
 _VERSION = re.compile(r"(\d+)\.(\d+)")
 
@@ -56,7 +55,7 @@ def _isolation_variable(server_info: str) -> str:
     return "transaction_isolation"
 
 
-class Session:
+class Session(SessionBase):
     """Per-physical-connection set-up and the reset policy of one pool (every connection
     of a pool is opened with the same parameters)."""
 
@@ -167,8 +166,3 @@ class Session:
             conn.charset, conn.collation, conn.encoding = saved
         else:
             (conn.encoding,) = saved
-
-    def reset_hook(self, policy: str | Callable[[Conn], object]) -> Callable[[Conn], object] | None:
-        if callable(policy):
-            return policy
-        return {"auto": self.reset_auto, "full": self.reset_full, "rollback": None}[policy]

@@ -10,7 +10,7 @@ the type information Django holds for the alias changes (``clear_caches``, as af
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.gis.db.backends.postgis import base as stock
 from django.contrib.gis.db.backends.postgis import features as stock_features
@@ -29,7 +29,22 @@ class DatabaseFeatures(PooledFeaturesMixin, stock_features.DatabaseFeatures):
     pass
 
 
-class DatabaseWrapper(PostgresPoolMixin, stock.DatabaseWrapper):
+if TYPE_CHECKING:
+
+    class _Stock(stock.DatabaseWrapper):
+        """Django's PostGIS wrapper with what django-stubs leaves out."""
+
+        _type_infos: dict[str, dict[str, Any]]
+
+        def register_geometry_adapters(
+            self, pg_connection: Any, clear_caches: bool = False
+        ) -> None: ...
+
+else:
+    _Stock = stock.DatabaseWrapper
+
+
+class DatabaseWrapper(PostgresPoolMixin, _Stock):
     # (Django's PostGIS wrapper swaps in plain PostgreSQL features for its no-database
     # connection by an instance attribute, which still wins over this class attribute.)
     creation_class = DatabaseCreation

@@ -12,21 +12,19 @@ steps (autocommit, isolation level) are local to the driver.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
 from django.db.backends.postgresql import base as stock
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
-from django_lido import checks
-from django_lido.backends import registry
+from django_lido.backends import checks, registry
 from django_lido.backends.pool_options import PoolSettings
 from django_lido.backends.pooled import Opener, PooledDatabaseMixin, freeze
 from django_lido.backends.postgresql.creation import DatabaseCreation
 from django_lido.backends.postgresql.features import DatabaseFeatures
 from django_lido.backends.postgresql.session import Session
-
-Conn = Any
+from django_lido.drivers import Conn
 
 if not is_psycopg3:
     from psycopg2.extras import register_default_jsonb
@@ -45,6 +43,12 @@ class PostgresPoolMixin(PooledDatabaseMixin):
 
     lido_vendor = "postgresql"
 
+    if TYPE_CHECKING:
+        # Django's PostgreSQL wrapper has these; django-stubs does not declare them.
+        isolation_level: Any
+
+        def _configure_timezone(self, connection: Conn) -> bool: ...
+
     def _lido_timeout_bases(self) -> tuple[type[BaseException], ...]:
         # Code written for Django's native pool catches psycopg_pool.PoolTimeout (itself a
         # psycopg OperationalError).
@@ -59,8 +63,8 @@ class PostgresPoolMixin(PooledDatabaseMixin):
 
     def _lido_build_connection_params(self) -> dict[str, Any]:
         params = super()._lido_build_connection_params()
-        options = self.settings_dict["OPTIONS"]  # type: ignore[has-type]
-        if is_psycopg3 and self.alias != stock.NO_DB_ALIAS:  # type: ignore[attr-defined]
+        options = self.settings_dict["OPTIONS"]
+        if is_psycopg3 and self.alias != NO_DB_ALIAS:
             settings = self._lido_settings()
             if settings is not None:
                 if settings.transaction_pooler:
@@ -80,12 +84,12 @@ class PostgresPoolMixin(PooledDatabaseMixin):
         )
 
     def _lido_key(self, conn_params: dict[str, Any]) -> Hashable:
-        options = self.settings_dict["OPTIONS"]  # type: ignore[attr-defined]
+        options = self.settings_dict["OPTIONS"]
         # The adapters context follows TIME_ZONE; Django's create_cursor() copes with a
         # connection opened under another one, so it does not split pools.
         params = {k: v for k, v in conn_params.items() if k != "context"}
         return (
-            self.Database.__name__,  # type: ignore[attr-defined]
+            self.Database.__name__,
             freeze(params),
             options.get("assume_role"),
             options.get("isolation_level"),
@@ -93,9 +97,9 @@ class PostgresPoolMixin(PooledDatabaseMixin):
 
     def _lido_opener(self, conn_params: dict[str, Any], settings: PoolSettings) -> Opener:
         # Nothing here may refer to ``self``: the pool outlives this thread's wrapper.
-        connect = self.Database.connect  # type: ignore[attr-defined]
+        connect = self.Database.connect
         session = Session(
-            role=self.settings_dict["OPTIONS"].get("assume_role"),  # type: ignore[attr-defined]
+            role=self.settings_dict["OPTIONS"].get("assume_role"),
             psycopg3=is_psycopg3,
         )
 
@@ -112,51 +116,51 @@ class PostgresPoolMixin(PooledDatabaseMixin):
                 register_default_jsonb(conn_or_curs=conn, loads=_text)
             session.set_up(conn)
 
-        return open_connection, set_up, session.reset_hook(settings.reset)
+        return Opener(open_connection, set_up, session.reset_hook(settings.reset))
 
     def _lido_after_checkout(self, conn: Conn) -> None:
         # The stock get_new_connection's step for a pooled connection: the isolation level
         # OPTIONS names (self.isolation_level was set from the same OPTIONS by the connect
         # that made the pool).
-        if "isolation_level" in self.settings_dict["OPTIONS"]:  # type: ignore[has-type]
-            conn.isolation_level = self.isolation_level  # type: ignore[has-type]
+        if "isolation_level" in self.settings_dict["OPTIONS"]:
+            conn.isolation_level = self.isolation_level
 
     def ensure_timezone(self) -> bool:
         # Django's pooled backend closes its whole pool here (tests change TIME_ZONE);
         # pooled connections here are put right at their next checkout instead.
-        if self.connection is None:  # type: ignore[attr-defined]
+        if self.connection is None:
             return False
-        return self._configure_timezone(self.connection)  # type: ignore[attr-defined]
+        return self._configure_timezone(self.connection)
 
     def init_connection_state(self) -> None:
         if self._lido_conn_pool is None:
-            super().init_connection_state()  # type: ignore[misc]
+            super().init_connection_state()
             return
-        BaseDatabaseWrapper.init_connection_state(self)  # type: ignore[arg-type]
+        BaseDatabaseWrapper.init_connection_state(self)
         # A local comparison with the time zone the server last reported; a round trip
         # only when it differs (a new connection, or TIME_ZONE changed).
-        conn = self.connection  # type: ignore[attr-defined]
+        conn = self.connection
         if is_psycopg3:
-            name = self.timezone_name  # type: ignore[attr-defined]
+            name = self.timezone_name
             reported = conn.pgconn.parameter_status(b"TimeZone")
             if not name or (reported is not None and reported.decode() == name):
                 return
-        if self._configure_timezone(conn) and not self.get_autocommit():  # type: ignore[attr-defined]
+        if self._configure_timezone(conn) and not self.get_autocommit():
             conn.commit()
 
     def _set_autocommit(self, autocommit: bool) -> None:
         # Django sets autocommit at every connect, so at every checkout; a pooled
         # connection usually has the right mode already (the flag is local to the driver).
-        conn = self.connection  # type: ignore[attr-defined]
+        conn = self.connection
         if self._lido_conn_pool is not None and conn.autocommit == autocommit:
             return
-        super()._set_autocommit(autocommit)  # type: ignore[misc]
+        super()._set_autocommit(autocommit)
 
     def lido_server_connection_limit(self) -> int | None:
         """How many connections the server accepts for this user and database (the
         tightest of max_connections less the reserved ones, the role's and the database's
         CONNECTION LIMIT)."""
-        with self.cursor() as cursor:  # type: ignore[attr-defined]
+        with self.cursor() as cursor:
             cursor.execute(
                 "SELECT current_setting('max_connections')::int"
                 " - current_setting('superuser_reserved_connections')::int,"
@@ -171,8 +175,8 @@ class PostgresPoolMixin(PooledDatabaseMixin):
         if settings is not None and settings.transaction_pooler:
             # A named (server-side) cursor outlives the transaction that a transaction
             # pooler ties to one server connection.
-            return self._cursor()  # type: ignore[attr-defined]
-        return super().chunked_cursor()  # type: ignore[misc]
+            return self._cursor()
+        return super().chunked_cursor()
 
 
 class DatabaseWrapper(PostgresPoolMixin, stock.DatabaseWrapper):

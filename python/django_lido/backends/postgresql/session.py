@@ -23,10 +23,8 @@ that, the reset policy (``OPTIONS["pool"]["reset"]``) decides:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-Conn = Any
+from django_lido.backends.session import SessionBase
+from django_lido.drivers import Conn
 
 REPORTED_PARAMETERS = (
     "application_name",
@@ -60,7 +58,7 @@ def _psycopg2_snapshot(conn: Conn) -> tuple[str | None, ...]:
 _REPORTED_BYTES = tuple(name.encode() for name in REPORTED_PARAMETERS)
 
 
-class Session:
+class Session(SessionBase):
     """Per-physical-connection set-up and the reset policy of one pool.
 
     Every connection of a pool is set up the same way, so the reported settings of the
@@ -100,7 +98,8 @@ class Session:
 
         quoted = QuotedString(value)
         quoted.prepare(conn)
-        return quoted.getquoted().decode()
+        literal: str = quoted.getquoted().decode()
+        return literal
 
     def reset_auto(self, conn: Conn) -> None:
         if self.snapshot(conn) != self.baseline:
@@ -109,8 +108,3 @@ class Session:
     def reset_full(self, conn: Conn) -> None:
         self._execute(conn, FULL_RESET_SQL)
         self.set_up(conn)
-
-    def reset_hook(self, policy: str | Callable[[Conn], object]) -> Callable[[Conn], object] | None:
-        if callable(policy):
-            return policy
-        return {"auto": self.reset_auto, "full": self.reset_full, "rollback": None}[policy]
