@@ -3,6 +3,7 @@
 //! is a connection for the caller.
 
 use crate::errors::{acquire_error, PoolClosed};
+use crate::exit::check_not_exiting;
 use crate::inner::Inner;
 use crate::leases::{attach_leak_watch, Held, PyConn};
 use crate::permit::PermitGuard;
@@ -73,6 +74,7 @@ impl Inner {
         let mut req = Request::new(self, timeout.unwrap_or(self.timeout), how);
         let mut answer = self.ask(&req, req.start)?;
         loop {
+            check_not_exiting(self.engine.name())?;
             let step = match answer {
                 Checkout::Ready(conn, check) => self.use_checked(py, &req, conn, check)?,
                 Checkout::Retire(retired) => {

@@ -1,6 +1,6 @@
 //! `Maintainer`: the maintenance thread's handle on a pool.
 
-use crate::exit::{park_forever_if_exiting, Active};
+use crate::exit::{check_not_exiting, park_forever_if_exiting, Active};
 use crate::inner::Inner;
 use crate::leases::attach_leak_watch;
 use crate::permit::PermitGuard;
@@ -54,7 +54,14 @@ impl Maintainer {
 fn open_all(inner: &Arc<Inner>, py: Python<'_>, permits: Vec<OpenPermit>) -> bool {
     let mut permits = permits.into_iter();
     for permit in permits.by_ref() {
-        if let Err((what, e)) = open_idle(inner, py, permit) {
+        let opened = match check_not_exiting(inner.engine.name()) {
+            Ok(()) => open_idle(inner, py, permit),
+            Err(e) => {
+                inner.engine.open_unused(permit);
+                Err(("opening a connection at exit", e))
+            }
+        };
+        if let Err((what, e)) = opened {
             inner.report(py, what, e);
             for untried in permits {
                 inner.engine.open_unused(untried);
