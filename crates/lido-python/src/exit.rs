@@ -18,8 +18,7 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::{ffi, PyTypeInfo};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 /// Set by the exit handler; see the module documentation.
@@ -27,47 +26,76 @@ static EXITING: AtomicBool = AtomicBool::new(false);
 /// How long exit waits for the sections open when it began.
 const DRAIN: Duration = Duration::from_millis(500);
 
-/// A thread that has entered a pool: its identity for `PyThreadState_SetAsyncExc` and how
-/// many sections it is inside.
-struct ThreadSlot {
+/// A thread that has entered a pool: its identity for `PyThreadState_SetAsyncExc` and its
+/// section depth (the thread's own `DEPTH`, read here only under the `THREADS` lock, which
+/// the thread's `Registration` takes to remove it before its thread-locals go).
+struct Entry {
     ident: std::ffi::c_long,
-    depth: AtomicUsize,
+    depth: *const AtomicUsize,
 }
 
+// SAFETY: `depth` is read only under the THREADS lock while the entry is listed, and the
+// entry is removed (under that lock) before the thread-local it points to is freed.
+unsafe impl Send for Entry {}
+
 /// Every thread that has entered a pool and is still alive.
-static THREADS: Mutex<Vec<Weak<ThreadSlot>>> = Mutex::new(Vec::new());
+static THREADS: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 
 thread_local! {
-    static SLOT: Arc<ThreadSlot> = register();
+    /// This thread's section depth: written only by this thread (plain loads and stores, no
+    /// locked instruction on the hot path), read by the exit handler.
+    static DEPTH: AtomicUsize = const { AtomicUsize::new(0) };
+    static REGISTERED: Cell<bool> = const { Cell::new(false) };
+    static REGISTRATION: Registration = Registration::new();
     /// True in the thread running the exit handler.
     static EXIT_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
-fn register() -> Arc<ThreadSlot> {
-    let slot = Arc::new(ThreadSlot {
+/// Lists this thread in THREADS; dropped when the thread ends, it removes it.
+struct Registration(std::ffi::c_long);
+
+impl Registration {
+    fn new() -> Self {
         // What CPython's thread states hold as `thread_id` (threading.get_ident()).
-        ident: unsafe { libc::pthread_self() } as std::ffi::c_long,
-        depth: AtomicUsize::new(0),
-    });
-    let mut threads = THREADS.lock();
-    threads.retain(|t| t.strong_count() > 0);
-    threads.push(Arc::downgrade(&slot));
-    slot
+        let ident = unsafe { libc::pthread_self() } as std::ffi::c_long;
+        let depth = DEPTH.with(|d| d as *const AtomicUsize);
+        THREADS.lock().push(Entry { ident, depth });
+        Registration(ident)
+    }
 }
 
-/// Adds `n` to this thread's section depth (none once its thread-locals are gone).
+impl Drop for Registration {
+    fn drop(&mut self) {
+        THREADS.lock().retain(|e| e.ident != self.0);
+    }
+}
+
+/// Adds `n` to this thread's section depth. The first time, lists the thread; once its
+/// thread-locals are being destroyed, does nothing.
 fn add_depth(n: isize) {
-    let _ = SLOT.try_with(|s| {
-        if n > 0 {
-            s.depth.fetch_add(n.unsigned_abs(), SeqCst)
-        } else {
-            s.depth.fetch_sub(n.unsigned_abs(), SeqCst)
+    if !REGISTERED.get() {
+        if REGISTRATION.try_with(|_| ()).is_err() {
+            return;
         }
-    });
+        REGISTERED.set(true);
+    }
+    DEPTH.with(|d| d.store(d.load(Relaxed).wrapping_add_signed(n), Relaxed));
+}
+
+/// The idents of the threads (other than this one) inside a section.
+fn inside() -> Vec<std::ffi::c_long> {
+    let me = unsafe { libc::pthread_self() } as std::ffi::c_long;
+    THREADS
+        .lock()
+        .iter()
+        // SAFETY: see `Entry`.
+        .filter(|e| e.ident != me && unsafe { &*e.depth }.load(Relaxed) > 0)
+        .map(|e| e.ident)
+        .collect()
 }
 
 fn must_park() -> bool {
-    EXITING.load(SeqCst) && !EXIT_THREAD.get()
+    EXITING.load(Relaxed) && !EXIT_THREAD.get()
 }
 
 /// Closes the gate, ends the long calls of threads inside a section, and waits for open
@@ -77,26 +105,28 @@ fn must_park() -> bool {
 pub fn _interpreter_exiting(py: Python<'_>) {
     EXIT_THREAD.set(true);
     EXITING.store(true, SeqCst);
-    let me = unsafe { libc::pthread_self() } as std::ffi::c_long;
-    let inside = || -> Vec<Arc<ThreadSlot>> {
-        THREADS
-            .lock()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|t| t.ident != me && t.depth.load(SeqCst) > 0)
-            .collect()
-    };
-    let exc = PoolClosed::type_object(py);
-    for t in inside() {
-        // SAFETY: the GIL is held; the exception is a type object that stays alive.
-        unsafe { ffi::PyThreadState_SetAsyncExc(t.ident, exc.as_ptr()) };
-    }
+    let exc = PoolClosed::type_object(py).unbind();
     let deadline = Instant::now() + DRAIN;
-    py.detach(|| {
-        while !inside().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
+    let mut told = Vec::new();
+    let mut empty_scans = 0;
+    // Sections are counted with plain stores: a thread that has just entered may show up a
+    // moment late, so exit ends only after two empty scans a millisecond apart.
+    while empty_scans < 2 && Instant::now() < deadline {
+        let threads = inside();
+        if threads.is_empty() {
+            empty_scans += 1;
+        } else {
+            empty_scans = 0;
+            for t in threads {
+                if !told.contains(&t) {
+                    // SAFETY: the GIL is held; the exception type stays alive.
+                    unsafe { ffi::PyThreadState_SetAsyncExc(t, exc.as_ptr()) };
+                    told.push(t);
+                }
+            }
         }
-    });
+        py.detach(|| std::thread::sleep(Duration::from_millis(1)));
+    }
 }
 
 /// A section of a pool call that may run Python code; it ends when dropped.
@@ -106,7 +136,8 @@ impl Active {
     /// Opens a section, or parks the thread for good if the interpreter is exiting.
     pub(crate) fn enter(py: Python<'_>) -> Active {
         // Counted before the flag is read: the exit handler, which sets the flag before it
-        // reads the counts, then either sees this section or is seen by it.
+        // reads the counts, then either sees this section or is seen by it (see
+        // `_interpreter_exiting` on why it scans twice).
         add_depth(1);
         if must_park() {
             py.detach(|| {
@@ -156,7 +187,7 @@ pub(crate) fn check_not_exiting(name: &str) -> PyResult<()> {
 /// Parks this thread for good. Its sections, nested ones included, will never end: they no
 /// longer count.
 fn park_forever() -> ! {
-    let _ = SLOT.try_with(|s| s.depth.store(0, SeqCst));
+    let _ = DEPTH.try_with(|d| d.store(0, Relaxed));
     loop {
         std::thread::park();
     }
