@@ -8,6 +8,7 @@ from django_lido.drivers import Driver
 from django_lido.errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
 from django_lido.options import PoolOptions
 from django_lido.pool import Pool
+from django_lido.threads import close_connection
 
 __all__ = [
     "Driver",
@@ -18,4 +19,5 @@ __all__ = [
     "PoolTimeout",
     "TooManyWaiters",
     "__version__",
+    "close_connection",
 ]
