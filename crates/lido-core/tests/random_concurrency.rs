@@ -91,7 +91,9 @@ fn acquire(w: &World, rng: &mut Rng, turn: &mut Option<Instant>) -> Option<Poole
                     // The check found it dead.
                     let (retired, next) =
                         w.engine
-                            .replace(c, CloseReason::CheckFailed, Instant::now());
+                            .replace(c, CloseReason::CheckFailed, Instant::now(), || {
+                                Box::new(ThreadWake::current())
+                            });
                     w.close(retired);
                     match next {
                         Ok(s) => s,

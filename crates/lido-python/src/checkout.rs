@@ -113,9 +113,11 @@ impl Inner {
             req.served();
             return Ok(Step::Break(self.lend(conn, req.queued_at)));
         }
-        let (retired, next) = self
-            .engine
-            .replace(conn, CloseReason::CheckFailed, Instant::now());
+        let (retired, next) =
+            self.engine
+                .replace(conn, CloseReason::CheckFailed, Instant::now(), || {
+                    req.how.waker()
+                });
         self.retire(py, retired);
         Ok(Step::Continue(next.map_err(acquire_error)?))
     }
