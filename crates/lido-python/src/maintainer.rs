@@ -73,9 +73,13 @@ fn open_idle(
     permit: OpenPermit,
 ) -> Result<(), (&'static str, PyErr)> {
     let slot = PermitGuard::new(&inner.engine, permit);
-    let (conn, took) = inner
-        .open(py)
-        .map_err(|e| ("opening a connection to keep min_size", e))?;
+    let (conn, took) = match inner.open(py, inner.timeout) {
+        Ok(opened) => opened,
+        Err(e) => {
+            inner.connect_failed(py, slot, &e);
+            return Err(("opening a connection to keep min_size", e));
+        }
+    };
     let conn =
         attach_leak_watch(inner, py, conn).map_err(|e| ("registering a new connection", e))?;
     if let Some(r) = inner
