@@ -175,9 +175,10 @@ def _takes_timeout(connect: Callable[..., Conn]) -> bool:
         params = inspect.signature(connect).parameters.values()
     except (TypeError, ValueError):
         return False
+    # Only a parameter named so: ``**kwargs`` often goes on to the driver, which would
+    # take ``timeout`` for a connection parameter.
     return any(
-        p.kind is p.VAR_KEYWORD
-        or (p.name == "timeout" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        p.name == "timeout" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
         for p in params
     )
 
