@@ -747,12 +747,18 @@ impl<C> Engine<C> {
             return;
         }
         st.opening -= 1;
+        let mut first = None;
         if permit.probe {
             if let Some(o) = &mut st.outage {
+                // The probe was not made: the first waiter makes it.
                 o.probing = false;
+                first = st.nudge_first();
             }
         }
         self.free_slot(st);
+        if let Some(w) = first {
+            w.notify();
+        }
     }
 
     /// A holder dropped a connection without returning it; the connection is gone with it.

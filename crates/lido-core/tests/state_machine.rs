@@ -861,8 +861,10 @@ fn maintenance_probes_once_and_returns_an_unused_probe() {
     assert_eq!(m.open.len(), 1);
     let probe = m.open.pop().unwrap();
     assert!(probe.is_probe());
-    // A probe given back untried lets the next one go.
+    // A probe given back untried lets the next one go, and the first waiter is told.
+    let w = wait(&e, t + probe_backoff(1), None);
     e.open_unused(probe);
+    assert!(matches!(w.try_take(), Some(Grant::Retry)));
     assert_eq!(e.maintain(t + probe_backoff(1)).unwrap().open.len(), 1);
 }
 
