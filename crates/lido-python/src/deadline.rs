@@ -4,7 +4,8 @@
 //! once with an error, whatever the network does, and the check fails.
 //!
 //! One timer thread serves every pool; it is started at the first watch (again in a forked
-//! child, where the parent's does not exist) and holds no Python state.
+//! child, where the parent's does not exist) and holds no Python state. Its lock is taken
+//! around `fork()` (`pthread_atfork`), so a child never inherits it held.
 
 use parking_lot::{Condvar, Mutex};
 use std::sync::OnceLock;
@@ -34,10 +35,23 @@ struct Timer {
 
 fn timer() -> &'static Timer {
     static TIMER: OnceLock<Timer> = OnceLock::new();
-    TIMER.get_or_init(|| Timer {
-        watches: Mutex::new(Watches::default()),
-        changed: Condvar::new(),
+    TIMER.get_or_init(|| {
+        // SAFETY: the handlers only take and release the lock of a static.
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+        Timer {
+            watches: Mutex::new(Watches::default()),
+            changed: Condvar::new(),
+        }
     })
+}
+
+extern "C" fn before_fork() {
+    std::mem::forget(timer().watches.lock());
+}
+
+extern "C" fn after_fork() {
+    // SAFETY: locked by `before_fork` on this thread, and the guard was forgotten.
+    unsafe { timer().watches.force_unlock() };
 }
 
 fn run(t: &'static Timer) {
