@@ -300,3 +300,25 @@ def test_round_trip_checks_go_on_in_a_forked_child(pg_throwaway):
         for t in threads:
             t.join(10)
         pool.close()
+
+
+def test_maintenance_refills_min_size_soon_after_the_server_is_back(
+    pg_throwaway, counted_connects
+):
+    from helpers import eventually
+
+    pool = Pool(pg_throwaway.conninfo(tcp=True), min_size=2, max_size=4, name="refill")
+    try:
+        pool.wait(timeout=10)
+        pg_throwaway.stop("fast")
+        counted_connects.clear()
+        # A checkout finds both idle connections dead; the connect it makes is refused.
+        with pytest.raises(PoolTimeout):
+            pool.getconn(timeout=0.5)
+        time.sleep(1.0)
+        # Requests and maintenance share one probe at a time: a handful in 1.5 s.
+        assert counted_connects["attempts"] <= 8, counted_connects
+        pg_throwaway.start()
+        eventually(lambda: pool.stats()["pool_size"] == 2, "min_size refilled", timeout=10)
+    finally:
+        pool.close()
