@@ -95,10 +95,14 @@ command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb
 command -v mariadb_config >/dev/null || command -v mysql_config >/dev/null ||
   missing+=(default-libmysqlclient-dev)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
+# ip and tc (network namespaces and the blackhole qdisc of the dead-network tests, see
+# harness/netns.py); socat forwards into the namespace (a Python forwarder stands in).
+{ command -v ip >/dev/null && command -v tc >/dev/null; } || missing+=(iproute2)
+command -v socat >/dev/null || missing+=(socat)
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
-say "PostGIS, GDAL, GEOS, PgBouncer, MariaDB: present"
+say "PostGIS, GDAL, GEOS, PgBouncer, MariaDB, iproute2, socat: present"
 
 # --- Rust toolchain ----------------------------------------------------------------------------
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then

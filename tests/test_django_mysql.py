@@ -694,6 +694,38 @@ def test_server_restart_is_transparent(dj: MariaDBServer) -> None:
     w.close()
 
 
+@pytest.mark.fault
+def test_a_stopped_server_is_waited_for_then_reported_with_the_cause(dj: MariaDBServer) -> None:
+    import MySQLdb
+    from django.db.utils import OperationalError
+
+    w = handler(default=mysql_db(dj, pool={"max_size": 2, "timeout": 1.0}))["default"]
+    one(w, "SELECT 1")
+    w.close()
+    w.close_pool()  # nothing idle: the next connect must reach the server
+    starter = threading.Timer(0.2, dj.start)
+    dj.stop()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(OperationalError) as info:
+            w.ensure_connection()
+        assert time.monotonic() - t0 <= 1.1  # the timeout + 10%
+        timeout = info.value.__cause__
+        assert isinstance(timeout, django_lido.PoolTimeout), repr(timeout)
+        assert "cannot be reached" in str(timeout)
+        assert isinstance(timeout.__cause__, MySQLdb.OperationalError)
+        # Back within the timeout: the connect waits for it instead of failing.
+        starter.start()
+        w2 = handler(default=mysql_db(dj, pool={"max_size": 2, "timeout": 20.0}))["default"]
+        assert one(w2, "SELECT 1") == 1
+        w2.close()
+        w2.close_pool()
+    finally:
+        if starter.is_alive():
+            starter.join(60)
+        dj.start()
+
+
 # --- CONN_MAX_AGE and CONN_HEALTH_CHECKS -----------------------------------------------------
 
 

@@ -274,16 +274,13 @@ def test_waiting_thread_does_not_hold_the_gil(make_pool):
 
 
 def test_connect_error_is_the_drivers_and_frees_the_slot(pg):
-    from harness.servers import free_port
-
-    bad = Pool(
-        lambda: psycopg.connect(host="127.0.0.1", port=free_port(), connect_timeout=2),
-        max_size=1,
-        name="bad",
-    )
-    with pytest.raises(psycopg.OperationalError):
+    # A permanent failure (the server answers: no such database) is raised at once.
+    # Transient ones (the server down) are retried: see test_pool_outage.py.
+    conninfo = pg.conninfo(dbname="lido_no_such_database")
+    bad = Pool(lambda: psycopg.connect(conninfo), max_size=1, name="bad")
+    with pytest.raises(psycopg.OperationalError, match="does not exist"):
         bad.getconn(timeout=5)
-    with pytest.raises(psycopg.OperationalError):
+    with pytest.raises(psycopg.OperationalError, match="does not exist"):
         bad.getconn(timeout=5)  # the slot came back: a second attempt, not a timeout
     s = bad.stats()
     assert (s["pool_size"], s["connections_errors"]) == (0, 2)

@@ -51,7 +51,7 @@ class Maintainer:
 class PoolCore:
     def __new__(
         cls,
-        connect: Callable[[], Any],
+        connect: Callable[[float], Any],
         driver_for: Callable[[Any], object],
         *,
         name: str,
@@ -60,6 +60,7 @@ class PoolCore:
         reset: Callable[[Any], object] | None = None,
         on_leak: Callable[[int, float], object] | None = None,
         on_error: Callable[[str, BaseException], object] | None = None,
+        transient: Callable[[BaseException], object] | None = None,
     ) -> Self: ...
     def getconn(self, timeout: float | None = None) -> Any: ...
     def putconn(self, conn: Any) -> None: ...

@@ -7,6 +7,7 @@ and conveniences.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from typing import Any
 
 from django_lido import lifecycle
 from django_lido._lido import Maintainer, PoolCore
-from django_lido.drivers import Conn, driver_for
+from django_lido.drivers import Conn, driver_for, transient_error
 from django_lido.errors import PoolClosed
 from django_lido.options import PoolOptions
 
@@ -42,9 +43,16 @@ def _maintain_forever(m: Maintainer, name: str) -> None:
 class Pool(PoolCore):
     """A pool of DB-API connections.
 
-    ``connect`` is a zero-argument callable returning a new connection, or a libpq
-    connection string (then psycopg 3 opens the connections). The pool options (sizes,
-    times, ``probe``) are given as keywords or, checked ahead, as ``options=PoolOptions(...)``;
+    ``connect`` is a callable returning a new connection, or a libpq connection string
+    (then psycopg 3 opens the connections, with TCP keepalives and a TCP user timeout
+    unless the string sets them). A callable that takes a ``timeout`` keyword is given the
+    seconds left to the checkout's deadline, and should not connect for longer; one that
+    takes no argument is called without. A failed connect that the driver calls transient
+    (the server down, restarting or unreachable) is retried within the checkout's
+    ``timeout``, one connect at a time for the pool; others are raised at once.
+
+    The pool options (sizes, times, ``probe``) are given as keywords or, checked ahead, as
+    ``options=PoolOptions(...)``;
     ``check``, ``configure``, ``reset`` and ``name`` are hooks. Every option, its default
     and what it allows: the README's table, or ``django_lido.options``.
 
@@ -75,14 +83,16 @@ class Pool(PoolCore):
         elif not isinstance(options, PoolOptions):
             raise TypeError(f"options must be a PoolOptions, not {options!r}")
         if isinstance(connect, str):
-            connect = _psycopg_connect(connect)
-        if not callable(connect):
+            timed = _psycopg_connect(connect)
+        elif callable(connect):
+            timed = _timed(connect)
+        else:
             raise TypeError(f"connect must be a callable or a connection string, not {connect!r}")
         for hook_name, hook in (("check", check), ("configure", configure), ("reset", reset)):
             if hook is not None and not callable(hook):
                 raise TypeError(f"{hook_name} must be callable or None, not {hook!r}")
         name = name if name is not None else f"pool-{next(_names)}"
-        opener = connect if configure is None else _configured(connect, configure)
+        opener = timed if configure is None else _configured(timed, configure)
         self = super().__new__(
             cls,
             opener,
@@ -92,6 +102,7 @@ class Pool(PoolCore):
             reset=reset,
             on_leak=_leak_logger(name),
             on_error=_error_logger(name),
+            transient=transient_error,
             options=options,
         )
         self._maintenance = None
@@ -159,11 +170,39 @@ class Pool(PoolCore):
         self._start_maintenance()
 
 
+def _takes_timeout(connect: Callable[..., Conn]) -> bool:
+    try:
+        params = inspect.signature(connect).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    # Only a parameter named so: ``**kwargs`` often goes on to the driver, which would
+    # take ``timeout`` for a connection parameter.
+    return any(
+        p.name == "timeout" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        for p in params
+    )
+
+
+def _timed(connect: Callable[..., Conn]) -> Callable[[float], Conn]:
+    """The engine's connect callback (seconds left -> connection) for a user's callable."""
+    if _takes_timeout(connect):
+
+        def connect_with_timeout(time_left: float) -> Conn:
+            return connect(timeout=time_left)
+
+        return connect_with_timeout
+
+    def connect_without(time_left: float) -> Conn:
+        return connect()
+
+    return connect_without
+
+
 def _configured(
-    connect: Callable[[], Conn], configure: Callable[[Conn], object]
-) -> Callable[[], Conn]:
-    def open_and_configure() -> Conn:
-        conn = connect()
+    connect: Callable[[float], Conn], configure: Callable[[Conn], object]
+) -> Callable[[float], Conn]:
+    def open_and_configure(time_left: float) -> Conn:
+        conn = connect(time_left)
         try:
             configure(conn)
         except BaseException:
@@ -174,11 +213,22 @@ def _configured(
     return open_and_configure
 
 
-def _psycopg_connect(conninfo: str) -> Callable[[], Conn]:
+def _psycopg_connect(conninfo: str) -> Callable[[float], Conn]:
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
 
-    def connect() -> Conn:
-        return psycopg.connect(conninfo)
+    from django_lido.drivers.postgres import libpq_connect_params, restore_user_timeout
+
+    given = conninfo_to_dict(conninfo)
+
+    def connect(time_left: float) -> Conn:
+        conn = psycopg.connect(conninfo, **libpq_connect_params(given, time_left))
+        try:
+            restore_user_timeout(conn, given)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     return connect
 

@@ -286,7 +286,8 @@ options! {
         "hard cap on open connections, counting those being opened and being closed";
     timeout: Duration = Duration::from_secs(30),
         Kind::Seconds { positive: true, max: DAY, zero: None, none: None },
-        "how long `getconn()` waits before raising `PoolTimeout`";
+        "how long `getconn()` may take in all (waiting, connecting, checking, retrying while \
+         the server is down) before raising `PoolTimeout`";
     max_waiting: usize = 0,
         Kind::Count { min: 0, max: 1_000_000, zero: Some("no limit") },
         "more waiting requests than this raise `TooManyWaiters` at once";

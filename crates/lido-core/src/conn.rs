@@ -101,4 +101,13 @@ pub struct Check {
 #[must_use = "a permit holds a slot until it is spent"]
 pub struct OpenPermit {
     pub(crate) generation: u64,
+    /// Given while the server was taken to be down: the one probing connect.
+    pub(crate) probe: bool,
+}
+
+impl OpenPermit {
+    /// Whether this is the probe made while the server is taken to be down.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
 }

@@ -55,6 +55,25 @@ pub struct Status {
     pub closed: bool,
 }
 
+/// After the first transient connect failure until a connect succeeds: the server is
+/// taken to be down, and one probing connect at a time is allowed, on a back-off schedule.
+#[derive(Clone, Copy, Debug)]
+struct Outage {
+    /// Probes that failed since the outage began (the first failure counts as one).
+    failures: u32,
+    /// When the next probe may start.
+    next_probe: Instant,
+    /// A probe permit is out.
+    probing: bool,
+}
+
+/// The wait before the `n`th probe of an outage (n >= 1): 50 ms doubling, at most 500 ms,
+/// so a server that is back is found within half a second plus a connect.
+pub fn probe_backoff(failures: u32) -> Duration {
+    let ms = 50u64.saturating_mul(1 << failures.saturating_sub(1).min(4));
+    Duration::from_millis(ms.min(500))
+}
+
 struct State<C> {
     cfg: Config,
     /// A stack: the most recently returned connection is reused first, so connections
@@ -78,6 +97,8 @@ struct State<C> {
     maintainer: Option<Thread>,
     /// Maintenance was asked for since the helper last looked.
     maintenance_due: bool,
+    /// The server is taken to be down (see [`Outage`]).
+    outage: Option<Outage>,
 }
 
 impl<C> State<C> {
@@ -248,23 +269,75 @@ impl<C> State<C> {
         Some(Checkout::Ready(conn, check))
     }
 
-    /// Reserves a slot for a connection about to be opened (counted in `opening` until the
-    /// permit is spent or given back).
-    fn take_slot(&mut self) -> OpenPermit {
-        self.opening += 1;
-        OpenPermit {
-            generation: self.generation,
+    /// Whether a connection may be opened now (the caller checks the free slot): always,
+    /// unless the server is down; then only as the one probe, once it is due. `Some(true)`:
+    /// the permit is the probe.
+    fn may_open(&self, now: Instant) -> Option<bool> {
+        match self.outage {
+            None => Some(false),
+            Some(o) if !o.probing && now >= o.next_probe => Some(true),
+            Some(_) => None,
         }
     }
 
-    /// Gives a free slot to the first waiter, if there is a free slot and a waiter.
+    /// A free slot that may be used now: `Some(probe)` as for [`State::may_open`].
+    fn free_slot_now(&self, now: Instant) -> Option<bool> {
+        if self.size() < self.cfg.max_size {
+            self.may_open(now)
+        } else {
+            None
+        }
+    }
+
+    /// Reserves a slot for a connection about to be opened (counted in `opening` until the
+    /// permit is spent or given back). A probe marks the outage as probing.
+    fn take_slot(&mut self, probe: bool) -> OpenPermit {
+        self.opening += 1;
+        if probe {
+            if let Some(o) = &mut self.outage {
+                o.probing = true;
+            }
+        }
+        OpenPermit {
+            generation: self.generation,
+            probe,
+        }
+    }
+
+    /// Gives a free slot to the first waiter, if there is a free slot and a waiter, and the
+    /// server is not down (then the first waiter probes when its time comes).
     fn grant_open(&mut self) -> Option<Arc<Waiter<C>>> {
-        if self.closed || self.size() >= self.cfg.max_size || !self.idle.is_empty() {
+        if self.closed
+            || self.outage.is_some()
+            || self.size() >= self.cfg.max_size
+            || !self.idle.is_empty()
+        {
             return None;
         }
         let w = self.pop_waiter()?;
-        w.give(Grant::Open(self.take_slot()));
+        w.give(Grant::Open(self.take_slot(false)));
         Some(w)
+    }
+
+    /// Gives free slots to waiters, as many as there are of both (after an outage ends).
+    fn grant_opens(&mut self) -> Vec<Arc<Waiter<C>>> {
+        let mut woken = Vec::new();
+        while let Some(w) = self.grant_open() {
+            woken.push(w);
+        }
+        woken
+    }
+
+    /// Tells the first waiter to ask again ([`Grant::Retry`]), so that it learns when the
+    /// next probe is due (see [`Engine::wake_time`]).
+    fn nudge_first(&mut self) -> Option<Arc<Waiter<C>>> {
+        let w = self.waiters.front()?;
+        if w.retry_sent.swap(true, Relaxed) {
+            return None; // it will ask again anyway
+        }
+        w.give(Grant::Retry);
+        self.retries_sent += 1;
+        Some(Arc::clone(w))
     }
 }
 
@@ -307,6 +380,7 @@ impl<C> Engine<C> {
                 rng: seed | 1,
                 maintainer: None,
                 maintenance_due: false,
+                outage: None,
             }),
             stats: Stats::default(),
         }
@@ -345,6 +419,27 @@ impl<C> Engine<C> {
             in_use: st.in_use,
             opening: st.opening,
             waiting: st.waiters.len(),
+            failed_connects: st.outage.map(|o| o.failures),
+        }
+    }
+
+    /// Whether the server is taken to be down: a connect failed as transient and none has
+    /// succeeded since.
+    pub fn server_down(&self) -> bool {
+        self.state.lock().outage.is_some()
+    }
+
+    /// Until when `waiter` should wait before asking again with [`Engine::retry`]: its
+    /// `deadline`, or, while the server is down, when the next probe is due if the waiter
+    /// is first in line (it then makes the probe). Others wait for a grant: a connection
+    /// once the server is back, or a [`Grant::Retry`] when they become first.
+    pub fn wake_time(&self, waiter: &Arc<Waiter<C>>, deadline: Instant) -> Instant {
+        let st = self.state.lock();
+        match st.outage {
+            Some(o) if !o.probing && st.waiters.front().is_some_and(|w| Arc::ptr_eq(w, waiter)) => {
+                o.next_probe.min(deadline)
+            }
+            _ => deadline,
         }
     }
 
@@ -378,8 +473,8 @@ impl<C> Engine<C> {
             if let Some(answer) = st.take_idle(now, &self.stats) {
                 return Ok(answer);
             }
-            if st.size() < st.cfg.max_size {
-                return Ok(Checkout::Open(st.take_slot()));
+            if let Some(probe) = st.free_slot_now(now) {
+                return Ok(Checkout::Open(st.take_slot(probe)));
             }
         }
         if st.cfg.max_waiting > 0 && st.waiters.len() >= st.cfg.max_waiting {
@@ -398,12 +493,14 @@ impl<C> Engine<C> {
 
     /// Gives up a connection that failed its checkout check, and in the same step gives
     /// the caller what replaces it: another idle connection, or the freed slot as a permit.
-    /// The caller keeps its place: it never queues behind later arrivals.
+    /// The caller keeps its place: it never queues behind later arrivals. While the server
+    /// is down and no probe is due, it waits first in line (`wake` as for a checkout).
     pub fn replace(
         &self,
         conn: Pooled<C>,
         reason: CloseReason,
         now: Instant,
+        wake: impl FnOnce() -> Box<dyn Wake>,
     ) -> (Retired<C>, Result<Checkout<C>, AcquireError>) {
         let mut st = self.state.lock();
         if conn.meta.generation != st.generation {
@@ -422,7 +519,16 @@ impl<C> Engine<C> {
         if let Some(answer) = st.take_idle(now, &self.stats) {
             return (retired, Ok(answer));
         }
-        (retired, Ok(Checkout::Open(st.take_slot())))
+        match st.may_open(now) {
+            Some(probe) => (retired, Ok(Checkout::Open(st.take_slot(probe)))),
+            None => {
+                let waiter = Arc::new(Waiter::new(wake()));
+                st.waiters.push_front(Arc::clone(&waiter));
+                st.debug_check_retries();
+                self.stats.requests_queued.fetch_add(1, Relaxed);
+                (retired, Ok(Checkout::Wait(waiter)))
+            }
+        }
     }
 
     fn closed_error<T>(&self) -> Result<T, AcquireError> {
@@ -511,6 +617,11 @@ impl<C> Engine<C> {
         let mut st = self.state.lock();
         let conn = self.record_open(&mut st, permit, payload, now, took, 1)?;
         st.in_use += 1;
+        let woken = st.grant_opens();
+        drop(st);
+        for w in woken {
+            w.notify();
+        }
         Ok(conn)
     }
 
@@ -530,8 +641,12 @@ impl<C> Engine<C> {
             Err(retired) => return Some(retired),
         };
         let woken = st.serve_first_waiter(conn);
+        let more = st.grant_opens();
         drop(st);
         notify_all(woken);
+        for w in more {
+            w.notify();
+        }
         None
     }
 
@@ -558,6 +673,8 @@ impl<C> Engine<C> {
         }
         let conn = Pooled { payload, meta };
         st.opening -= 1;
+        // The server answered: it is up.
+        st.outage = None;
         self.stats.opens.fetch_add(1, Relaxed);
         self.stats.open_time.record(took);
         if st.closed {
@@ -566,10 +683,60 @@ impl<C> Engine<C> {
         Ok(conn)
     }
 
-    /// A connection attempt failed: its slot goes to the first waiter, who tries itself.
+    /// A connection attempt failed for good (the server refused it: authentication, an
+    /// unknown database, bad parameters): its slot goes to the first waiter, who tries
+    /// itself. The server answered, so it is not down.
     pub fn open_failed(&self, permit: OpenPermit) {
         self.stats.open_errors.fetch_add(1, Relaxed);
-        self.open_unused(permit);
+        let mut st = self.state.lock();
+        if permit.generation != st.generation {
+            return;
+        }
+        st.outage = None;
+        st.opening -= 1;
+        let woken = st.grant_opens();
+        self.below_min(&mut st);
+        drop(st);
+        for w in woken {
+            w.notify();
+        }
+    }
+
+    /// A connection attempt failed in a way that may pass (connection refused or timed out,
+    /// the server starting up or shutting down): the server is taken to be down. Its slot
+    /// is freed but given to nobody; from now until a connect succeeds, one probing connect
+    /// at a time is allowed, the first 50 ms after this failure, each next one after a
+    /// longer pause (see [`probe_backoff`]). The first waiter is told to ask again, so that
+    /// it makes the next probe; callers that are not waiting ask again themselves.
+    pub fn open_failed_transient(&self, permit: OpenPermit, now: Instant) {
+        self.stats.open_errors.fetch_add(1, Relaxed);
+        let mut st = self.state.lock();
+        if permit.generation != st.generation {
+            return;
+        }
+        st.opening -= 1;
+        match &mut st.outage {
+            None => {
+                st.outage = Some(Outage {
+                    failures: 1,
+                    next_probe: now + probe_backoff(1),
+                    probing: false,
+                });
+            }
+            Some(o) if permit.probe => {
+                o.failures = o.failures.saturating_add(1);
+                o.next_probe = now + probe_backoff(o.failures);
+                o.probing = false;
+            }
+            // Opened before the outage was known: the schedule stands.
+            Some(_) => {}
+        }
+        let woken = st.nudge_first();
+        st.debug_check_retries();
+        drop(st);
+        if let Some(w) = woken {
+            w.notify();
+        }
     }
 
     /// Gives back a permit that was not tried (maintenance stops opening after a failure):
@@ -580,7 +747,18 @@ impl<C> Engine<C> {
             return;
         }
         st.opening -= 1;
+        let mut first = None;
+        if permit.probe {
+            if let Some(o) = &mut st.outage {
+                // The probe was not made: the first waiter makes it.
+                o.probing = false;
+                first = st.nudge_first();
+            }
+        }
         self.free_slot(st);
+        if let Some(w) = first {
+            w.notify();
+        }
     }
 
     /// A holder dropped a connection without returning it; the connection is gone with it.
@@ -619,13 +797,17 @@ impl<C> Engine<C> {
         if let Some(pos) = st.waiters.iter().position(|w| Arc::ptr_eq(w, waiter)) {
             st.waiters.remove(pos);
             st.forget_retry(waiter);
-            // Its Retry, if it had one, passes to the next waiter.
+            // Its Retry, if it had one, passes to the next waiter; while the server is
+            // down, the new first waiter is told so that it makes the next probe.
             let next = st.send_retry();
+            let first = if pos == 0 && st.outage.is_some() {
+                st.nudge_first()
+            } else {
+                None
+            };
             st.debug_check_retries();
             drop(st);
-            if let Some(w) = next {
-                w.notify();
-            }
+            notify_all([next, first]);
             return None;
         }
         drop(st);
@@ -649,9 +831,9 @@ impl<C> Engine<C> {
         let answer = if let Some(answer) = st.take_idle(now, &self.stats) {
             st.waiters.remove(pos);
             answer
-        } else if st.size() < st.cfg.max_size {
+        } else if let Some(probe) = st.free_slot_now(now) {
             st.waiters.remove(pos);
-            Checkout::Open(st.take_slot())
+            Checkout::Open(st.take_slot(probe))
         } else {
             Checkout::Wait(Arc::clone(waiter))
         };
@@ -730,8 +912,15 @@ impl<C> Engine<C> {
         }
         let mut open = Vec::new();
         while st.size() < st.cfg.min_size {
-            open.push(st.take_slot());
+            match st.may_open(now) {
+                Some(probe) => open.push(st.take_slot(probe)),
+                None => break,
+            }
+            if st.outage.is_some() {
+                break; // one probe at a time
+            }
         }
+        let next_probe = st.outage.filter(|o| !o.probing).map(|o| o.next_probe);
         let stale_at = st
             .cfg
             .max_idle
@@ -746,6 +935,7 @@ impl<C> Engine<C> {
             .filter_map(|c| c.meta.expires)
             .chain(stale_at)
             .chain(next_look)
+            .chain(next_probe.filter(|_| st.size() < st.cfg.min_size))
             .min();
         Some(Maintenance {
             retire,
@@ -766,7 +956,8 @@ impl<C> Engine<C> {
                     return false;
                 }
                 let asked = std::mem::take(&mut st.maintenance_due);
-                if (!pause && (asked || st.size() < st.cfg.min_size)) || now >= deadline {
+                let deficit = st.size() < st.cfg.min_size && st.outage.is_none();
+                if (!pause && (asked || deficit)) || now >= deadline {
                     st.maintainer = None;
                     return true;
                 }
@@ -818,6 +1009,7 @@ impl<C> Engine<C> {
         st.in_use = 0;
         st.opening = 0;
         st.retiring = 0;
+        st.outage = None;
         // The parent's maintenance thread does not exist here.
         st.maintainer = None;
         // Their threads do not exist in the child.

@@ -17,6 +17,8 @@ pub enum AcquireError {
         in_use: usize,
         opening: usize,
         waiting: usize,
+        /// While the server is taken to be down: the connects that failed since.
+        failed_connects: Option<u32>,
     },
     /// The pool was closed before or while waiting.
     Closed { pool: String },
@@ -35,13 +37,24 @@ impl fmt::Display for AcquireError {
                 in_use,
                 opening,
                 waiting,
-            } => write!(
-                f,
-                "pool '{pool}': no connection within {:.2} s (size {size}/{max_size}, \
-                 in use {in_use}, opening {opening}, waiting {waiting}); connections are \
-                 held too long or max_size is too small",
-                timeout.as_secs_f64()
-            ),
+                failed_connects,
+            } => match failed_connects {
+                Some(n) => write!(
+                    f,
+                    "pool '{pool}': no connection within {:.2} s: the server cannot be \
+                     reached ({n} connect attempts failed in a row, retried with back-off; \
+                     the last failure is the cause) (size {size}/{max_size}, in use \
+                     {in_use}, opening {opening}, waiting {waiting})",
+                    timeout.as_secs_f64()
+                ),
+                None => write!(
+                    f,
+                    "pool '{pool}': no connection within {:.2} s (size {size}/{max_size}, \
+                     in use {in_use}, opening {opening}, waiting {waiting}); connections \
+                     are held too long or max_size is too small",
+                    timeout.as_secs_f64()
+                ),
+            },
             AcquireError::Closed { pool } => write!(f, "pool '{pool}' is closed"),
             AcquireError::TooManyWaiters { pool, max_waiting } => write!(
                 f,

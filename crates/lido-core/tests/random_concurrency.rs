@@ -91,7 +91,9 @@ fn acquire(w: &World, rng: &mut Rng, turn: &mut Option<Instant>) -> Option<Poole
                     // The check found it dead.
                     let (retired, next) =
                         w.engine
-                            .replace(c, CloseReason::CheckFailed, Instant::now());
+                            .replace(c, CloseReason::CheckFailed, Instant::now(), || {
+                                Box::new(ThreadWake::current())
+                            });
                     w.close(retired);
                     match next {
                         Ok(s) => s,
@@ -119,7 +121,13 @@ fn acquire(w: &World, rng: &mut Rng, turn: &mut Option<Instant>) -> Option<Poole
                 w.connect_start();
                 if rng.chance(10) {
                     w.physical.fetch_sub(1, SeqCst);
-                    w.engine.open_failed(permit);
+                    // Half the failures are transient: the server is taken to be down
+                    // until the next successful open, one probe at a time.
+                    if rng.chance(50) {
+                        w.engine.open_failed_transient(permit, Instant::now());
+                    } else {
+                        w.engine.open_failed(permit);
+                    }
                     return None;
                 }
                 let id = w.next_payload.fetch_add(1, SeqCst) as u64;
@@ -142,8 +150,11 @@ fn acquire(w: &World, rng: &mut Rng, turn: &mut Option<Instant>) -> Option<Poole
             }
             Checkout::Wait(waiter) => {
                 queued = true;
-                let grant = match waiter.park_until(deadline) {
+                let until = w.engine.wake_time(&waiter, deadline);
+                let grant = match waiter.park_until(until) {
                     Some(g) => g,
+                    // First in line while the server is down: the probe is due.
+                    None if Instant::now() < deadline => Grant::Retry,
                     None => match w.engine.cancel(&waiter) {
                         Some(g) => g,
                         None => {

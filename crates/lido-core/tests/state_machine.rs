@@ -360,12 +360,12 @@ fn replace_hands_back_another_idle_or_a_permit() {
     let a = get(&e, t, 1);
     let b = get(&e, t, 2);
     e.release(a, true, t);
-    let (retired, next) = e.replace(b, CloseReason::CheckFailed, t);
+    let (retired, next) = e.replace(b, CloseReason::CheckFailed, t, wake);
     assert_eq!(e.retire_done(retired), 2);
     match next.unwrap() {
         Checkout::Ready(c, _) => {
             assert_eq!(c.payload, 1);
-            let (retired, next) = e.replace(c, CloseReason::CheckFailed, t);
+            let (retired, next) = e.replace(c, CloseReason::CheckFailed, t, wake);
             e.retire_done(retired);
             assert!(matches!(next.unwrap(), Checkout::Open(_)));
         }
@@ -654,4 +654,226 @@ fn a_zero_turn_length_serves_strictly_in_order() {
     let w = wait(&e, t, Some(t));
     assert!(e.release_in_turn(a, true, t, Some(t)).is_none());
     assert!(matches!(w.try_take(), Some(Grant::Conn(..))));
+}
+
+// --- The server down: back-off shared by the pool, one probe at a time ---------------------
+
+fn open_permit(c: Checkout<u32>) -> OpenPermit {
+    match c {
+        Checkout::Open(p) => p,
+        _ => panic!("expected a permit to open"),
+    }
+}
+
+fn is_wait(c: &Checkout<u32>) -> bool {
+    matches!(c, Checkout::Wait(_))
+}
+
+#[test]
+fn a_transient_failure_makes_later_checkouts_wait_for_one_probe_at_a_time() {
+    let e = engine(Config {
+        max_size: 4,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let ms = Duration::from_millis;
+    let p = open_permit(e.checkout(t, wake).unwrap());
+    assert!(!p.is_probe());
+    e.open_failed_transient(p, t);
+    assert!(e.server_down());
+    assert_eq!(e.status().opening, 0);
+    // Slots are free, but nobody opens before the first probe is due: all queue.
+    let w1 = wait(&e, t, None);
+    let w2 = wait(&e, t + ms(10), None);
+    let far = t + Duration::from_secs(2);
+    // The first in line wakes when the probe is due; the others sleep to their deadline.
+    assert_eq!(e.wake_time(&w1, far), t + probe_backoff(1));
+    assert_eq!(e.wake_time(&w2, far), far);
+    assert_eq!(e.wake_time(&w1, t + ms(20)), t + ms(20));
+    // Asking early keeps the place in line.
+    assert!(is_wait(&e.retry(&w1, t + ms(20)).unwrap()));
+    // Due: the first in line gets the probe; nobody else may open meanwhile.
+    let t1 = t + probe_backoff(1);
+    let probe = open_permit(e.retry(&w1, t1).unwrap());
+    assert!(probe.is_probe());
+    assert!(is_wait(&e.retry(&w2, t1).unwrap()));
+    assert!(is_wait(&e.checkout(t1, wake).unwrap()));
+    assert_eq!(e.wake_time(&w2, far), far);
+    // The probe fails: the next one is due after a longer pause, and the first waiter
+    // (now w2) is told to ask again, so that it makes it.
+    e.open_failed_transient(probe, t1);
+    assert!(matches!(w2.try_take(), Some(Grant::Retry)));
+    assert!(probe_backoff(2) > probe_backoff(1));
+    assert_eq!(e.wake_time(&w2, far), t1 + probe_backoff(2));
+    let t2 = t1 + probe_backoff(2);
+    let probe = open_permit(e.retry(&w2, t2).unwrap());
+    assert!(probe.is_probe());
+    // It succeeds: the server is up, and the waiters still queued get the free slots.
+    let c = e.opened(probe, 7, t2, ms(1)).unwrap();
+    assert!(!e.server_down());
+    let s = e.status();
+    assert_eq!(s.waiting, 0, "{s:?}");
+    assert_eq!(s.opening, 1);
+    e.release(c, true, t2);
+    assert_eq!(
+        e.stats()
+            .open_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}
+
+#[test]
+fn probes_back_off_up_to_half_a_second() {
+    let pauses: Vec<_> = (1..=8).map(probe_backoff).collect();
+    assert_eq!(pauses[0], Duration::from_millis(50));
+    assert!(pauses.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(*pauses.last().unwrap(), Duration::from_millis(500));
+    // Five seconds down: some twenty probes, not thousands of connects.
+    let e = engine(Config::default());
+    let mut now = Instant::now();
+    let end = now + Duration::from_secs(5);
+    e.open_failed_transient(open_permit(e.checkout(now, wake).unwrap()), now);
+    let mut attempts = 1;
+    let mut waiter = wait(&e, now, None);
+    while now < end {
+        now = e.wake_time(&waiter, end);
+        match e.retry(&waiter, now).unwrap() {
+            Checkout::Open(p) => {
+                attempts += 1;
+                e.open_failed_transient(p, now);
+                // The prober asks again, and queues.
+                waiter = wait(&e, now, None);
+            }
+            Checkout::Wait(_) => {}
+            _ => panic!(),
+        }
+    }
+    assert!(
+        (10..=20).contains(&attempts),
+        "{attempts} connect attempts in 5 s"
+    );
+}
+
+#[test]
+fn failures_of_connects_begun_before_the_outage_do_not_lengthen_the_back_off() {
+    let e = engine(Config {
+        max_size: 3,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let permits: Vec<_> = (0..3)
+        .map(|_| open_permit(e.checkout(t, wake).unwrap()))
+        .collect();
+    for p in permits {
+        e.open_failed_transient(p, t);
+    }
+    let w = wait(&e, t, None);
+    assert_eq!(
+        e.wake_time(&w, t + Duration::from_secs(9)),
+        t + probe_backoff(1)
+    );
+    let (size, opening) = (e.status().size, e.status().opening);
+    assert_eq!((size, opening), (0, 0));
+}
+
+#[test]
+fn a_permanent_failure_ends_the_outage_and_frees_the_slot_for_a_waiter() {
+    let e = engine(Config {
+        max_size: 1,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    e.open_failed_transient(open_permit(e.checkout(t, wake).unwrap()), t);
+    let w = wait(&e, t, None);
+    let t1 = t + probe_backoff(1);
+    let probe = open_permit(e.retry(&w, t1).unwrap());
+    let w2 = wait(&e, t1, None);
+    // The server answered (say, a wrong password): not down; the next waiter tries at once.
+    e.open_failed(probe);
+    assert!(!e.server_down());
+    assert!(matches!(w2.try_take(), Some(Grant::Open(p)) if !p.is_probe()));
+}
+
+#[test]
+fn when_the_first_waiter_gives_up_the_next_one_makes_the_probe() {
+    let e = engine(Config::default());
+    let t = Instant::now();
+    e.open_failed_transient(open_permit(e.checkout(t, wake).unwrap()), t);
+    let w1 = wait(&e, t, None);
+    let w2 = wait(&e, t, None);
+    let far = t + Duration::from_secs(5);
+    assert_eq!(e.wake_time(&w2, far), far);
+    assert!(e.cancel(&w1).is_none());
+    assert!(matches!(w2.try_take(), Some(Grant::Retry)));
+    assert_eq!(e.wake_time(&w2, far), t + probe_backoff(1));
+}
+
+#[test]
+fn a_dead_idle_connection_while_the_server_is_down_waits_first_in_line() {
+    let e = engine(Config {
+        max_size: 2,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let a = get(&e, t, 1);
+    let b = open_permit(e.checkout(t, wake).unwrap());
+    e.release(a, true, t);
+    e.open_failed_transient(b, t);
+    // The idle one is taken, and fails its check...
+    let c = match e.checkout(t, wake).unwrap() {
+        Checkout::Ready(c, _) => c,
+        _ => panic!("the idle connection"),
+    };
+    let other = wait(&e, t, None);
+    let (retired, next) = e.replace(c, CloseReason::CheckFailed, t, wake);
+    e.retire_done(retired);
+    // ...and its holder waits ahead of the others, and makes the probe.
+    let w = match next.unwrap() {
+        Checkout::Wait(w) => w,
+        _ => panic!("should wait: the server is down"),
+    };
+    let far = t + Duration::from_secs(5);
+    assert_eq!(e.wake_time(&w, far), t + probe_backoff(1));
+    assert_eq!(e.wake_time(&other, far), far);
+}
+
+#[test]
+fn maintenance_probes_once_and_returns_an_unused_probe() {
+    let e = engine(Config {
+        min_size: 3,
+        max_size: 4,
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let mut m = e.maintain(t).unwrap();
+    assert_eq!(m.open.len(), 3);
+    let first = m.open.pop().unwrap();
+    e.open_failed_transient(first, t);
+    for p in m.open {
+        e.open_unused(p);
+    }
+    // Down: no opens until the probe is due, and the helper is told when that is.
+    let m = e.maintain(t).unwrap();
+    assert!(m.open.is_empty());
+    assert_eq!(m.next_due, Some(t + probe_backoff(1)));
+    let mut m = e.maintain(t + probe_backoff(1)).unwrap();
+    assert_eq!(m.open.len(), 1);
+    let probe = m.open.pop().unwrap();
+    assert!(probe.is_probe());
+    // A probe given back untried lets the next one go, and the first waiter is told.
+    let w = wait(&e, t + probe_backoff(1), None);
+    e.open_unused(probe);
+    assert!(matches!(w.try_take(), Some(Grant::Retry)));
+    assert_eq!(e.maintain(t + probe_backoff(1)).unwrap().open.len(), 1);
+}
+
+#[test]
+fn the_timeout_error_says_the_server_is_down() {
+    let e = engine(Config::default());
+    let t = Instant::now();
+    e.open_failed_transient(open_permit(e.checkout(t, wake).unwrap()), t);
+    let msg = e.timeout_error(Duration::from_secs(2)).to_string();
+    assert!(msg.contains("cannot be reached"), "{msg}");
+    assert!(msg.contains("1 connect attempts failed"), "{msg}");
 }

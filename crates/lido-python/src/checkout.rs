@@ -32,6 +32,8 @@ struct Request<'w> {
     turn: Option<Instant>,
     /// When the request started, once it has had to queue (for the acquire-wait histogram).
     queued_at: Option<Instant>,
+    /// A connect made for this request failed (then a timeout carries the last failure).
+    connect_failed: bool,
 }
 
 impl<'w> Request<'w> {
@@ -46,6 +48,7 @@ impl<'w> Request<'w> {
             key,
             turn: Some(thread_turn(key, start, false)),
             queued_at: None,
+            connect_failed: false,
         }
     }
 
@@ -76,7 +79,7 @@ impl Inner {
         loop {
             check_not_exiting(self.engine.name())?;
             let step = match answer {
-                Checkout::Ready(conn, check) => self.use_checked(py, &req, conn, check)?,
+                Checkout::Ready(conn, check) => self.use_checked(py, &mut req, conn, check)?,
                 Checkout::Retire(retired) => {
                     // Expired while idle: close it and ask again, in the same turn.
                     self.retire(py, retired);
@@ -84,7 +87,7 @@ impl Inner {
                 }
                 Checkout::Open(permit) => {
                     req.served();
-                    Step::Break(self.open_for_caller(py, permit, req.queued_at)?)
+                    self.open_for_caller(py, &mut req, permit)?
                 }
                 Checkout::Wait(waiter) => Step::Continue(self.wait(py, &mut req, &waiter)?),
             };
@@ -103,38 +106,64 @@ impl Inner {
     }
 
     /// Checks the connection the engine chose, outside its lock. One that fails is
-    /// replaced in the same engine step, so the caller keeps its place in line.
+    /// replaced in the same engine step, so the caller keeps its place in line. A round
+    /// trip ends by the deadline; with no time left for one, the connection goes back
+    /// unchecked and the checkout times out.
     fn use_checked(
         &self,
         py: Python<'_>,
-        req: &Request<'_>,
+        req: &mut Request<'_>,
         conn: Pooled<PyConn>,
         check: Check,
     ) -> PyResult<Step> {
-        if self.verify(py, &conn, check) {
+        if check.round_trip && Instant::now() >= req.deadline {
+            if let Some(retired) = self.engine.release(conn, true, Instant::now()) {
+                self.retire(py, retired);
+            }
+            return Err(self.timed_out(py, req));
+        }
+        if self.verify(py, &conn, check, req.deadline) {
             req.served();
             return Ok(Step::Break(self.lend(conn, req.queued_at)));
         }
-        let (retired, next) = self
-            .engine
-            .replace(conn, CloseReason::CheckFailed, Instant::now());
+        let (retired, next) =
+            self.engine
+                .replace(conn, CloseReason::CheckFailed, Instant::now(), || {
+                    req.how.waker()
+                });
         self.retire(py, retired);
         Ok(Step::Continue(next.map_err(acquire_error)?))
     }
 
-    /// Opens a connection for the caller with `permit`; `queued_at` as for `lend` (the
-    /// connect time itself is not acquire wait: it has its own histogram).
+    /// Opens a connection for the caller with `permit`, giving the driver the time left
+    /// (the connect time itself is not acquire wait: it has its own histogram). A failure
+    /// the driver calls transient is retried within the timeout, on the pool's back-off;
+    /// any other is raised at once.
     fn open_for_caller(
         self: &Arc<Self>,
         py: Python<'_>,
+        req: &mut Request<'_>,
         permit: OpenPermit,
-        queued_at: Option<Instant>,
-    ) -> PyResult<Py<PyAny>> {
+    ) -> PyResult<Step> {
         let slot = PermitGuard::new(&self.engine, permit);
-        let (conn, took) = self.open(py)?;
+        let time_left = req.deadline.saturating_duration_since(Instant::now());
+        let (conn, took) = match self.open(py, time_left) {
+            Ok(opened) => opened,
+            Err(e) => {
+                if !self.connect_failed(py, slot, &e) {
+                    return Err(e);
+                }
+                req.connect_failed = true;
+                let now = Instant::now();
+                if now >= req.deadline {
+                    return Err(self.timed_out(py, req));
+                }
+                return Ok(Step::Continue(self.ask(req, now)?));
+            }
+        };
         let conn = attach_leak_watch(self, py, conn)?;
         match self.engine.opened(slot.spend(), conn, Instant::now(), took) {
-            Ok(pooled) => Ok(self.lend(pooled, queued_at)),
+            Ok(pooled) => Ok(Step::Break(self.lend(pooled, req.queued_at))),
             Err(retired) => {
                 self.retire(py, retired);
                 Err(PoolClosed::new_err(format!(
@@ -145,7 +174,8 @@ impl Inner {
         }
     }
 
-    /// Waits for the engine to grant something, in the caller's way of waiting.
+    /// Waits for the engine to grant something, in the caller's way of waiting. While the
+    /// server is down, the first in line wakes when the next probe is due and asks again.
     fn wait(
         &self,
         py: Python<'_>,
@@ -153,11 +183,21 @@ impl Inner {
         waiter: &Arc<Waiter<PyConn>>,
     ) -> PyResult<Checkout<PyConn>> {
         req.queued_at = Some(req.start);
-        let grant = match req.how.wait(py, waiter, req.deadline) {
-            Some(grant) => grant,
-            None => self.give_up(waiter, req.timeout)?,
-        };
-        self.granted(waiter, grant)
+        loop {
+            let until = self.engine.wake_time(waiter, req.deadline);
+            if let Some(grant) = req.how.wait(py, waiter, until) {
+                return self.granted(waiter, grant);
+            }
+            let now = Instant::now();
+            if now >= req.deadline {
+                let grant = self.give_up(py, waiter, req)?;
+                return self.granted(waiter, grant);
+            }
+            match self.engine.retry(waiter, now).map_err(acquire_error)? {
+                Checkout::Wait(_) => {}
+                answer => return Ok(answer),
+            }
+        }
     }
 
     /// Turns a grant into the next answer to act on.
@@ -182,11 +222,26 @@ impl Inner {
     }
 
     /// The wait ran out: leave the queue, unless a grant came at the last moment.
-    fn give_up(&self, waiter: &Arc<Waiter<PyConn>>, timeout: Duration) -> PyResult<Grant<PyConn>> {
-        self.engine.cancel(waiter).ok_or_else(|| {
-            self.engine.stats().timeouts.fetch_add(1, Relaxed);
-            acquire_error(self.engine.timeout_error(timeout))
-        })
+    fn give_up(
+        &self,
+        py: Python<'_>,
+        waiter: &Arc<Waiter<PyConn>>,
+        req: &Request<'_>,
+    ) -> PyResult<Grant<PyConn>> {
+        self.engine
+            .cancel(waiter)
+            .ok_or_else(|| self.timed_out(py, req))
+    }
+
+    /// The `PoolTimeout` for `req`; while the server is down, or if a connect failed for
+    /// the request, it says so and carries the last connect failure as its `__cause__`.
+    fn timed_out(&self, py: Python<'_>, req: &Request<'_>) -> PyErr {
+        self.engine.stats().timeouts.fetch_add(1, Relaxed);
+        let err = acquire_error(self.engine.timeout_error(req.timeout));
+        if let Some(cause) = self.connect_error_cause(py, req.connect_failed) {
+            err.set_cause(py, Some(cause));
+        }
+        err
     }
 
     /// Takes a connection back: rolled back and reset here, then kept, handed on or retired

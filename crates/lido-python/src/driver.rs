@@ -5,11 +5,12 @@
 //!
 //! | callback | from | called when | arguments -> return | an exception means |
 //! |---|---|---|---|---|
-//! | `connect` | pool | a checkout or maintenance holds an open permit (`Inner::open`) | () -> a new connection | the open failed: the slot is freed; a checkout raises it, maintenance reports it to `on_error` and backs off |
+//! | `connect` | pool | a checkout or maintenance holds an open permit (`Inner::open`) | (seconds left: the checkout's remaining time, or the pool's `timeout` for maintenance) -> a new connection | the open failed: `transient` says how; the slot is freed |
+//! | `transient` | pool | a `connect` raised (`Inner::connect_failed`) | (exception) -> true if the failure may pass (connection refused or timed out, server starting up or shutting down) | taken as permanent. Permanent: a checkout raises the error at once. Transient: the engine takes the server to be down, the checkout waits and retries within its timeout (one probe at a time for the pool), then raises `PoolTimeout` with the error as `__cause__`; maintenance reports it to `on_error` and backs off |
 //! | `driver_for` | pool | once, at the first open (`Driver::learn`) | (conn) -> an object with the five driver attributes below and `status_attr` | that open fails, as for `connect`; the next open asks again |
 //! | `status_source` | driver | with `status_attr`, once per connection at open; without (`""`), at every return | (conn) -> an object whose `status_attr` is the status (it must not reference conn), or the status itself: a libpq `PQtransactionStatus` code | at open, the open fails; at return, the connection is closed |
 //! | `rollback` | driver | at return, when a transaction is open or failed, or the status is unknown (`Inner::clean`) | (conn) -> ignored | the connection is closed |
-//! | `check` | pool's `check`, else driver's | at checkout, after the connection sat idle longer than `check_after_idle` (`Inner::verify`) | (conn) -> ignored | the connection is closed and replaced (`closes_check_failed`) |
+//! | `check` | pool's `check`, else driver's | at checkout, after the connection sat idle longer than `check_after_idle`, if time is left (`Inner::verify`); the socket is shut down at the checkout's deadline if it has not returned (`deadline.rs`) | (conn) -> ignored | the connection is closed and replaced (`closes_check_failed`) |
 //! | `close` | driver | when the engine retires a connection, never for a fork parent's (`Inner::retire`) | (conn) -> ignored | reported to `on_error`; the slot is freed anyway |
 //! | `fileno` | driver | once per connection at open | (conn) -> the socket's fd | no socket probe for that connection |
 //! | `reset` | pool | at every return, after any rollback (`Inner::clean`) | (conn) -> ignored | reported to `on_error`; the connection is closed |
@@ -55,6 +56,8 @@ pub(crate) struct Hooks {
     /// `close`, `fileno`.
     pub(crate) driver_for: Py<PyAny>,
     pub(crate) check: Option<Py<PyAny>>,
+    /// exception -> whether a failed connect may succeed later; None: none may.
+    pub(crate) transient: Option<Py<PyAny>>,
     pub(crate) reset: Option<Py<PyAny>>,
     /// (connection id, seconds held) -> None; logs the leak.
     pub(crate) on_leak: Option<Py<PyAny>>,

@@ -1,9 +1,11 @@
 //! `Inner`: a pool's shared state, and the driver I/O the engine's answers call for: open,
 //! verify, lend, clean and retire.
 
+use crate::deadline;
 use crate::driver::{Driver, Hooks};
 use crate::errors::config_error;
 use crate::leases::{ByAddress, Held, PyConn};
+use crate::permit::PermitGuard;
 use lido_core::{probe_socket, Check, Engine, Pooled, Retired, Validated};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
@@ -26,6 +28,8 @@ pub(crate) struct Inner {
     pub(crate) foreign: Mutex<(HashSet<usize>, Vec<Py<PyAny>>)>,
     /// Consecutive failed maintenance opens, for back-off.
     pub(crate) open_failures: AtomicU64,
+    /// The last connect error, the cause of a `PoolTimeout` while the server is down.
+    pub(crate) last_connect_error: Mutex<Option<PyErr>>,
 }
 
 impl Inner {
@@ -41,6 +45,7 @@ impl Inner {
             leases: Mutex::new(ByAddress::default()),
             foreign: Mutex::new((HashSet::new(), Vec::new())),
             open_failures: AtomicU64::new(0),
+            last_connect_error: Mutex::new(None),
         }
     }
 
@@ -110,8 +115,15 @@ impl Inner {
         }
     }
 
-    /// Checkout checks: the socket probe, and a round trip if the engine asks for one.
-    pub(crate) fn verify(&self, py: Python<'_>, conn: &Pooled<PyConn>, check: Check) -> bool {
+    /// Checkout checks: the socket probe, and a round trip if the engine asks for one. The
+    /// round trip ends by `deadline`: the socket is shut down then if it has not returned.
+    pub(crate) fn verify(
+        &self,
+        py: Python<'_>,
+        conn: &Pooled<PyConn>,
+        check: Check,
+        deadline: Instant,
+    ) -> bool {
         if check.probe
             && self.probe
             && conn.payload.fd >= 0
@@ -125,7 +137,10 @@ impl Inner {
                 (None, Some(d)) => &d.check,
                 (None, None) => return true,
             };
-            if hook.call1(py, (conn.payload.obj.bind(py),)).is_err() {
+            let watch = (conn.payload.fd >= 0).then(|| deadline::arm(conn.payload.fd, deadline));
+            let answered = hook.call1(py, (conn.payload.obj.bind(py),)).is_ok();
+            let cut_off = watch.is_some_and(deadline::Armed::disarm);
+            if !answered || cut_off {
                 return false;
             }
         }
@@ -154,11 +169,12 @@ impl Inner {
         payload.obj
     }
 
-    /// Opens a connection; the driver's own error reaches the caller. The caller holds the
-    /// slot in a [`crate::permit::PermitGuard`], which frees it if this fails.
-    pub(crate) fn open(&self, py: Python<'_>) -> PyResult<(PyConn, Duration)> {
+    /// Opens a connection, giving the driver `time_left` to connect; the driver's own error
+    /// reaches the caller. The caller holds the slot in a [`PermitGuard`], which frees it if
+    /// this fails (see [`Inner::connect_failed`]).
+    pub(crate) fn open(&self, py: Python<'_>, time_left: Duration) -> PyResult<(PyConn, Duration)> {
         let t0 = Instant::now();
-        let obj = self.hooks.connect.call0(py)?;
+        let obj = self.hooks.connect.call1(py, (time_left.as_secs_f64(),))?;
         let took = t0.elapsed();
         let driver = self.driver.get_or_try_init(py, || {
             Driver::learn(py, &self.hooks.driver_for, obj.bind(py))
@@ -176,6 +192,35 @@ impl Inner {
             fd,
         };
         Ok((conn, took))
+    }
+
+    /// A connect with `slot` failed with `e`: asks the `transient` hook whether the failure
+    /// may pass and tells the engine, which frees the slot. Returns the hook's answer.
+    pub(crate) fn connect_failed(&self, py: Python<'_>, slot: PermitGuard<'_>, e: &PyErr) -> bool {
+        let transient = self.hooks.transient.as_ref().is_some_and(|hook| {
+            hook.call1(py, (e.value(py),))
+                .and_then(|answer| answer.is_truthy(py))
+                .unwrap_or(false)
+        });
+        *self.last_connect_error.lock() = Some(e.clone_ref(py));
+        if transient {
+            slot.failed_transient(Instant::now());
+        } else {
+            drop(slot); // a permanent failure
+        }
+        transient
+    }
+
+    /// The last connect error, if the server is taken to be down or `failed` (the caller
+    /// saw a connect fail itself).
+    pub(crate) fn connect_error_cause(&self, py: Python<'_>, failed: bool) -> Option<PyErr> {
+        if !failed && !self.engine.server_down() {
+            return None;
+        }
+        self.last_connect_error
+            .lock()
+            .as_ref()
+            .map(|e| e.clone_ref(py))
     }
 
     /// Rolls back what the holder left open and runs the reset hook. False: not reusable.

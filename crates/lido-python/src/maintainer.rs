@@ -80,9 +80,13 @@ fn open_idle(
     permit: OpenPermit,
 ) -> Result<(), (&'static str, PyErr)> {
     let slot = PermitGuard::new(&inner.engine, permit);
-    let (conn, took) = inner
-        .open(py)
-        .map_err(|e| ("opening a connection to keep min_size", e))?;
+    let (conn, took) = match inner.open(py, inner.timeout) {
+        Ok(opened) => opened,
+        Err(e) => {
+            inner.connect_failed(py, slot, &e);
+            return Err(("opening a connection to keep min_size", e));
+        }
+    };
     let conn =
         attach_leak_watch(inner, py, conn).map_err(|e| ("registering a new connection", e))?;
     if let Some(r) = inner
@@ -95,9 +99,15 @@ fn open_idle(
     Ok(())
 }
 
-/// Seconds until the next round: a back-off after a failed open, else until the next
-/// connection is due for closing (at most a minute).
+/// Seconds until the next round: a back-off after a failed open (the engine's pace while
+/// the server is taken to be down), else until the next connection is due for closing (at
+/// most a minute).
 fn next_run_in(inner: &Inner, failed: bool, next_due: Option<Instant>) -> f64 {
+    if failed && inner.engine.server_down() {
+        // The engine paces the probes while the server is down (at most one every 0.5 s):
+        // look again at that pace, so min_size is refilled soon after the server is back.
+        return 0.5;
+    }
     if failed {
         // Exponential back-off, 0.1 s doubling up to 10 s.
         let n = inner.open_failures.fetch_add(1, Relaxed).min(7);

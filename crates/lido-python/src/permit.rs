@@ -2,6 +2,7 @@
 
 use crate::leases::PyConn;
 use lido_core::{Engine, OpenPermit};
+use std::time::Instant;
 
 /// Holds an [`OpenPermit`] while its connection is being opened and set up. Dropped on a
 /// failure path (an error returned with `?`, a panic), it reports a failed open, which frees
@@ -24,6 +25,14 @@ impl<'a> PermitGuard<'a> {
         self.permit
             .take()
             .expect("a guard's permit is taken only once")
+    }
+
+    /// The connect failed in a way that may pass (the driver's `transient` hook said so):
+    /// the engine takes the server to be down and spaces out the next attempts.
+    pub(crate) fn failed_transient(mut self, now: Instant) {
+        if let Some(permit) = self.permit.take() {
+            self.engine.open_failed_transient(permit, now);
+        }
     }
 }
 

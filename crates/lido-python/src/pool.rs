@@ -22,7 +22,7 @@ impl PoolCore {
     #[new]
     #[pyo3(signature = (
         connect, driver_for, *, name, options,
-        check=None, reset=None, on_leak=None, on_error=None,
+        check=None, reset=None, on_leak=None, on_error=None, transient=None,
     ))]
     #[allow(clippy::too_many_arguments)] // the Python signature: one argument per hook
     fn new(
@@ -34,11 +34,13 @@ impl PoolCore {
         reset: Option<Py<PyAny>>,
         on_leak: Option<Py<PyAny>>,
         on_error: Option<Py<PyAny>>,
+        transient: Option<Py<PyAny>>,
     ) -> Self {
         let hooks = Hooks {
             connect,
             driver_for,
             check,
+            transient,
             reset,
             on_leak,
             on_error,

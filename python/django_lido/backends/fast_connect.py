@@ -170,7 +170,7 @@ class FastConnectMixin(_Wrapper):
         try:
             conn = pool.getconn()
         except PoolTimeout as exc:
-            raise timeout_class(self._lido_timeout_bases())(*exc.args) from None
+            raise timeout_class(self._lido_timeout_bases())(*exc.args) from exc.__cause__
         self.connection = conn
         self._lido_conn_pool = pool
         self._lido_after_checkout(conn)

@@ -64,8 +64,11 @@ DJANGO_OPTIONS: dict[str, Option] = {
 # psycopg_pool options that have no meaning here, with the reason given to the user.
 UNSUPPORTED = {
     "num_workers": "connections are opened by the threads that need them, with no workers",
-    "reconnect_timeout": "a failed connect raises the driver's error to the caller at once",
-    "reconnect_failed": "a failed connect raises the driver's error to the caller at once",
+    "reconnect_timeout": "a connect that fails while the server is down or restarting is "
+    "retried within each checkout's timeout (one connect at a time for the pool, with "
+    "back-off); other connect errors are raised at once",
+    "reconnect_failed": "a checkout that cannot connect within its timeout raises PoolTimeout, "
+    "with the last connect error as its cause",
     "kwargs": "connection arguments come from NAME, USER, HOST, PORT and OPTIONS",
     "connection_class": "the connection class is the driver's, as Django chooses it",
     "configure": "per-connection set-up is the backend's (time zone, role, isolation level)",

@@ -32,10 +32,11 @@ from django_lido.pool import Pool
 
 
 class Opener(NamedTuple):
-    """How a pool opens a physical connection, sets it up once (the pool closes it if that
-    fails) and resets it on return: ``Pool``'s connect, configure and reset."""
+    """How a pool opens a physical connection (``connect(timeout=seconds left)``), sets it
+    up once (the pool closes it if that fails) and resets it on return: ``Pool``'s
+    connect, configure and reset."""
 
-    connect: Callable[[], Conn]
+    connect: Callable[..., Conn]
     configure: Callable[[Conn], object]
     reset: Callable[[Conn], object] | None
 
@@ -159,7 +160,8 @@ class PooledDatabaseMixin(FastConnectMixin):
                 finally:
                     self._lido_next_pool = None
         except PoolTimeout as exc:
-            raise timeout_class(self._lido_timeout_bases())(*exc.args) from None
+            # The cause, if any, is the last connect failure (the server is down).
+            raise timeout_class(self._lido_timeout_bases())(*exc.args) from exc.__cause__
         self._lido_conn_pool = pool
         return conn
 

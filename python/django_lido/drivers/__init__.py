@@ -34,6 +34,7 @@ __all__ = [
     "Conn",
     "Driver",
     "driver_for",
+    "transient_error",
 ]
 
 
@@ -50,3 +51,20 @@ def driver_for(conn: Conn) -> Driver:
     if root == "MySQLdb":
         return mysqlclient_driver()
     return GENERIC
+
+
+def transient_error(exc: BaseException) -> bool:
+    """Whether a failed connect may succeed later, asked of the driver that raised it
+    (chosen by the module that defines the exception's class: the pool may have no
+    connection yet to learn the driver from)."""
+    module = type(exc).__module__ or ""
+    root = module.partition(".")[0]
+    if root == "psycopg":
+        return PSYCOPG.transient(exc)
+    if root == "psycopg2":
+        return PSYCOPG2.transient(exc)
+    if root == "pymysql":
+        return PYMYSQL.transient(exc)
+    if root in ("MySQLdb", "_mysql_exceptions"):
+        return mysqlclient_driver().transient(exc)
+    return GENERIC.transient(exc)

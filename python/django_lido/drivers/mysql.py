@@ -5,10 +5,22 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import threading
+from collections.abc import Mapping
 from operator import methodcaller
+from typing import Any
 
-from django_lido.drivers.base import TX_ACTIVE, TX_IDLE, TX_INTRANS, TX_UNKNOWN, Conn, Driver
+from django_lido.drivers.base import (
+    TCP_USER_TIMEOUT_MS,
+    TX_ACTIVE,
+    TX_IDLE,
+    TX_INTRANS,
+    TX_UNKNOWN,
+    Conn,
+    Driver,
+    tune_socket,
+)
 
 # The server sends its status flags with every OK (and EOF) packet; the drivers keep the
 # last ones. Outside autocommit a transaction may be open without the flag (PyMySQL does
@@ -18,6 +30,48 @@ SERVER_STATUS_IN_TRANS = 0x0001
 SERVER_STATUS_AUTOCOMMIT = 0x0002
 SERVER_STATUS_NO_BACKSLASH_ESCAPES = 0x0200
 COM_RESET_CONNECTION = 0x1F
+
+# Client and server errors of a server that is down, restarting or unreachable:
+# CR_CONNECTION_ERROR (Unix socket), CR_CONN_HOST_ERROR (TCP), CR_SERVER_GONE_ERROR,
+# CR_SERVER_LOST, ER_SERVER_SHUTDOWN, CR_SERVER_LOST_EXTENDED.
+TRANSIENT_ERRORS = frozenset({2002, 2003, 2006, 2013, 1053, 2055})
+
+
+def mysql_transient(exc: BaseException) -> bool:
+    """Whether a failed connect may succeed later (by the driver's error number).
+    Access denied, an unknown database, too many connections: no."""
+    code = exc.args[0] if exc.args else None
+    return isinstance(code, int) and code in TRANSIENT_ERRORS
+
+
+# A write that waits this long for the network fails (mysqlclient and PyMySQL count whole
+# seconds); given unless OPTIONS set ``write_timeout``.
+WRITE_TIMEOUT = 30
+
+
+def mysql_network_params(
+    given: Mapping[str, Any], time_left: float | None, *, pymysql: bool
+) -> dict[str, Any]:
+    """What to add to the connect parameters ``given``: the default write timeout, and a
+    connect timeout within ``time_left`` seconds (PyMySQL takes a fraction; mysqlclient
+    whole seconds, at least 1)."""
+    extra: dict[str, Any] = {}
+    if "write_timeout" not in given:
+        extra["write_timeout"] = WRITE_TIMEOUT
+    if time_left is not None:
+        bound: float = max(0.001, time_left) if pymysql else max(1, math.ceil(time_left))
+        current = given.get("connect_timeout")
+        if not isinstance(current, int | float) or current <= 0 or current > bound:
+            extra["connect_timeout"] = bound
+    return extra
+
+
+def tune_mysql_socket(fd: int, given: Mapping[str, Any]) -> None:
+    """Unless OPTIONS set ``read_timeout`` (which bounds every read, long queries' too):
+    TCP keepalives and a TCP user timeout, so that a read from a server that vanished
+    ends within about a minute, not after the system's two hours."""
+    if "read_timeout" not in given:
+        tune_socket(fd, user_timeout_ms=TCP_USER_TIMEOUT_MS, keepalive=True)
 
 
 def _mysql_tx_status(flags: int) -> int:
@@ -187,6 +241,7 @@ PYMYSQL = Driver(
     check=methodcaller("ping", False),  # COM_PING; never reconnect (older PyMySQL would)
     close=_pymysql_close,
     fileno=_pymysql_fileno,
+    transient=mysql_transient,
 )
 
 
@@ -201,4 +256,5 @@ def mysqlclient_driver() -> Driver:
         check=methodcaller("ping"),  # COM_PING
         close=_mysqlclient_close,
         fileno=methodcaller("fileno"),
+        transient=mysql_transient,
     )

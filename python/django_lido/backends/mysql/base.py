@@ -24,7 +24,8 @@ from django_lido.backends.mysql.creation import DatabaseCreation
 from django_lido.backends.mysql.session import Session
 from django_lido.backends.pool_options import PoolSettings
 from django_lido.backends.pooled import Opener, PooledDatabaseMixin, freeze
-from django_lido.drivers import Conn
+from django_lido.drivers import Conn, driver_for
+from django_lido.drivers.mysql import mysql_network_params, tune_mysql_socket
 
 
 class MySQLPoolMixin(PooledDatabaseMixin):
@@ -80,9 +81,18 @@ class MySQLPoolMixin(PooledDatabaseMixin):
         # Django turns autocommit on at every checkout; a connection opened with it on
         # makes that a no-op (the drivers otherwise switch it off at connect).
         params = conn_params if "autocommit" in conn_params else {**conn_params, "autocommit": True}
+        pymysql = self._lido_driver_name() == "pymysql"
 
-        def open_connection() -> Conn:
-            return connect(**params)
+        def open_connection(timeout: float | None = None) -> Conn:
+            # A write timeout unless OPTIONS set one; the connect ends within ``timeout``
+            # (the checkout's time left).
+            conn = connect(**params, **mysql_network_params(params, timeout, pymysql=pymysql))
+            try:
+                tune_mysql_socket(driver_for(conn).fileno(conn), params)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
 
         def set_up(conn: Conn) -> None:
             # What Django's stock get_new_connection does (Django < 6.0): mysqlclient's

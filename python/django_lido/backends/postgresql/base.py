@@ -25,6 +25,7 @@ from django_lido.backends.postgresql.creation import DatabaseCreation
 from django_lido.backends.postgresql.features import DatabaseFeatures
 from django_lido.backends.postgresql.session import Session
 from django_lido.drivers import Conn
+from django_lido.drivers.postgres import libpq_connect_params, restore_user_timeout
 
 if not is_psycopg3:
     from psycopg2.extras import register_default_jsonb
@@ -103,10 +104,20 @@ class PostgresPoolMixin(PooledDatabaseMixin):
             psycopg3=is_psycopg3,
         )
 
-        def open_connection() -> Conn:
+        def open_connection(timeout: float | None = None) -> Conn:
+            # Keepalives and a TCP user timeout unless OPTIONS set them; the connect ends
+            # within ``timeout`` (the checkout's time left).
+            extra = libpq_connect_params(conn_params, timeout)
             if is_psycopg3:
-                return connect(**conn_params, autocommit=True)
-            return connect(**conn_params)
+                conn = connect(**conn_params, **extra, autocommit=True)
+            else:
+                conn = connect(**conn_params, **extra)
+            try:
+                restore_user_timeout(conn, conn_params)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
 
         def set_up(conn: Conn) -> None:
             if not is_psycopg3:
