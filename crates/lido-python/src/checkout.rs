@@ -5,7 +5,7 @@
 use crate::errors::{acquire_error, PoolClosed};
 use crate::inner::Inner;
 use crate::leases::{attach_leak_watch, Held, PyConn};
-use crate::permit::PermitGuard;
+use crate::permit::{InUseGuard, PermitGuard};
 use crate::turns::{thread_turn, turn_of};
 use crate::wait::WaitStrategy;
 use lido_core::{Check, Checkout, CloseReason, Grant, OpenPermit, Pooled, Waiter};
@@ -109,13 +109,14 @@ impl Inner {
         conn: Pooled<PyConn>,
         check: Check,
     ) -> PyResult<Step> {
-        if self.verify(py, &conn, check) {
+        let conn = InUseGuard::new(&self.engine, conn);
+        if self.verify(py, conn.get(), check) {
             req.served();
-            return Ok(Step::Break(self.lend(conn, req.queued_at)));
+            return Ok(Step::Break(self.lend(conn.take(), req.queued_at)));
         }
-        let (retired, next) = self
-            .engine
-            .replace(conn, CloseReason::CheckFailed, Instant::now());
+        let (retired, next) =
+            self.engine
+                .replace(conn.take(), CloseReason::CheckFailed, Instant::now());
         self.retire(py, retired);
         Ok(Step::Continue(next.map_err(acquire_error)?))
     }
@@ -193,8 +194,9 @@ impl Inner {
         let Some(held) = self.end_lease(&conn)? else {
             return Ok(()); // the parent's, after a fork: left alone
         };
-        let healthy = self.clean(py, &conn, held.payload.status_source.as_ref());
-        let pooled = Held::rejoin(held, conn.unbind());
+        let held = InUseGuard::new(&self.engine, held);
+        let healthy = self.clean(py, &conn, held.get().payload.status_source.as_ref());
+        let pooled = Held::rejoin(held.take(), conn.unbind());
         let turn = turn_of(turn_key(self));
         if let Some(retired) = self
             .engine

@@ -11,6 +11,7 @@
 //! process that is exiting (Python 3.14 does the same for its own threads). The thread that
 //! runs the exit handler passes the gate, to close the pools.
 
+use crate::errors::guarded;
 use pyo3::prelude::*;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -31,15 +32,18 @@ thread_local! {
 /// Closes the gate and waits for open sections to end (at most [`DRAIN`]). Called by the
 /// interpreter's exit handler before it closes the pools.
 #[pyfunction]
-pub fn _interpreter_exiting(py: Python<'_>) {
-    EXIT_THREAD.set(true);
-    EXITING.store(true, SeqCst);
-    let deadline = Instant::now() + DRAIN;
-    py.detach(|| {
-        while ACTIVE.load(SeqCst) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    });
+pub fn _interpreter_exiting(py: Python<'_>) -> PyResult<()> {
+    guarded(py, "_interpreter_exiting", || {
+        EXIT_THREAD.set(true);
+        EXITING.store(true, SeqCst);
+        let deadline = Instant::now() + DRAIN;
+        py.detach(|| {
+            while ACTIVE.load(SeqCst) > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        Ok(())
+    })
 }
 
 /// A section of a pool call that may run Python code; it ends when dropped.

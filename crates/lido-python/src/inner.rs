@@ -4,6 +4,7 @@
 use crate::driver::{Driver, Hooks};
 use crate::errors::config_error;
 use crate::leases::{ByAddress, Held, PyConn};
+use crate::permit::{Closing, Leftovers};
 use lido_core::{probe_socket, Check, Engine, Pooled, Retired, Validated};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
@@ -46,7 +47,7 @@ impl Inner {
 
     /// Closes the pool. Idle connections close now, those in use when they come back.
     pub(crate) fn close(&self, py: Python<'_>) {
-        for retired in self.engine.close() {
+        for retired in Leftovers::retired(&self.engine, self.engine.close()) {
             self.retire(py, retired);
         }
     }
@@ -57,7 +58,7 @@ impl Inner {
             .engine
             .resize(min_size, max_size)
             .map_err(config_error)?;
-        for r in retired {
+        for r in Leftovers::retired(&self.engine, retired) {
             self.retire(py, r);
         }
         Ok(())
@@ -89,13 +90,13 @@ impl Inner {
             self.keep_foreign(conn.obj, conn.watch);
             return;
         }
+        let closing = Closing::new(&self.engine, retired);
         if let Some(driver) = self.driver(py) {
-            let obj = retired.conn.payload.obj.bind(py);
+            let obj = closing.conn().obj.bind(py);
             if let Err(e) = driver.close.call1(py, (obj,)) {
                 self.report(py, "closing a connection", e);
             }
         }
-        drop(self.engine.retire_done(retired));
     }
 
     /// Reports an error that has no caller to raise to: to `on_error`, else as unraisable.

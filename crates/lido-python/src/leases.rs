@@ -1,6 +1,7 @@
 //! Connections in use: the lease records, the leak watch that notices a connection dropped
 //! without being returned, and the parent's connections kept after a fork.
 
+use crate::errors::guarded;
 use crate::exit::Active;
 use crate::inner::Inner;
 use lido_core::Pooled;
@@ -78,11 +79,14 @@ pub struct LeakWatch {
 
 #[pymethods]
 impl LeakWatch {
-    fn __call__(&self, py: Python<'_>, _ref: &Bound<'_, PyAny>) {
+    fn __call__(&self, py: Python<'_>, _ref: &Bound<'_, PyAny>) -> PyResult<()> {
         let _active = Active::enter(py);
-        if let Some(inner) = self.pool.upgrade() {
-            inner.lost(py, self.key);
-        }
+        guarded(py, "LeakWatch", || {
+            if let Some(inner) = self.pool.upgrade() {
+                inner.lost(py, self.key);
+            }
+            Ok(())
+        })
     }
 }
 
