@@ -1,0 +1,184 @@
+"""Issue 15, point 6: the pooled connections of a Django thread that ends without
+``close_old_connections()`` go back to the pool at once, without waiting for a garbage
+collection, whatever reference cycles its wrappers are in; against a real PostgreSQL.
+
+The garbage collector is off in these tests: without the thread-end reclaim, the slot
+would never come free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django_helpers import configure, database, global_alias, handler, unique
+from helpers import eventually
+
+
+@pytest.fixture(scope="module")
+def dj(pg: Any) -> Any:
+    configure(pg, default=database(pg, pool={"max_size": 4}))
+    return pg
+
+
+@pytest.fixture(autouse=True)
+def no_gc() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def in_a_thread_that_ends(body: Callable[[], None]) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            body()
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run, name=unique("lido-ends"))
+    t.start()
+    t.join()
+    assert not errors, errors
+
+
+def test_a_thread_that_ends_holding_a_connection_gives_it_back(dj: Any) -> None:
+    h = handler(default=database(dj, pool={"max_size": 1, "timeout": 5}))
+    pools = []
+
+    def take() -> None:
+        w = h["default"]
+        with w.cursor() as cur:
+            cur.execute("SELECT 1")
+        pools.append(w.pool)
+
+    in_a_thread_that_ends(take)
+    pool = pools[0]
+    # Given back before join() returned: no wait at all.
+    assert pool.stats()["in_use"] == 0
+    s = pool.stats()
+    assert (s["connections_leaked"], s["idle"]) == (0, 1)
+    pool.close()
+
+
+def test_also_when_the_threads_objects_keep_the_wrapper_in_a_cycle(dj: Any) -> None:
+    table = unique("lido_reclaim")
+    dj.execute(f"CREATE TABLE {table} (n int)")
+    h = handler(default=database(dj, pool={"max_size": 1, "timeout": 5}))
+    pools = []
+    kept: list[Any] = []
+
+    class Request:
+        pass
+
+    def take() -> None:
+        w = h["default"]
+        w.set_autocommit(False)
+        with w.cursor() as cur:
+            cur.execute(f"INSERT INTO {table} VALUES (1)")
+        r = Request()
+        r.me = r  # type: ignore[attr-defined]
+        r.wrapper = w  # type: ignore[attr-defined]
+        kept.append(weakref.ref(r))
+        pools.append(w.pool)
+
+    in_a_thread_that_ends(take)
+    pool = pools[0]
+    eventually(lambda: pool.stats()["in_use"] == 0, "the dead thread's slot is free", 5)
+    assert kept[0]() is not None, "the cycle is still there: no collection happened"
+    # Its transaction was rolled back; the next holder gets the same connection, clean.
+    w = h["default"]
+    with w.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {table}")
+        assert cur.fetchone() == (0,)
+    assert pool.stats()["returns_rolled_back"] == 1
+    w.close()
+    pool.close()
+
+
+def test_djangos_own_per_thread_connections_are_given_back(dj: Any) -> None:
+    from django.db import connections
+
+    alias = unique("reclaim")
+    global_alias(alias, database(dj, pool={"max_size": 2, "timeout": 5}))
+    pools = []
+
+    def take() -> None:
+        w = connections[alias]
+        with w.cursor() as cur:
+            cur.execute("SELECT 1")
+        pools.append(w.pool)
+
+    for _ in range(3):  # more threads than slots: each gave its connection back
+        in_a_thread_that_ends(take)
+    pool = pools[0]
+    s = pool.stats()
+    assert (s["in_use"], s["connections_num"], s["connections_leaked"]) == (0, 1, 0)
+    # The main thread's wrapper is not touched by other threads' ends.
+    main = connections[alias]
+    main.ensure_connection()
+    in_a_thread_that_ends(take)
+    assert main.connection is not None and pool.stats()["in_use"] == 1
+    main.close()
+    pool.close()
+
+
+def test_the_sync_thread_of_an_asgi_request_gives_its_connection_back(dj: Any) -> None:
+    from asgiref.sync import ThreadSensitiveContext, sync_to_async
+    from django.db import connections
+
+    alias = unique("asgi")
+    global_alias(alias, database(dj, pool={"max_size": 1, "timeout": 5}, CONN_MAX_AGE=None))
+    pools = []
+    threads = []
+
+    def view() -> None:
+        # A persistent connection (CONN_MAX_AGE=None): Django keeps it after the request.
+        w = connections[alias]
+        with w.cursor() as cur:
+            cur.execute("SELECT 1")
+        pools.append(w.pool)
+        threads.append(threading.current_thread())
+
+    async def request() -> None:
+        async with ThreadSensitiveContext():
+            await sync_to_async(view, thread_sensitive=True)()
+
+    for _ in range(2):  # the second request waits on max_size 1 unless the first gave back
+        asyncio.run(request())
+    assert threads[0] is not threads[1]
+    pool = pools[0]
+    eventually(lambda: not threads[1].is_alive(), "the request's sync thread ended", 5)
+    eventually(lambda: pool.stats()["in_use"] == 0, "its slot is free", 5)
+    assert pool.stats()["connections_leaked"] == 0
+    pool.close()
+
+
+def test_a_wrapper_shared_with_other_threads_is_left_alone(dj: Any) -> None:
+    h = handler(default=database(dj, pool={"max_size": 1, "timeout": 5}))
+    made: list[Any] = []
+
+    def make_and_share() -> None:
+        w = h["default"]
+        w.inc_thread_sharing()
+        w.ensure_connection()
+        made.append(w)
+
+    in_a_thread_that_ends(make_and_share)
+    w = made[0]
+    assert w.connection is not None and w.pool.stats()["in_use"] == 1
+    pool = w.pool
+    w.close()
+    w.dec_thread_sharing()
+    assert pool.stats()["in_use"] == 0
+    pool.close()
