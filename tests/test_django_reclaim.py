@@ -182,3 +182,21 @@ def test_a_wrapper_shared_with_other_threads_is_left_alone(dj: Any) -> None:
     w.dec_thread_sharing()
     assert pool.stats()["in_use"] == 0
     pool.close()
+
+
+def test_long_holds_are_not_reported_by_default_with_persistent_connections(dj: Any) -> None:
+    """A thread keeps its connection between requests when CONN_MAX_AGE is not 0."""
+    cases = [
+        ({}, 0, 60.0),
+        ({}, 300, None),
+        ({}, None, None),
+        ({"leak_threshold": 900}, 300, 900.0),
+    ]
+    for pool_options, max_age, expected in cases:
+        w = handler(default=database(dj, pool=pool_options, CONN_MAX_AGE=max_age))["default"]
+        w.ensure_connection()
+        assert w.pool.stats()["in_use"] == 1
+        assert w._lido_settings().options["leak_threshold"] == expected, (pool_options, max_age)
+        pool = w.pool
+        w.close()
+        pool.close()

@@ -194,6 +194,9 @@ impl Inner {
         let Some(held) = self.end_lease(&conn)? else {
             return Ok(()); // the parent's, after a fork: left alone
         };
+        if held.meta.long_hold_reported {
+            self.long_hold_ended(py, &held);
+        }
         let held = InUseGuard::new(&self.engine, held);
         let healthy = self.clean(py, &conn, held.get().payload.status_source.as_ref());
         let pooled = Held::rejoin(held.take(), conn.unbind());

@@ -3,7 +3,7 @@
 
 use crate::driver::{Driver, Hooks};
 use crate::errors::config_error;
-use crate::leases::{ByAddress, Held, PyConn};
+use crate::leases::{ByAddress, Held, PyConn, Taker};
 use crate::permit::{Closing, Leftovers};
 use lido_core::{probe_socket, Check, Engine, Pooled, Retired, Validated};
 use parking_lot::Mutex;
@@ -143,6 +143,7 @@ impl Inner {
                 status_source: payload.status_source,
                 fd: payload.fd,
                 watch: payload.watch,
+                taker: Taker::current(),
             },
             meta,
         };

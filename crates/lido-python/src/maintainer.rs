@@ -51,10 +51,9 @@ impl Maintainer {
                 self.inner.retire(py, r);
             }
             let failed = open_all(&self.inner, py, plan.open);
-            Ok(Some((
-                next_run_in(&self.inner, failed, plan.next_due),
-                failed,
-            )))
+            let hold_due = self.inner.review_holds(py, Instant::now());
+            let next_due = plan.next_due.into_iter().chain(hold_due).min();
+            Ok(Some((next_run_in(&self.inner, failed, next_due), failed)))
         })
     }
 }

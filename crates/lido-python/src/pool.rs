@@ -23,7 +23,7 @@ impl PoolCore {
     #[new]
     #[pyo3(signature = (
         connect, driver_for, *, name, options,
-        check=None, reset=None, on_leak=None, on_error=None,
+        check=None, reset=None, on_leak=None, on_error=None, on_long_hold=None,
     ))]
     #[allow(clippy::too_many_arguments)] // the Python signature: one argument per hook
     fn new(
@@ -36,6 +36,7 @@ impl PoolCore {
         reset: Option<Py<PyAny>>,
         on_leak: Option<Py<PyAny>>,
         on_error: Option<Py<PyAny>>,
+        on_long_hold: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         guarded(py, "PoolCore()", || {
             let hooks = Hooks {
@@ -45,6 +46,7 @@ impl PoolCore {
                 reset,
                 on_leak,
                 on_error,
+                on_long_hold,
             };
             let inner = Inner::new(name, options.config.clone(), hooks);
             Ok(PoolCore {

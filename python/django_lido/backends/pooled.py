@@ -88,12 +88,13 @@ class PooledDatabaseMixin(FastConnectMixin):
         options = self.settings_dict["OPTIONS"]
         pool = options.get("pool", True)
         # A copy of a dict, so that a change made in place is seen too.
+        conn_max_age = self.settings_dict["CONN_MAX_AGE"]
         raw = (dict(pool) if isinstance(pool, dict) else pool,
-               options.get("MAX_CONNS"), options.get("MIN_CONNS"))  # fmt: skip
+               options.get("MAX_CONNS"), options.get("MIN_CONNS"), conn_max_age)  # fmt: skip
         cache = self._lido_cache
         if cache.settings_given == raw:
             return cache.settings
-        settings = pool_settings(self.alias, options)
+        settings = pool_settings(self.alias, options, conn_max_age)
         cache.settings_given, cache.settings = raw, settings
         return settings
 
