@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -200,3 +203,48 @@ def test_long_holds_are_not_reported_by_default_with_persistent_connections(dj: 
         pool = w.pool
         w.close()
         pool.close()
+
+
+def test_a_fork_child_leaves_the_connections_of_the_parents_threads_alone(dj: Any) -> None:
+    """In a fork child, CPython frees the other threads' locals before the pools' fork
+    hooks run: nothing may be given back then (the connections are the parent's)."""
+    h = handler(default=database(dj, pool={"max_size": 2, "timeout": 5}))
+    taken, done = threading.Event(), threading.Event()
+    seen: list[Any] = []
+
+    def hold() -> None:
+        w = h["default"]
+        w.ensure_connection()
+        seen.append(w.pool)
+        taken.set()
+        done.wait(20)
+        with w.cursor() as cur:  # still this thread's, after the fork
+            cur.execute("SELECT 1")
+            seen.append(cur.fetchone())
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert taken.wait(10)
+    pool = seen[0]
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            s = pool.stats()
+            code = 0 if (s["in_use"], s["pool_size"]) == (0, 0) else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 10
+    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if waited[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the fork child hung")
+    assert os.waitstatus_to_exitcode(waited[1]) == 0
+    done.set()
+    t.join()
+    assert seen[1] == (1,)
+    s = pool.stats()
+    assert (s["in_use"], s["connections_leaked"], s["connections_num"]) == (0, 0, 1)
+    pool.close()

@@ -10,12 +10,14 @@ next garbage collection, which may be long coming.
 Each thread that makes a pooled wrapper gets one ``_ThreadEnd`` in a ``threading.local``.
 CPython clears a thread's locals when the thread ends, in that thread, before ``join()``
 returns; the ``_ThreadEnd`` is freed then, whatever cycles its wrappers are in, and gives
-back what they still hold. It refers to the wrappers weakly: a wrapper collected earlier
-gave its connection up already (the pool's leak watch).
+back what they still hold (freed anywhere else, it does nothing). It refers to the
+wrappers weakly: a wrapper collected earlier gave its connection up already (the pool's
+leak watch).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import weakref
@@ -31,13 +33,22 @@ class Reclaims(Protocol):
 class _ThreadEnd:
     """Lives in one thread's slot of ``_local``; freed when that thread ends."""
 
-    __slots__ = ("wrappers",)
+    __slots__ = ("pid", "thread", "wrappers")
 
     def __init__(self) -> None:
         self.wrappers: weakref.WeakSet[Reclaims] = weakref.WeakSet()
+        self.pid = os.getpid()
+        self.thread = threading.get_ident()
 
     def __del__(self) -> None:
-        if sys.is_finalizing():
+        # Only in the thread itself as it ends. Not at exit; nor in the child of a fork,
+        # where CPython frees the other threads' locals (in the forking thread, before the
+        # pools' fork hooks run): their connections are the parent's.
+        if (
+            sys.is_finalizing()
+            or threading.get_ident() != self.thread
+            or os.getpid() != self.pid
+        ):
             return
         failed: BaseException | None = None
         for wrapper in list(self.wrappers):
