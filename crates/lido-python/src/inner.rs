@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// A pool's shared state: the engine and what the binding keeps beside it. `PoolCore` and
@@ -27,6 +27,8 @@ pub(crate) struct Inner {
     pub(crate) foreign: Mutex<(HashSet<usize>, Vec<Py<PyAny>>)>,
     /// Consecutive failed maintenance opens, for back-off.
     pub(crate) open_failures: AtomicU64,
+    /// Between `before_fork` and the after-fork hooks (see `Inner::lost`).
+    pub(crate) forking: AtomicBool,
 }
 
 impl Inner {
@@ -42,6 +44,7 @@ impl Inner {
             leases: Mutex::new(ByAddress::default()),
             foreign: Mutex::new((HashSet::new(), Vec::new())),
             open_failures: AtomicU64::new(0),
+            forking: AtomicBool::new(false),
         }
     }
 

@@ -11,6 +11,7 @@ use pyo3::types::PyDict;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::os::raw::c_ulong;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -224,6 +225,12 @@ impl Inner {
     }
 
     pub(crate) fn lost(&self, py: Python<'_>, key: usize) {
+        // In a fork child before its hook ran (CPython frees the other threads' locals
+        // then, in the forking thread): the connection was the parent's, and the locks are
+        // held across the fork. The child's hook forgets the lease.
+        if self.forking.load(SeqCst) {
+            return;
+        }
         let Some(held) = self.leases.lock().remove(&key) else {
             return;
         };
