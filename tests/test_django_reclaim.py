@@ -30,6 +30,18 @@ def dj(pg: Any) -> Any:
 
 
 @pytest.fixture(autouse=True)
+def not_a_test_run() -> Iterator[None]:
+    """Another module's test database marks the process as in a test run; not these tests."""
+    from django_lido.backends import pool_options
+
+    was, pool_options.test_run = pool_options.test_run, False
+    try:
+        yield
+    finally:
+        pool_options.test_run = was
+
+
+@pytest.fixture(autouse=True)
 def no_gc() -> Iterator[None]:
     was = gc.isenabled()
     gc.disable()
@@ -248,3 +260,21 @@ def test_a_fork_child_leaves_the_connections_of_the_parents_threads_alone(dj: An
     s = pool.stats()
     assert (s["in_use"], s["connections_leaked"], s["connections_num"]) == (0, 0, 1)
     pool.close()
+
+
+def test_long_holds_are_not_reported_by_default_in_a_test_run(dj: Any) -> None:
+    """Django's TestCase keeps its connections from the start of a run to its end."""
+    from django_lido.backends import pool_options
+
+    alias = unique("testrun")
+    w = global_alias(alias, database(dj, pool={"max_size": 2}, TEST={"NAME": unique("lido_tr")}))
+    assert w._lido_settings().options["leak_threshold"] == 60.0
+    old_name = w.settings_dict["NAME"]
+    test_name = w.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+    try:
+        assert pool_options.test_run
+        assert w._lido_settings().options["leak_threshold"] is None
+        assert w.pool.name.endswith(test_name)
+    finally:
+        w.close()
+        w.creation.destroy_test_db(old_name, verbosity=0)

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
 
-from django_lido.backends import registry, thread_end
+from django_lido.backends import pool_options, registry, thread_end
 from django_lido.backends.fast_connect import FastConnectMixin, timeout_class
 from django_lido.backends.pool_options import PoolSettings, pool_settings
 from django_lido.drivers import Conn
@@ -88,13 +88,13 @@ class PooledDatabaseMixin(FastConnectMixin):
         options = self.settings_dict["OPTIONS"]
         pool = options.get("pool", True)
         # A copy of a dict, so that a change made in place is seen too.
-        conn_max_age = self.settings_dict["CONN_MAX_AGE"]
-        raw = (dict(pool) if isinstance(pool, dict) else pool,
-               options.get("MAX_CONNS"), options.get("MIN_CONNS"), conn_max_age)  # fmt: skip
+        conn_max_age, test_run = self.settings_dict["CONN_MAX_AGE"], pool_options.test_run
+        raw = (dict(pool) if isinstance(pool, dict) else pool, options.get("MAX_CONNS"),
+               options.get("MIN_CONNS"), conn_max_age, test_run)  # fmt: skip
         cache = self._lido_cache
         if cache.settings_given == raw:
             return cache.settings
-        settings = pool_settings(self.alias, options, conn_max_age)
+        settings = pool_settings(self.alias, options, conn_max_age, test_run)
         cache.settings_given, cache.settings = raw, settings
         return settings
 

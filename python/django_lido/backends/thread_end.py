@@ -44,11 +44,7 @@ class _ThreadEnd:
         # Only in the thread itself as it ends. Not at exit; nor in the child of a fork,
         # where CPython frees the other threads' locals (in the forking thread, before the
         # pools' fork hooks run): their connections are the parent's.
-        if (
-            sys.is_finalizing()
-            or threading.get_ident() != self.thread
-            or os.getpid() != self.pid
-        ):
+        if sys.is_finalizing() or threading.get_ident() != self.thread or os.getpid() != self.pid:
             return
         failed: BaseException | None = None
         for wrapper in list(self.wrappers):
