@@ -538,7 +538,9 @@ def test_a_dead_threads_connection_is_reclaimed_and_its_writes_lost(
     write_in_a_thread_that_dies(h, f"INSERT INTO {table} VALUES (1)")
     w = h["default"]
     assert one(w, f"SELECT count(*) FROM {table}") == 0
-    assert w.pool.stats()["connections_leaked"] == 1
+    # Given back when the thread ended (rolled back), not lost: the same connection again.
+    s = w.pool.stats()
+    assert (s["connections_leaked"], s["connections_num"]) == (0, 1)
     w.close()
 
 

@@ -69,6 +69,7 @@ def test_the_table_reaches_python_whole() -> None:
         "check_after_idle",
         "turn_length",
         "probe",
+        "leak_threshold",
     ]
     assert PoolOptions().as_dict() == DEFAULTS
     for o in OPTIONS.values():

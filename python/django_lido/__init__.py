@@ -5,7 +5,13 @@
 
 from django_lido._lido import __version__
 from django_lido.drivers import Driver
-from django_lido.errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
+from django_lido.errors import (
+    PoolClosed,
+    PoolError,
+    PoolInternalError,
+    PoolTimeout,
+    TooManyWaiters,
+)
 from django_lido.options import PoolOptions
 from django_lido.pool import Pool
 from django_lido.threads import close_connection
@@ -15,6 +21,7 @@ __all__ = [
     "Pool",
     "PoolClosed",
     "PoolError",
+    "PoolInternalError",
     "PoolOptions",
     "PoolTimeout",
     "TooManyWaiters",

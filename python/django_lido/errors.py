@@ -1,5 +1,11 @@
 """The pool's own exceptions. Errors of the database driver pass through unchanged."""
 
-from django_lido._lido import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
+from django_lido._lido import (
+    PoolClosed,
+    PoolError,
+    PoolInternalError,
+    PoolTimeout,
+    TooManyWaiters,
+)
 
-__all__ = ["PoolClosed", "PoolError", "PoolTimeout", "TooManyWaiters"]
+__all__ = ["PoolClosed", "PoolError", "PoolInternalError", "PoolTimeout", "TooManyWaiters"]

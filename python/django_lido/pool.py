@@ -57,7 +57,9 @@ class Pool(PoolCore):
     and what it allows: the README's table, or ``django_lido.options``.
 
     Returned connections are rolled back if a transaction is open or failed. A connection
-    dropped by its holder without ``putconn()`` frees its slot and is logged as leaked.
+    dropped by its holder without ``putconn()`` frees its slot and is logged as leaked; one
+    held longer than ``leak_threshold`` is logged once, with the thread that took it, and
+    again when it comes back.
     """
 
     _maintenance: threading.Thread | None
@@ -103,6 +105,7 @@ class Pool(PoolCore):
             on_leak=_leak_logger(name),
             on_error=_error_logger(name),
             transient=transient_error,
+            on_long_hold=_long_hold_logger(name, options["leak_threshold"]),
             options=options,
         )
         self._maintenance = None
@@ -245,6 +248,39 @@ def _leak_logger(name: str) -> Callable[[int, float], None]:
         )
 
     return on_leak
+
+
+def _long_hold_logger(
+    name: str, threshold: float | None
+) -> Callable[[str, int, float, dict[str, Any]], None]:
+    def on_long_hold(event: str, conn_id: int, held_for: float, holder: dict[str, Any]) -> None:
+        thread = holder["thread"]
+        who = (
+            f"thread {thread!r}"
+            if thread is not None
+            else f"a thread that has ended (id {holder['thread_id']})"
+        )
+        if event == "held":
+            logger.warning(
+                "pool %r: connection #%d has been held for %.1f s by %s and is not returned "
+                "yet (leak_threshold=%s s); a connection kept for good is a leak",
+                name,
+                conn_id,
+                held_for,
+                who,
+                threshold,
+            )
+        else:
+            logger.warning(
+                "pool %r: connection #%d, reported as held past leak_threshold, came back "
+                "after %.1f s (taken by %s)",
+                name,
+                conn_id,
+                held_for,
+                who,
+            )
+
+    return on_long_hold
 
 
 def _error_logger(name: str) -> Callable[[str, BaseException], None]:

@@ -316,6 +316,10 @@ options! {
     probe: bool = true,
         Kind::Flag,
         "run the zero-round-trip socket probe at every checkout";
+    leak_threshold: Option<Duration> = Some(Duration::from_secs(60)),
+        Kind::Seconds { positive: false, max: DAY, zero: Some("no report"), none: Some("no report") },
+        "a connection held longer than this (still referenced) is logged with the thread that \
+         took it, once per checkout, and again when it comes back";
 }
 
 /// More connections than this in one process's pool is a configuration mistake: a server's

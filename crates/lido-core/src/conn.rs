@@ -61,6 +61,9 @@ pub struct ConnMeta {
     pub last_used: Instant,
     /// How many times it was checked out.
     pub uses: u64,
+    /// In use, and reported as held longer than `leak_threshold` ([`crate::Engine::review_holds`]);
+    /// cleared when it comes back.
+    pub long_hold_reported: bool,
     /// The engine generation it belongs to; a fork starts a new one.
     pub(crate) generation: u64,
 }

@@ -41,6 +41,30 @@ pub struct Maintenance<C> {
     pub next_due: Option<Instant>,
 }
 
+/// A connection in use held longer than `leak_threshold`, found by [`Engine::review_holds`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct LongHold<K> {
+    /// The caller's key for the connection, as given to the review.
+    pub key: K,
+    pub id: u64,
+    /// How long it has been held.
+    pub held: Duration,
+}
+
+/// What [`Engine::review_holds`] found.
+#[derive(Debug)]
+pub struct HoldReview<K> {
+    /// Holds past the threshold, not reported before in this hold.
+    pub long: Vec<LongHold<K>>,
+    /// When the next hold not yet reported passes the threshold, if any.
+    pub next_due: Option<Instant>,
+}
+
+/// The `leak_threshold` in force: `None` when it is off (None or 0).
+fn leak_threshold(cfg: &Config) -> Option<Duration> {
+    cfg.leak_threshold.filter(|t| !t.is_zero())
+}
+
 /// A snapshot of the pool's occupancy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
@@ -234,6 +258,7 @@ impl<C> State<C> {
             expires,
             last_used: now,
             uses,
+            long_hold_reported: false,
             generation: self.generation,
         }
     }
@@ -582,6 +607,7 @@ impl<C> Engine<C> {
             return Some(st.retire(conn, reason, &self.stats));
         }
         conn.meta.last_used = now;
+        conn.meta.long_hold_reported = false;
         let woken = st.place_returned(conn, turn, now);
         if woken[0].is_some() {
             drop(st);
@@ -929,6 +955,8 @@ impl<C> Engine<C> {
         // Connections returned later go idle unseen by this computation: look again
         // every max_idle/2, so a stale one is closed within 1.5 x max_idle.
         let next_look = st.cfg.max_idle.map(|max_idle| now + max_idle / 2);
+        // A checkout from now on is held past the threshold no sooner than this.
+        let next_hold = leak_threshold(&st.cfg).map(|t| now + t);
         let next_due = st
             .idle
             .iter()
@@ -936,12 +964,54 @@ impl<C> Engine<C> {
             .chain(stale_at)
             .chain(next_look)
             .chain(next_probe.filter(|_| st.size() < st.cfg.min_size))
+            .chain(next_hold)
             .min();
         Some(Maintenance {
             retire,
             open,
             next_due,
         })
+    }
+
+    /// Reviews the connections in use, given by the caller (who keeps them while they are
+    /// lent) as `(key, meta)` pairs: those held longer than `leak_threshold` and not yet
+    /// reported in this hold are marked and returned, each once per hold (the mark is
+    /// cleared when the connection comes back); `next_due` is when the next one that is
+    /// not reported yet passes the threshold. Nothing is found when the option is off.
+    pub fn review_holds<'a, K>(
+        &self,
+        held: impl IntoIterator<Item = (K, &'a mut ConnMeta)>,
+        now: Instant,
+    ) -> HoldReview<K> {
+        let (threshold, generation) = {
+            let st = self.state.lock();
+            (leak_threshold(&st.cfg), st.generation)
+        };
+        let mut review = HoldReview {
+            long: Vec::new(),
+            next_due: None,
+        };
+        let Some(threshold) = threshold else {
+            return review;
+        };
+        for (key, meta) in held {
+            if meta.long_hold_reported || meta.generation != generation {
+                continue;
+            }
+            let held_for = now.saturating_duration_since(meta.last_used);
+            if held_for >= threshold {
+                meta.long_hold_reported = true;
+                review.long.push(LongHold {
+                    key,
+                    id: meta.id,
+                    held: held_for,
+                });
+            } else {
+                let due = meta.last_used + threshold;
+                review.next_due = Some(review.next_due.map_or(due, |d: Instant| d.min(due)));
+            }
+        }
+        review
     }
 
     /// Blocks the maintenance helper until `deadline`, the pool falling below `min_size`,

@@ -38,7 +38,7 @@ pub use config::{
     OPTIONS,
 };
 pub use conn::{Check, CloseReason, ConnMeta, OpenPermit, Pooled, Retired};
-pub use engine::{probe_backoff, Checkout, Engine, Maintenance, Status};
+pub use engine::{probe_backoff, Checkout, Engine, HoldReview, LongHold, Maintenance, Status};
 pub use error::AcquireError;
 pub use liveness::{probe_socket, Liveness};
 pub use statement::{changes_session, Dialect};

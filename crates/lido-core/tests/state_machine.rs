@@ -877,3 +877,68 @@ fn the_timeout_error_says_the_server_is_down() {
     assert!(msg.contains("cannot be reached"), "{msg}");
     assert!(msg.contains("1 connect attempts failed"), "{msg}");
 }
+
+#[test]
+fn long_holds_are_reported_once_per_hold_and_again_after_a_new_checkout() {
+    let e = engine(Config {
+        max_size: 2,
+        leak_threshold: Some(Duration::from_secs(10)),
+        ..Config::default()
+    });
+    let t = Instant::now();
+    let mut a = get(&e, t, 1);
+    let mut b = get(&e, t + Duration::from_secs(4), 2);
+    let s = |n| t + Duration::from_secs(n);
+
+    // Nothing yet: the next one is due when `a` passes 10 s.
+    let r = e.review_holds([("a", &mut a.meta), ("b", &mut b.meta)], s(5));
+    assert!(r.long.is_empty());
+    assert_eq!(r.next_due, Some(s(10)));
+
+    // `a` passes: reported once, with how long it was held; `b` is next.
+    let r = e.review_holds([("a", &mut a.meta), ("b", &mut b.meta)], s(11));
+    assert_eq!(
+        r.long,
+        vec![LongHold {
+            key: "a",
+            id: a.meta.id,
+            held: Duration::from_secs(11)
+        }]
+    );
+    assert!(a.meta.long_hold_reported);
+    assert_eq!(r.next_due, Some(s(14)));
+    let r = e.review_holds([("a", &mut a.meta), ("b", &mut b.meta)], s(30));
+    assert_eq!(r.long.iter().map(|l| l.key).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(r.next_due, None);
+
+    // Back and out again: a new hold, reported again once past the threshold.
+    assert!(e.release(a, true, s(31)).is_none());
+    let mut a = get(&e, s(32), 0);
+    assert!(!a.meta.long_hold_reported);
+    let r = e.review_holds([("a", &mut a.meta)], s(41));
+    assert!(r.long.is_empty());
+    assert_eq!(r.next_due, Some(s(42)));
+    assert_eq!(e.review_holds([("a", &mut a.meta)], s(42)).long.len(), 1);
+
+    // Maintenance looks again no later than one threshold from now, for holds that
+    // begin after its run.
+    let plan = e.maintain(s(50)).unwrap();
+    assert!(plan.next_due.is_some_and(|d| d <= s(60)));
+    let _ = b;
+}
+
+#[test]
+fn long_holds_are_not_reviewed_when_the_threshold_is_off() {
+    for off in [None, Some(Duration::ZERO)] {
+        let e = engine(Config {
+            leak_threshold: off,
+            max_idle: None,
+            ..Config::default()
+        });
+        let t = Instant::now();
+        let mut a = get(&e, t, 1);
+        let r = e.review_holds([(0, &mut a.meta)], t + Duration::from_secs(86_400));
+        assert!(r.long.is_empty() && r.next_due.is_none());
+        assert_eq!(e.maintain(t).unwrap().next_due, None);
+    }
+}

@@ -6,7 +6,7 @@ use crate::errors::{acquire_error, PoolClosed};
 use crate::exit::check_not_exiting;
 use crate::inner::Inner;
 use crate::leases::{attach_leak_watch, Held, PyConn};
-use crate::permit::PermitGuard;
+use crate::permit::{InUseGuard, PermitGuard};
 use crate::turns::{thread_turn, turn_of};
 use crate::wait::WaitStrategy;
 use lido_core::{Check, Checkout, CloseReason, Grant, OpenPermit, Pooled, Waiter};
@@ -116,21 +116,23 @@ impl Inner {
         conn: Pooled<PyConn>,
         check: Check,
     ) -> PyResult<Step> {
+        let conn = InUseGuard::new(&self.engine, conn);
         if check.round_trip && Instant::now() >= req.deadline {
-            if let Some(retired) = self.engine.release(conn, true, Instant::now()) {
+            if let Some(retired) = self.engine.release(conn.take(), true, Instant::now()) {
                 self.retire(py, retired);
             }
             return Err(self.timed_out(py, req));
         }
-        if self.verify(py, &conn, check, req.deadline) {
+        if self.verify(py, conn.get(), check, req.deadline) {
             req.served();
-            return Ok(Step::Break(self.lend(conn, req.queued_at)));
+            return Ok(Step::Break(self.lend(conn.take(), req.queued_at)));
         }
-        let (retired, next) =
-            self.engine
-                .replace(conn, CloseReason::CheckFailed, Instant::now(), || {
-                    req.how.waker()
-                });
+        let (retired, next) = self.engine.replace(
+            conn.take(),
+            CloseReason::CheckFailed,
+            Instant::now(),
+            || req.how.waker(),
+        );
         self.retire(py, retired);
         Ok(Step::Continue(next.map_err(acquire_error)?))
     }
@@ -250,8 +252,12 @@ impl Inner {
         let Some(held) = self.end_lease(&conn)? else {
             return Ok(()); // the parent's, after a fork: left alone
         };
-        let healthy = self.clean(py, &conn, held.payload.status_source.as_ref());
-        let pooled = Held::rejoin(held, conn.unbind());
+        if held.meta.long_hold_reported {
+            self.long_hold_ended(py, &held);
+        }
+        let held = InUseGuard::new(&self.engine, held);
+        let healthy = self.clean(py, &conn, held.get().payload.status_source.as_ref());
+        let pooled = Held::rejoin(held.take(), conn.unbind());
         let turn = turn_of(turn_key(self));
         if let Some(retired) = self
             .engine

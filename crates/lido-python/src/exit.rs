@@ -13,7 +13,7 @@
 //! does the same for its own threads). The thread that runs the exit handler passes the
 //! gate, to close the pools.
 
-use crate::errors::PoolClosed;
+use crate::errors::{guarded, PoolClosed};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::{ffi, PyTypeInfo};
@@ -102,31 +102,34 @@ fn must_park() -> bool {
 /// sections to end (at most [`DRAIN`]). Called by the interpreter's exit handler before it
 /// closes the pools.
 #[pyfunction]
-pub fn _interpreter_exiting(py: Python<'_>) {
-    EXIT_THREAD.set(true);
-    EXITING.store(true, SeqCst);
-    let exc = PoolClosed::type_object(py).unbind();
-    let deadline = Instant::now() + DRAIN;
-    let mut told = Vec::new();
-    let mut empty_scans = 0;
-    // Sections are counted with plain stores: a thread that has just entered may show up a
-    // moment late, so exit ends only after two empty scans a millisecond apart.
-    while empty_scans < 2 && Instant::now() < deadline {
-        let threads = inside();
-        if threads.is_empty() {
-            empty_scans += 1;
-        } else {
-            empty_scans = 0;
-            for t in threads {
-                if !told.contains(&t) {
-                    // SAFETY: the GIL is held; the exception type stays alive.
-                    unsafe { ffi::PyThreadState_SetAsyncExc(t, exc.as_ptr()) };
-                    told.push(t);
+pub fn _interpreter_exiting(py: Python<'_>) -> PyResult<()> {
+    guarded(py, "_interpreter_exiting", || {
+        EXIT_THREAD.set(true);
+        EXITING.store(true, SeqCst);
+        let exc = PoolClosed::type_object(py).unbind();
+        let deadline = Instant::now() + DRAIN;
+        let mut told = Vec::new();
+        let mut empty_scans = 0;
+        // Sections are counted with plain stores: a thread that has just entered may show up a
+        // moment late, so exit ends only after two empty scans a millisecond apart.
+        while empty_scans < 2 && Instant::now() < deadline {
+            let threads = inside();
+            if threads.is_empty() {
+                empty_scans += 1;
+            } else {
+                empty_scans = 0;
+                for t in threads {
+                    if !told.contains(&t) {
+                        // SAFETY: the GIL is held; the exception type stays alive.
+                        unsafe { ffi::PyThreadState_SetAsyncExc(t, exc.as_ptr()) };
+                        told.push(t);
+                    }
                 }
             }
+            py.detach(|| std::thread::sleep(Duration::from_millis(1)));
         }
-        py.detach(|| std::thread::sleep(Duration::from_millis(1)));
-    }
+        Ok(())
+    })
 }
 
 /// A section of a pool call that may run Python code; it ends when dropped.

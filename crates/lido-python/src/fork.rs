@@ -4,10 +4,12 @@ use crate::inner::Inner;
 use crate::leases::Held;
 use lido_core::Pooled;
 use pyo3::prelude::*;
+use std::sync::atomic::Ordering::SeqCst;
 
 impl Inner {
     /// Before os.fork(): hold the locks so the child never inherits one mid-update.
     pub(crate) fn before_fork(&self) {
+        self.forking.store(true, SeqCst);
         std::mem::forget(self.leases.lock());
         std::mem::forget(self.foreign.lock());
         self.engine.before_fork();
@@ -20,6 +22,7 @@ impl Inner {
             self.foreign.force_unlock();
             self.leases.force_unlock();
         }
+        self.forking.store(false, SeqCst);
     }
 
     /// In the child: start empty, and keep every connection of the parent alive and
@@ -32,6 +35,7 @@ impl Inner {
             self.foreign.force_unlock();
             self.leases.force_unlock();
         }
+        self.forking.store(false, SeqCst);
         for conn in idle {
             self.keep_foreign(conn.payload.obj, conn.payload.watch);
         }

@@ -4,14 +4,14 @@
 use crate::deadline;
 use crate::driver::{Driver, Hooks};
 use crate::errors::config_error;
-use crate::leases::{ByAddress, Held, PyConn};
-use crate::permit::PermitGuard;
+use crate::leases::{ByAddress, Held, PyConn, Taker};
+use crate::permit::{Closing, Leftovers, PermitGuard};
 use lido_core::{probe_socket, Check, Engine, Pooled, Retired, Validated};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// A pool's shared state: the engine and what the binding keeps beside it. `PoolCore` and
@@ -30,6 +30,8 @@ pub(crate) struct Inner {
     pub(crate) open_failures: AtomicU64,
     /// The last connect error, the cause of a `PoolTimeout` while the server is down.
     pub(crate) last_connect_error: Mutex<Option<PyErr>>,
+    /// Between `before_fork` and the after-fork hooks (see `Inner::lost`).
+    pub(crate) forking: AtomicBool,
 }
 
 impl Inner {
@@ -46,12 +48,13 @@ impl Inner {
             foreign: Mutex::new((HashSet::new(), Vec::new())),
             open_failures: AtomicU64::new(0),
             last_connect_error: Mutex::new(None),
+            forking: AtomicBool::new(false),
         }
     }
 
     /// Closes the pool. Idle connections close now, those in use when they come back.
     pub(crate) fn close(&self, py: Python<'_>) {
-        for retired in self.engine.close() {
+        for retired in Leftovers::retired(&self.engine, self.engine.close()) {
             self.retire(py, retired);
         }
     }
@@ -62,7 +65,7 @@ impl Inner {
             .engine
             .resize(min_size, max_size)
             .map_err(config_error)?;
-        for r in retired {
+        for r in Leftovers::retired(&self.engine, retired) {
             self.retire(py, r);
         }
         Ok(())
@@ -94,13 +97,13 @@ impl Inner {
             self.keep_foreign(conn.obj, conn.watch);
             return;
         }
+        let closing = Closing::new(&self.engine, retired);
         if let Some(driver) = self.driver(py) {
-            let obj = retired.conn.payload.obj.bind(py);
+            let obj = closing.conn().obj.bind(py);
             if let Err(e) = driver.close.call1(py, (obj,)) {
                 self.report(py, "closing a connection", e);
             }
         }
-        drop(self.engine.retire_done(retired));
     }
 
     /// Reports an error that has no caller to raise to: to `on_error`, else as unraisable.
@@ -157,6 +160,7 @@ impl Inner {
                 status_source: payload.status_source,
                 fd: payload.fd,
                 watch: payload.watch,
+                taker: Taker::current(),
             },
             meta,
         };

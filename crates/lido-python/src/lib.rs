@@ -43,6 +43,10 @@ fn _lido(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PoolTimeout", py.get_type::<errors::PoolTimeout>())?;
     m.add("PoolClosed", py.get_type::<errors::PoolClosed>())?;
     m.add("TooManyWaiters", py.get_type::<errors::TooManyWaiters>())?;
+    m.add(
+        "PoolInternalError",
+        py.get_type::<errors::PoolInternalError>(),
+    )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! `Maintainer`: the maintenance thread's handle on a pool.
 
+use crate::errors::guarded;
 use crate::exit::{check_not_exiting, park_forever_if_exiting, Active};
 use crate::inner::Inner;
 use crate::leases::attach_leak_watch;
-use crate::permit::PermitGuard;
+use crate::permit::{Leftovers, PermitGuard};
 use lido_core::OpenPermit;
 use pyo3::prelude::*;
 use std::sync::atomic::Ordering::Relaxed;
@@ -22,37 +23,45 @@ impl Maintainer {
     /// waits the full time unless the pool closes (for back-off after failures).
     /// Returns False once the pool is closed.
     #[pyo3(signature = (seconds, pause=false))]
-    fn wait(&self, py: Python<'_>, seconds: f64, pause: bool) -> bool {
-        let inner = Arc::clone(&self.inner);
-        let deadline = Instant::now() + Duration::from_secs_f64(seconds.clamp(0.0, 3600.0));
-        py.detach(move || {
-            let open = inner.engine.wait_for_maintenance(deadline, pause);
-            // Closed: the exit handler is joining this thread before finalization; go on.
-            if open {
-                park_forever_if_exiting();
-            }
-            open
+    fn wait(&self, py: Python<'_>, seconds: f64, pause: bool) -> PyResult<bool> {
+        guarded(py, "Maintainer.wait", || {
+            let inner = Arc::clone(&self.inner);
+            let deadline = Instant::now() + Duration::from_secs_f64(seconds.clamp(0.0, 3600.0));
+            Ok(py.detach(move || {
+                let open = inner.engine.wait_for_maintenance(deadline, pause);
+                // Closed: the exit handler is joining this thread before finalization; go on.
+                if open {
+                    park_forever_if_exiting();
+                }
+                open
+            }))
         })
     }
 
     /// Does one round of maintenance: closes expired and stale idle connections and opens
     /// connections up to min_size. Returns (seconds until next due, opens failed), or None
     /// once the pool is closed.
-    fn run(&self, py: Python<'_>) -> Option<(f64, bool)> {
+    fn run(&self, py: Python<'_>) -> PyResult<Option<(f64, bool)>> {
         let _active = Active::enter(py);
-        let plan = self.inner.engine.maintain(Instant::now())?;
-        for r in plan.retire {
-            self.inner.retire(py, r);
-        }
-        let failed = open_all(&self.inner, py, plan.open);
-        Some((next_run_in(&self.inner, failed, plan.next_due), failed))
+        guarded(py, "Maintainer.run", || {
+            let Some(plan) = self.inner.engine.maintain(Instant::now()) else {
+                return Ok(None);
+            };
+            for r in Leftovers::retired(&self.inner.engine, plan.retire) {
+                self.inner.retire(py, r);
+            }
+            let failed = open_all(&self.inner, py, plan.open);
+            let hold_due = self.inner.review_holds(py, Instant::now());
+            let next_due = plan.next_due.into_iter().chain(hold_due).min();
+            Ok(Some((next_run_in(&self.inner, failed, next_due), failed)))
+        })
     }
 }
 
 /// Opens a connection for each permit; after the first failure, gives the rest back
 /// untried. Returns whether an open failed.
 fn open_all(inner: &Arc<Inner>, py: Python<'_>, permits: Vec<OpenPermit>) -> bool {
-    let mut permits = permits.into_iter();
+    let mut permits = Leftovers::permits(&inner.engine, permits);
     for permit in permits.by_ref() {
         let opened = match check_not_exiting(inner.engine.name()) {
             Ok(()) => open_idle(inner, py, permit),

@@ -5,7 +5,7 @@
 //! never a bool. The engine's table decides what is allowed and words every message; this
 //! file only renders Python values and raises `TypeError` or `ValueError`.
 
-use crate::errors::config_error;
+use crate::errors::{config_error, guarded};
 use lido_core::{
     checkout_timeout, option, Config, ConfigError, Kind, SetError, Validated, Value, OPTIONS,
 };
@@ -92,7 +92,57 @@ pub struct PoolOptions {
 impl PoolOptions {
     #[new]
     #[pyo3(signature = (**options))]
-    fn new(options: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+    fn new(py: Python<'_>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        guarded(py, "PoolOptions()", || Self::from_dict(options))
+    }
+
+    /// Every option and its value, in the table's order.
+    fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        guarded(py, "PoolOptions.as_dict", || {
+            let d = PyDict::new(py);
+            for o in OPTIONS {
+                d.set_item(o.name, to_py(py, self.value(o.name))?)?;
+            }
+            Ok(d)
+        })
+    }
+
+    fn __getitem__<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        guarded(py, "PoolOptions[]", || match self.config.get(name) {
+            Some(v) => to_py(py, v),
+            None => Err(pyo3::exceptions::PyKeyError::new_err(name.to_owned())),
+        })
+    }
+
+    fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<bool> {
+        guarded(py, "PoolOptions ==", || {
+            Ok(other
+                .cast::<PoolOptions>()
+                .is_ok_and(|o| *o.get().config == *self.config))
+        })
+    }
+
+    fn __hash__(&self, py: Python<'_>) -> PyResult<u64> {
+        guarded(py, "hash(PoolOptions)", || {
+            let mut h = DefaultHasher::new();
+            format!("{:?}", *self.config).hash(&mut h);
+            Ok(h.finish())
+        })
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        guarded(py, "repr(PoolOptions)", || {
+            let items: Vec<String> = OPTIONS
+                .iter()
+                .map(|o| format!("{}={}", o.name, self.value(o.name)))
+                .collect();
+            Ok(format!("PoolOptions({})", items.join(", ")))
+        })
+    }
+}
+
+impl PoolOptions {
+    fn from_dict(options: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         let mut cfg = Config::default();
         for (key, obj) in options.into_iter().flatten() {
             let name: String = key.extract()?;
@@ -113,44 +163,6 @@ impl PoolOptions {
         Ok(PoolOptions { config })
     }
 
-    /// Every option and its value, in the table's order.
-    fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        for o in OPTIONS {
-            d.set_item(o.name, to_py(py, self.value(o.name))?)?;
-        }
-        Ok(d)
-    }
-
-    fn __getitem__<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-        match self.config.get(name) {
-            Some(v) => to_py(py, v),
-            None => Err(pyo3::exceptions::PyKeyError::new_err(name.to_owned())),
-        }
-    }
-
-    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other
-            .cast::<PoolOptions>()
-            .is_ok_and(|o| *o.get().config == *self.config)
-    }
-
-    fn __hash__(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        format!("{:?}", *self.config).hash(&mut h);
-        h.finish()
-    }
-
-    fn __repr__(&self) -> String {
-        let items: Vec<String> = OPTIONS
-            .iter()
-            .map(|o| format!("{}={}", o.name, self.value(o.name)))
-            .collect();
-        format!("PoolOptions({})", items.join(", "))
-    }
-}
-
-impl PoolOptions {
     fn value(&self, name: &str) -> Value {
         self.config.get(name).expect("an option of the table")
     }

@@ -2,6 +2,7 @@
 //! `Inner`; PyO3 allows one `#[pymethods]` block per class.
 
 use crate::driver::Hooks;
+use crate::errors::guarded;
 use crate::exit::Active;
 use crate::inner::Inner;
 use crate::maintainer::Maintainer;
@@ -23,9 +24,11 @@ impl PoolCore {
     #[pyo3(signature = (
         connect, driver_for, *, name, options,
         check=None, reset=None, on_leak=None, on_error=None, transient=None,
+        on_long_hold=None,
     ))]
     #[allow(clippy::too_many_arguments)] // the Python signature: one argument per hook
     fn new(
+        py: Python<'_>,
         connect: Py<PyAny>,
         driver_for: Py<PyAny>,
         name: String,
@@ -35,53 +38,64 @@ impl PoolCore {
         on_leak: Option<Py<PyAny>>,
         on_error: Option<Py<PyAny>>,
         transient: Option<Py<PyAny>>,
-    ) -> Self {
-        let hooks = Hooks {
-            connect,
-            driver_for,
-            check,
-            transient,
-            reset,
-            on_leak,
-            on_error,
-        };
-        let inner = Inner::new(name, options.config.clone(), hooks);
-        PoolCore {
-            inner: Arc::new(inner),
-        }
+        on_long_hold: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        guarded(py, "PoolCore()", || {
+            let hooks = Hooks {
+                connect,
+                driver_for,
+                check,
+                transient,
+                reset,
+                on_leak,
+                on_error,
+                on_long_hold,
+            };
+            let inner = Inner::new(name, options.config.clone(), hooks);
+            Ok(PoolCore {
+                inner: Arc::new(inner),
+            })
+        })
     }
 
     /// Takes a connection, waiting up to `timeout` seconds (default: the pool's).
     #[pyo3(signature = (timeout=None))]
     fn getconn(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
         let _active = Active::enter(py);
-        let timeout = timeout
-            .filter(|t| !t.is_none())
-            .map(timeout_arg)
-            .transpose()?;
-        self.inner.getconn(py, timeout, &ParkThread)
+        guarded(py, "PoolCore.getconn", || {
+            let timeout = timeout
+                .filter(|t| !t.is_none())
+                .map(timeout_arg)
+                .transpose()?;
+            self.inner.getconn(py, timeout, &ParkThread)
+        })
     }
 
     /// Gives a connection back: rolled back, reset, then kept, handed on, or closed.
     fn putconn(&self, py: Python<'_>, conn: Bound<'_, PyAny>) -> PyResult<()> {
         let _active = Active::enter(py);
-        self.inner.putconn(py, conn)
+        guarded(py, "PoolCore.putconn", || self.inner.putconn(py, conn))
     }
 
     /// Closes the pool. Idle connections close now, those in use when they come back.
-    fn close(&self, py: Python<'_>) {
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
         let _active = Active::enter(py);
-        self.inner.close(py);
+        guarded(py, "PoolCore.close", || {
+            self.inner.close(py);
+            Ok(())
+        })
     }
 
     #[getter]
-    fn closed(&self) -> bool {
-        self.inner.engine.status().closed
+    fn closed(&self, py: Python<'_>) -> PyResult<bool> {
+        guarded(py, "PoolCore.closed", || {
+            Ok(self.inner.engine.status().closed)
+        })
     }
 
     #[getter]
-    fn name(&self) -> &str {
-        self.inner.engine.name()
+    fn name(&self, py: Python<'_>) -> PyResult<&str> {
+        guarded(py, "PoolCore.name", || Ok(self.inner.engine.name()))
     }
 
     /// Changes min_size and max_size at run time.
@@ -92,42 +106,60 @@ impl PoolCore {
         max_size: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let _active = Active::enter(py);
-        let (min, max) = (
-            size_arg("min_size", min_size)?,
-            size_arg("max_size", max_size)?,
-        );
-        self.inner.resize(py, min, max)
+        guarded(py, "PoolCore.resize", || {
+            let (min, max) = (
+                size_arg("min_size", min_size)?,
+                size_arg("max_size", max_size)?,
+            );
+            self.inner.resize(py, min, max)
+        })
     }
 
     /// A handle for the maintenance thread; it does not keep the pool alive.
-    fn _maintainer(&self) -> Maintainer {
-        Maintainer {
-            inner: Arc::clone(&self.inner),
-        }
+    fn _maintainer(&self, py: Python<'_>) -> PyResult<Maintainer> {
+        guarded(py, "PoolCore._maintainer", || {
+            Ok(Maintainer {
+                inner: Arc::clone(&self.inner),
+            })
+        })
     }
 
     /// Statistics, with names from psycopg_pool and HikariCP.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let _active = Active::enter(py);
-        self.inner.stats_dict(py)
+        guarded(py, "PoolCore.stats", || self.inner.stats_dict(py))
     }
 
     /// Before os.fork(): hold the locks so the child never inherits one mid-update.
-    fn _before_fork(&self) {
-        self.inner.before_fork();
+    fn _before_fork(&self, py: Python<'_>) -> PyResult<()> {
+        guarded(py, "PoolCore._before_fork", || {
+            self.inner.before_fork();
+            Ok(())
+        })
     }
 
-    fn _after_fork_in_parent(&self) {
-        self.inner.after_fork_in_parent();
+    fn _after_fork_in_parent(&self, py: Python<'_>) -> PyResult<()> {
+        guarded(py, "PoolCore._after_fork_in_parent", || {
+            self.inner.after_fork_in_parent();
+            Ok(())
+        })
     }
 
     /// In the child: start empty; the parent's connections are kept, never closed.
-    fn _after_fork_in_child(&self, py: Python<'_>) {
-        self.inner.after_fork_in_child(py);
+    fn _after_fork_in_child(&self, py: Python<'_>) -> PyResult<()> {
+        guarded(py, "PoolCore._after_fork_in_child", || {
+            self.inner.after_fork_in_child(py);
+            Ok(())
+        })
     }
 
-    fn __repr__(&self) -> String {
-        self.inner.describe()
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        guarded(py, "PoolCore.__repr__", || Ok(self.inner.describe()))
+    }
+
+    /// For tests only: panics inside the guard every method of the binding runs in.
+    fn _panic_for_test(&self, py: Python<'_>, message: String) -> PyResult<()> {
+        guarded(py, "PoolCore._panic_for_test", || panic!("{message}"))
     }
 }
 

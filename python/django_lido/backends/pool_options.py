@@ -76,6 +76,11 @@ UNSUPPORTED = {
 }
 
 
+# Set once this process makes or uses a test database (``backends/creation.py``): a test run
+# holds its connections from start to end (Django's TestCase), which is no leak.
+test_run = False
+
+
 @dataclass(frozen=True)
 class PoolSettings:
     """What a DATABASES entry asks of the pool."""
@@ -102,9 +107,15 @@ def _setting(alias: str, key: str) -> str:
     return f"DATABASES[{alias!r}]['OPTIONS'][{key!r}]"
 
 
-def pool_settings(alias: str, options: Mapping[str, Any]) -> PoolSettings | None:
-    """The pool settings of the ``DATABASES[alias]`` entry whose OPTIONS are ``options``,
-    or None when pooling is switched off."""
+def pool_settings(
+    alias: str,
+    options: Mapping[str, Any],
+    conn_max_age: float | None = 0,
+    in_test_run: bool = False,
+) -> PoolSettings | None:
+    """The pool settings of the ``DATABASES[alias]`` entry whose OPTIONS are ``options``
+    and whose ``CONN_MAX_AGE`` is ``conn_max_age``, in a test run or not, or None when
+    pooling is switched off."""
     raw = options.get(POOL_KEY, True)
     legacy = {new: options[old] for old, new in LEGACY_KEYS.items() if old in options}
     if raw is None or raw is False:
@@ -160,6 +171,12 @@ def pool_settings(alias: str, options: Mapping[str, Any]) -> PoolSettings | None
         min_size = engine_opts["min_size"]
         if isinstance(min_size, int) and not isinstance(min_size, bool):
             engine_opts["max_size"] = max(min_size, DEFAULTS["max_size"])
+    if "leak_threshold" not in engine_opts and (conn_max_age != 0 or in_test_run):
+        # Persistent connections: a thread keeps its connection between requests, up to
+        # CONN_MAX_AGE (None: for good) and, idle, until its next request; a test run keeps
+        # its connections throughout. Long holds are the point then, not leaks; a threshold
+        # given in OPTIONS still applies.
+        engine_opts["leak_threshold"] = None
     try:
         checked = PoolOptions(**engine_opts)
     except (TypeError, ValueError) as exc:

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
 
-from django_lido.backends import registry
+from django_lido.backends import pool_options, registry, thread_end
 from django_lido.backends.fast_connect import FastConnectMixin, timeout_class
 from django_lido.backends.pool_options import PoolSettings, pool_settings
 from django_lido.drivers import Conn
@@ -89,14 +89,20 @@ class PooledDatabaseMixin(FastConnectMixin):
         options = self.settings_dict["OPTIONS"]
         pool = options.get("pool", True)
         # A copy of a dict, so that a change made in place is seen too.
-        raw = (dict(pool) if isinstance(pool, dict) else pool,
-               options.get("MAX_CONNS"), options.get("MIN_CONNS"))  # fmt: skip
+        conn_max_age, test_run = self.settings_dict["CONN_MAX_AGE"], pool_options.test_run
+        raw = (dict(pool) if isinstance(pool, dict) else pool, options.get("MAX_CONNS"),
+               options.get("MIN_CONNS"), conn_max_age, test_run)  # fmt: skip
         cache = self._lido_cache
         if cache.settings_given == raw:
             return cache.settings
-        settings = pool_settings(self.alias, options)
+        settings = pool_settings(self.alias, options, conn_max_age, test_run)
         cache.settings_given, cache.settings = raw, settings
         return settings
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The thread that makes a wrapper is the one Django gives it to.
+        thread_end.watch(self)
 
     def _lido_registry_key(self, conn_params: dict[str, Any], settings: PoolSettings) -> Hashable:
         return (type(self).__module__, self._lido_key(conn_params), settings.pool_key())
@@ -180,6 +186,17 @@ class PooledDatabaseMixin(FastConnectMixin):
                 conn.close()
         # The connection is the pool's again: never usable through this wrapper. (putconn
         # raises only for a connection that is not the pool's; it handles driver errors.)
+        self.connection = None
+        self._lido_conn_pool = None
+        pool.putconn(conn)
+
+    def _lido_thread_ended(self) -> None:
+        """The thread this wrapper was made in ended (``thread_end``): its connection goes
+        back to the pool (rolled back if a transaction was open), unless other threads may
+        still use this wrapper (``inc_thread_sharing()``)."""
+        conn, pool = self.connection, self._lido_conn_pool
+        if conn is None or pool is None or self.allow_thread_sharing:
+            return
         self.connection = None
         self._lido_conn_pool = None
         pool.putconn(conn)
