@@ -17,6 +17,7 @@ __all__ = [
     "TooManyWaiters",
     "__version__",
     "_interpreter_exiting",
+    "changes_session",
 ]
 
 __version__: str
@@ -30,6 +31,9 @@ class TooManyWaiters(PoolError): ...
 OPTIONS: tuple[dict[str, Any], ...]
 
 def _interpreter_exiting() -> None: ...
+
+# Whether a statement may leave state on the session (vendor: "postgresql" or "mysql").
+def changes_session(sql: object, vendor: str) -> bool: ...
 
 @final
 class PoolOptions:
