@@ -20,6 +20,7 @@ from unittest import mock
 import django_lido
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 from django.test.utils import override_settings
 from django_helpers import (
     assert_short_connect_matches_djangos,
@@ -552,7 +553,9 @@ def test_reset_auto_puts_back_what_the_client_sees(dj: MariaDBServer) -> None:
         "SET NAMES latin1",
         "SET sql_mode = 'NO_BACKSLASH_ESCAPES'",
     ):
-        with w.cursor() as cur:
+        # On the driver's connection, past the statement hook: what the client sees alone.
+        w.ensure_connection()
+        with w.connection.cursor() as cur:
             cur.execute(statement)
         w.close()
         assert one(w, "SELECT CONNECTION_ID()") == thread_id
@@ -561,11 +564,64 @@ def test_reset_auto_puts_back_what_the_client_sees(dj: MariaDBServer) -> None:
         assert "NO_BACKSLASH_ESCAPES" not in one(w, "SELECT @@sql_mode")
         assert one(w, "SELECT @@tx_isolation") == "READ-COMMITTED"
         w.close()
-    # What the client cannot see stays, as with a persistent connection.
-    with w.cursor() as cur:
+    # What the client cannot see, sent past the statement hook, stays (docs/django.md);
+    # through Django's cursors it does not (test_no_session_state_reaches_the_next_holder).
+    w.ensure_connection()
+    with w.connection.cursor() as cur:
         cur.execute("SET @lido = 1")
     w.close()
     assert one(w, "SELECT @lido") == 1
+    w.close()
+
+
+# What a holder can leave on its session (issue 15, point 5): the statements that leave it,
+# and a query whose answer shows it ("error" if it fails). None of it may reach the next
+# holder of the same physical connection with the default reset policy.
+SESSION_STATE = {
+    "session_variable": (["SET SESSION wait_timeout = 77"], "SELECT @@session.wait_timeout"),
+    "user_variable": (["SET @lido = 1"], "SELECT @lido"),
+    "user_variable_in_select": (["SELECT @lido_sel := 5"], "SELECT @lido_sel"),
+    "temp_table": (
+        ["CREATE TEMPORARY TABLE lido_scratch (n int)"],
+        "SELECT COUNT(*) FROM lido_scratch",
+    ),
+    "get_lock": (
+        ["SELECT GET_LOCK('lido_lock', 0)"],
+        "SELECT IS_USED_LOCK('lido_lock') = CONNECTION_ID()",
+    ),
+    "prepared_statement": (["PREPARE lido_statement FROM 'SELECT 7'"], "EXECUTE lido_statement"),
+    "isolation_level": (
+        ["SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE"],
+        "SELECT @@tx_isolation",
+    ),
+    # Seen by the client (with mysqlclient), before this point too.
+    "use": (["USE " + OTHER_DB], "SELECT DATABASE()"),
+    "names": (["SET NAMES latin1"], "SELECT @@character_set_client"),
+    "sql_mode": (["SET sql_mode = 'NO_BACKSLASH_ESCAPES'"], "SELECT @@sql_mode"),
+}
+
+
+def probe(w: Any, sql: str) -> Any:
+    try:
+        return one(w, sql)
+    except DatabaseError:
+        return "error"
+
+
+@pytest.mark.parametrize("item", list(SESSION_STATE))
+def test_no_session_state_reaches_the_next_holder(dj: MariaDBServer, item: str) -> None:
+    leave, query = SESSION_STATE[item]
+    w = handler(default=mysql_db(dj, pool={"max_size": 1}))["default"]
+    thread_id = one(w, "SELECT CONNECTION_ID()")
+    fresh = probe(w, query)
+    with w.cursor() as cur:
+        for sql in leave:
+            cur.execute(sql)
+    left = probe(w, query)
+    assert left != fresh, "the first holder did not change its session"
+    w.close()
+    assert one(w, "SELECT CONNECTION_ID()") == thread_id, "not the same physical connection"
+    assert probe(w, query) == fresh
     w.close()
 
 

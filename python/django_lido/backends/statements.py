@@ -1,0 +1,69 @@
+"""The statement hook: every statement that goes through Django's cursors passes here.
+
+A pooled backend's ``make_cursor`` and ``make_debug_cursor`` wrap each driver cursor in
+``HookedCursorWrapper`` / ``HookedCursorDebugWrapper`` instead of Django's own classes
+(the class is the only difference, so a cursor costs what it did). Their ``_execute`` and
+``_executemany``, the executors Django's ``execute()``/``executemany()`` end in after any
+``execute_wrapper`` of the user's, call ``statement_seen(db, sql)`` with the SQL about to
+be sent, then Django's own executor.
+
+``statement_seen`` is the one place that learns of statements; what it does today:
+the engine's classifier (``changes_session``, in Rust: 15-200 ns) tells a statement that
+can leave state on the session beyond its transaction (``SET``, ``CREATE TEMP``,
+``LISTEN``, advisory locks, ``PREPARE``, MySQL user variables...), and such a statement
+marks the physical connection, so that the default reset policy resets it fully on return
+(``SessionBase.reset_auto``). ``callproc`` marks the connection unconditionally: a
+procedure may change anything. Statements sent on the driver's connection directly
+(``connection.connection.cursor()``), and state changed inside a server function or
+procedure called from an ordinary ``SELECT``, are not seen (docs/django.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+
+from django_lido._lido import changes_session
+from django_lido.backends.session import mark_changed
+
+if TYPE_CHECKING:
+    from django_lido.backends.fast_connect import FastConnectMixin
+
+
+def statement_seen(db: FastConnectMixin, sql: Any) -> None:
+    """Called with each statement's SQL before it is sent (``db.vendor``: "postgresql" or
+    "mysql"): marks a pooled connection whose session the statement may change."""
+    if changes_session(sql, db.vendor) and db._lido_conn_pool is not None:
+        mark_changed(db.connection)
+
+
+# Django's own executors (django-stubs leaves the private ones out).
+_execute: Callable[..., Any] = CursorWrapper._execute  # type: ignore[attr-defined]
+_executemany: Callable[..., Any] = CursorWrapper._executemany  # type: ignore[attr-defined]
+_callproc = CursorWrapper.callproc
+
+
+class HookedCursorWrapper(CursorWrapper):
+    """Django's ``CursorWrapper`` that shows each statement to ``statement_seen``."""
+
+    db: FastConnectMixin
+
+    def _execute(self, sql: Any, params: Any, *ignored_wrapper_args: Any) -> Any:
+        statement_seen(self.db, sql)
+        return _execute(self, sql, params, *ignored_wrapper_args)
+
+    def _executemany(self, sql: Any, param_list: Any, *ignored_wrapper_args: Any) -> Any:
+        statement_seen(self.db, sql)
+        return _executemany(self, sql, param_list, *ignored_wrapper_args)
+
+    def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:
+        db = self.db
+        if db._lido_conn_pool is not None and db.connection is not None:
+            mark_changed(db.connection)
+        return _callproc(self, procname, params, kparams)
+
+
+class HookedCursorDebugWrapper(HookedCursorWrapper, CursorDebugWrapper):
+    """The same, for ``DEBUG`` (Django's query log)."""
