@@ -360,6 +360,21 @@ def test_checkout_and_return_send_nothing_to_the_server(dj: Any) -> None:
     w.close()
 
 
+def test_the_statement_hook_is_on_with_debug_cursors_too(dj: Any) -> None:
+    from django.db.backends.postgresql.base import CursorDebugWrapper
+
+    w = handler(default=database(dj, pool={"max_size": 1}))["default"]
+    w.force_debug_cursor = True
+    default = one(w, "SHOW work_mem")
+    with w.cursor() as cur:
+        assert isinstance(cur, CursorDebugWrapper)  # the stock backend's, with copy() logged
+        cur.execute("SET work_mem = '77MB'")
+    assert w.queries[-1]["sql"] == "SET work_mem = '77MB'"
+    w.close()
+    assert one(w, "SHOW work_mem") == default
+    w.close()
+
+
 def test_a_full_reset_keeps_psycopgs_prepared_statements(dj: Any) -> None:
     w = handler(default=database(dj, pool={"max_size": 1}, options={"server_side_binding": True}))[
         "default"

@@ -453,6 +453,36 @@ def test_set_up_runs_once_and_checkouts_send_nothing(dj: MariaDBServer) -> None:
     assert "Quit" not in commands and "Ping" not in commands
 
 
+def test_plain_requests_send_nothing_on_return(dj: MariaDBServer, table: str) -> None:
+    w = handler(default=mysql_db(dj, pool={"max_size": 1, "check_after_idle": 60}))["default"]
+    thread_id = one(w, "SELECT CONNECTION_ID()")
+    w.close()
+    with general_log(dj) as log:
+        for n in range(3):
+            with w.cursor() as cur:
+                cur.execute(f"INSERT INTO `{table}` (n) VALUES (%s)", [n])
+                cur.execute(f"SELECT `{table}`.`n` FROM `{table}` WHERE `{table}`.`n` = %s", [n])
+                cur.execute(f"UPDATE `{table}` SET n = %s WHERE n = %s", [n + 10, n])
+                cur.execute("SELECT @@max_connections")
+            w.set_autocommit(False)
+            sid = w.savepoint()
+            with w.cursor() as cur:
+                cur.execute(f"DELETE FROM `{table}` WHERE n = %s", [n + 10])
+            w.savepoint_commit(sid)
+            w.commit()
+            w.set_autocommit(True)
+            w.close()
+    queries = [a for c, a in log.entries(thread_id) if c == "Query"]
+    # Only what the requests sent (Django's autocommit changes among it); no reset, which
+    # would show as the set-up statement after COM_RESET_CONNECTION.
+    assert not [q for q in queries if "sql_auto_is_null" in q], queries
+    toggles = ["SET autocommit=0", "SET autocommit=1"] * 3
+    assert [q for q in queries if q.startswith("SET")] == toggles
+    assert len(queries) == 3 * 10, queries  # 5 statements, 2 SETs, savepoint, release, commit
+    assert one(w, "SELECT CONNECTION_ID()") == thread_id
+    w.close()
+
+
 def test_short_connect_leaves_the_wrapper_as_djangos_connect_does(dj: MariaDBServer) -> None:
     w = handler(default=mysql_db(dj, pool={"max_size": 1}, CONN_MAX_AGE=None))["default"]
     assert_short_connect_matches_djangos(w)
@@ -956,6 +986,20 @@ PYMYSQL_SCRIPT = textwrap.dedent(
     out["sql_mode"] = one(w, "SELECT @@sql_mode")
     out["same_id"] = one(w, "SELECT CONNECTION_ID()") == ids[0]
     w.close()
+    # reset auto: what the statement hook sees (a USE too, which PyMySQL does not report)
+    with w.cursor() as cur:
+        cur.execute("SET @lido = 1")
+        cur.execute("CREATE TEMPORARY TABLE lido_scratch (n int)")
+        cur.execute("SELECT GET_LOCK('lido_pymysql_lock', 0)")
+        cur.execute("USE lido_other")
+    w.close()
+    out["left"] = [one(w, "SELECT CONNECTION_ID()") == ids[0], one(w, "SELECT @lido"),
+                   one(w, "SELECT IS_USED_LOCK('lido_pymysql_lock')"), one(w, "SELECT DATABASE()")]
+    try:
+        out["left"].append(one(w, "SELECT COUNT(*) FROM lido_scratch"))
+    except django.db.DatabaseError:
+        out["left"].append("gone")
+    w.close()
     out["stats"] = {k: w.pool.stats()[k] for k in ("returns_rolled_back", "connections_num")}
     # reset full
     f = wrapper(name="full", reset="full")
@@ -1010,6 +1054,7 @@ def test_pymysql_backend(maria: MariaDBServer) -> None:
     assert out["snapshot"] == [0, 1], "a read-only transaction's snapshot leaked"
     assert "NO_BACKSLASH_ESCAPES" not in out["sql_mode"]
     assert out["same_id"]
+    assert out["left"] == [True, None, None, APP_DB, "gone"]
     assert out["stats"] == {"returns_rolled_back": 2, "connections_num": 1}
     assert out["full"] == [True, None, APP_DB, "READ-COMMITTED"]
     assert out["kill_probe"] == [True, 1]

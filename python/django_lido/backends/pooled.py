@@ -27,7 +27,7 @@ from django_lido.backends import registry
 from django_lido.backends.fast_connect import FastConnectMixin, timeout_class
 from django_lido.backends.pool_options import PoolSettings, pool_settings
 from django_lido.backends.session import hold_cursors_closed
-from django_lido.backends.statements import HookedCursorDebugWrapper, HookedCursorWrapper
+from django_lido.backends.statements import HookedCursorWrapper, hooked
 from django_lido.drivers import Conn
 from django_lido.errors import PoolTimeout
 from django_lido.pool import Pool
@@ -197,7 +197,8 @@ class PooledDatabaseMixin(FastConnectMixin):
         return HookedCursorWrapper(cursor, self)
 
     def make_debug_cursor(self, cursor: Any) -> Any:
-        return HookedCursorDebugWrapper(cursor, self)
+        # The stock backend's choice (PostgreSQL's logs copy() too), with the hook.
+        return hooked(super().make_debug_cursor(cursor))
 
     def close_pool(self) -> None:
         """Closes the pool of this alias's current settings, if one is open; the next

@@ -1,11 +1,11 @@
 """The statement hook: every statement that goes through Django's cursors passes here.
 
-A pooled backend's ``make_cursor`` and ``make_debug_cursor`` wrap each driver cursor in
-``HookedCursorWrapper`` / ``HookedCursorDebugWrapper`` instead of Django's own classes
-(the class is the only difference, so a cursor costs what it did). Their ``_execute`` and
-``_executemany``, the executors Django's ``execute()``/``executemany()`` end in after any
-``execute_wrapper`` of the user's, call ``statement_seen(db, sql)`` with the SQL about to
-be sent, then Django's own executor.
+A pooled backend's ``make_cursor`` wraps each driver cursor in ``HookedCursorWrapper``
+instead of Django's own class (the class is the only difference, so a cursor costs what
+it did); ``make_debug_cursor`` gives the debug wrapper the stock backend picks a subclass
+of its class (``hooked``). Their ``_execute`` and ``_executemany``, the executors Django's
+``execute()``/``executemany()`` end in after any ``execute_wrapper`` of the user's, call
+``statement_seen(db, sql)`` with the SQL about to be sent, then Django's own executor.
 
 ``statement_seen`` is the one place that learns of statements; what it does today:
 the engine's classifier (``changes_session``, in Rust: 15-200 ns) tells a statement that
@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+from django.db.backends.utils import CursorWrapper
 
 from django_lido._lido import changes_session
 from django_lido.backends.session import mark_changed
@@ -59,11 +59,43 @@ class HookedCursorWrapper(CursorWrapper):
         return _executemany(self, sql, param_list, *ignored_wrapper_args)
 
     def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:
-        db = self.db
-        if db._lido_conn_pool is not None and db.connection is not None:
-            mark_changed(db.connection)
+        _procedure_called(self.db)
         return _callproc(self, procname, params, kparams)
 
 
-class HookedCursorDebugWrapper(HookedCursorWrapper, CursorDebugWrapper):
-    """The same, for ``DEBUG`` (Django's query log)."""
+def _procedure_called(db: FastConnectMixin) -> None:
+    if db._lido_conn_pool is not None and db.connection is not None:
+        mark_changed(db.connection)
+
+
+class _Hook:
+    """The same hook in front of any cursor wrapper class (Django's own executors through
+    ``super()``): for the debug wrappers, whose class the stock backend picks."""
+
+    db: FastConnectMixin
+
+    def _execute(self, sql: Any, params: Any, *ignored_wrapper_args: Any) -> Any:
+        statement_seen(self.db, sql)
+        return super()._execute(sql, params, *ignored_wrapper_args)  # type: ignore[misc]
+
+    def _executemany(self, sql: Any, param_list: Any, *ignored_wrapper_args: Any) -> Any:
+        statement_seen(self.db, sql)
+        return super()._executemany(sql, param_list, *ignored_wrapper_args)  # type: ignore[misc]
+
+    def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:
+        _procedure_called(self.db)
+        return super().callproc(procname, params, kparams)  # type: ignore[misc]
+
+
+_hooked: dict[type, type] = {}
+
+
+def hooked(wrapper: CursorWrapper) -> CursorWrapper:
+    """``wrapper`` (a Django cursor wrapper, e.g. PostgreSQL's ``CursorDebugWrapper`` with
+    its ``copy()`` logging) made to show its statements to ``statement_seen``."""
+    cls = type(wrapper)
+    new = _hooked.get(cls)
+    if new is None:
+        new = _hooked[cls] = type("Hooked" + cls.__name__, (_Hook, cls), {})
+    wrapper.__class__ = new
+    return wrapper
