@@ -34,8 +34,14 @@ if TYPE_CHECKING:
 
 def statement_seen(db: FastConnectMixin, sql: Any) -> None:
     """Called with each statement's SQL before it is sent (``db.vendor``: "postgresql" or
-    "mysql"): marks a pooled connection whose session the statement may change."""
-    if changes_session(sql, db.vendor) and db._lido_conn_pool is not None:
+    "mysql"): marks a pooled connection whose session the statement may change.
+    (``HookedCursorWrapper`` makes the same call inline: a Python call less a statement.)"""
+    if changes_session(sql, db.vendor):
+        _session_changed(db)
+
+
+def _session_changed(db: FastConnectMixin) -> None:
+    if db._lido_conn_pool is not None and db.connection is not None:
         mark_changed(db.connection)
 
 
@@ -51,21 +57,20 @@ class HookedCursorWrapper(CursorWrapper):
     db: FastConnectMixin
 
     def _execute(self, sql: Any, params: Any, *ignored_wrapper_args: Any) -> Any:
-        statement_seen(self.db, sql)
+        db = self.db
+        if changes_session(sql, db.vendor):  # statement_seen(db, sql), inline
+            _session_changed(db)
         return _execute(self, sql, params, *ignored_wrapper_args)
 
     def _executemany(self, sql: Any, param_list: Any, *ignored_wrapper_args: Any) -> Any:
-        statement_seen(self.db, sql)
+        db = self.db
+        if changes_session(sql, db.vendor):
+            _session_changed(db)
         return _executemany(self, sql, param_list, *ignored_wrapper_args)
 
     def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:
-        _procedure_called(self.db)
+        _session_changed(self.db)
         return _callproc(self, procname, params, kparams)
-
-
-def _procedure_called(db: FastConnectMixin) -> None:
-    if db._lido_conn_pool is not None and db.connection is not None:
-        mark_changed(db.connection)
 
 
 class _Hook:
@@ -83,7 +88,7 @@ class _Hook:
         return super()._executemany(sql, param_list, *ignored_wrapper_args)  # type: ignore[misc]
 
     def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:
-        _procedure_called(self.db)
+        _session_changed(self.db)
         return super().callproc(procname, params, kparams)  # type: ignore[misc]
 
 
