@@ -21,8 +21,8 @@ import _common  # noqa: F401  (puts the repository root, with harness/, on sys.p
 
 from harness.servers import PostgresServer
 
-REQUESTS = 3_000
-REPS = 7
+REQUESTS = 1_000
+REPS = 15
 
 
 def configure(server: PostgresServer) -> None:
@@ -62,12 +62,12 @@ def define_model() -> Any:
     )
 
 
-def run(item: Any, requests: int) -> float:
-    """µs per request."""
+def run(item: Any, requests: int) -> tuple[float, float]:
+    """µs per request: wall time, and this process's CPU time (the server's excluded)."""
     from django.db import connection
 
     objects = item.objects
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     for i in range(requests):
         pk = i % 100 + 1
         obj = objects.get(pk=pk)
@@ -75,7 +75,8 @@ def run(item: Any, requests: int) -> float:
         objects.filter(pk=obj.pk).update(name=obj.name)
         objects.count()
         connection.close()
-    return (time.perf_counter() - t) / requests * 1e6
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    return wall / requests * 1e6, cpu / requests * 1e6
 
 
 def hook_off() -> tuple[Any, Any]:
@@ -119,7 +120,7 @@ def main() -> None:
         connection.close()
         run(item, 500)  # warm-up
 
-        results: dict[bool, list[float]] = {True: [], False: []}
+        results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
         shipped = hook_off()
         hook_on(shipped)
         for rep in range(REPS):
@@ -130,12 +131,13 @@ def main() -> None:
                     hook_off()
                 results[on].append(run(item, REQUESTS))
         hook_on(shipped)
-        on, off = (statistics.median(results[h]) for h in (True, False))
-        print(f"hook on  {on:.1f} µs/request  {sorted(round(x, 1) for x in results[True])}")
-        print(f"hook off {off:.1f} µs/request  {sorted(round(x, 1) for x in results[False])}")
-        print(
-            f"on/off {on / off:.4f} ({on - off:+.1f} µs per request of {len(captured)} statements)"
-        )
+        for i, what in enumerate(("wall", "client CPU")):
+            on, off = (statistics.median(r[i] for r in results[h]) for h in (True, False))
+            for name, h, median in (("on ", True, on), ("off", False, off)):
+                runs = sorted(round(r[i], 1) for r in results[h])
+                print(f"{what:>10} hook {name} {median:8.1f} µs/request  {runs}")
+            print(f"{what:>10} on/off {on / off:.4f} ({on - off:+.1f} µs per request)")
+        print(f"{len(captured)} statements per request, {REPS} interleaved repetitions each")
         print(f"pool: {connection.pool.stats()['connections_num']} connection(s) opened")
         from django_lido._lido import changes_session
 

@@ -314,6 +314,24 @@ def test_no_session_state_reaches_the_next_holder(dj: Any, item: str) -> None:
     w.close()
 
 
+def test_set_role_of_a_non_superuser_does_not_reach_the_next_holder(dj: Any) -> None:
+    # For a superuser, SET ROLE changes the reported is_superuser; not for anybody else.
+    user, role = "lido_plain_user", unique("lido_plain_role")
+    if not dj.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [user]):
+        dj.execute(f"CREATE ROLE {user} LOGIN")
+    dj.execute(f"CREATE ROLE {role}")
+    dj.execute(f"GRANT {role} TO {user}")
+    w = handler(default=database(dj, pool={"max_size": 1}, USER=user))["default"]
+    pid = one(w, "SELECT pg_backend_pid()")
+    with w.cursor() as cur:
+        cur.execute(f"SET ROLE {role}")
+    assert one(w, "SELECT current_user") == role
+    w.close()
+    assert one(w, "SELECT pg_backend_pid()") == pid
+    assert one(w, "SELECT current_user") == user
+    w.close()
+
+
 def test_assume_role_is_set_once_per_physical_connection(dj: Any) -> None:
     role = unique("lido_role")
     dj.execute(f"CREATE ROLE {role}")
