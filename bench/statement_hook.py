@@ -105,6 +105,32 @@ def classifier_ns(sql: str) -> float:
     return (best - empty) / n * 1e9
 
 
+def execute_ns(sql: str) -> tuple[float, float]:
+    """ns per ``cursor.execute()`` on a driver cursor that does nothing, through Django's
+    ``CursorWrapper`` and through ``HookedCursorWrapper``: the hook alone, medians of
+    interleaved repetitions."""
+    from django.db import connections
+    from django.db.backends.utils import CursorWrapper
+    from django_lido.backends.statements import HookedCursorWrapper
+
+    connection = connections["default"]  # the wrapper itself, as cursors have it
+
+    class NullCursor:
+        def execute(self, sql: str, params: Any = None) -> None:
+            pass
+
+    connection.ensure_connection()
+    n = 100_000
+    times: dict[type, list[float]] = {CursorWrapper: [], HookedCursorWrapper: []}
+    for rep in range(9):
+        for cls in (CursorWrapper, HookedCursorWrapper)[:: 1 if rep % 2 else -1]:
+            cursor = cls(NullCursor(), connection)
+            t = timeit.timeit(lambda c=cursor: c.execute(sql, (1,)), number=n)
+            times[cls].append(t / n * 1e9)
+    connection.close()
+    return statistics.median(times[CursorWrapper]), statistics.median(times[HookedCursorWrapper])
+
+
 def main() -> None:
     with PostgresServer() as server:
         configure(server)
@@ -139,6 +165,11 @@ def main() -> None:
             print(f"{what:>10} on/off {on / off:.4f} ({on - off:+.1f} µs per request)")
         print(f"{len(captured)} statements per request, {REPS} interleaved repetitions each")
         print(f"pool: {connection.pool.stats()['connections_num']} connection(s) opened")
+        stock, hooked = execute_ns(captured[0])
+        print(
+            f"cursor.execute() on a null driver cursor: Django's {stock:.0f} ns, hooked"
+            f" {hooked:.0f} ns ({hooked - stock:+.0f} ns per statement)"
+        )
         from django_lido._lido import changes_session
 
         for sql in captured:

@@ -56,17 +56,20 @@ class HookedCursorWrapper(CursorWrapper):
 
     db: FastConnectMixin
 
-    def _execute(self, sql: Any, params: Any, *ignored_wrapper_args: Any) -> Any:
+    # Django calls its executors with (sql, params, many, context) and ignores the last two;
+    # named here, they cost no tuple packing (a varargs signature costs about as much as
+    # the classifier).
+    def _execute(self, sql: Any, params: Any, many: Any = None, context: Any = None) -> Any:
         db = self.db
         if changes_session(sql, db.vendor):  # statement_seen(db, sql), inline
             _session_changed(db)
-        return _execute(self, sql, params, *ignored_wrapper_args)
+        return _execute(self, sql, params, many, context)
 
-    def _executemany(self, sql: Any, param_list: Any, *ignored_wrapper_args: Any) -> Any:
+    def _executemany(self, sql: Any, param_list: Any, many: Any = None, context: Any = None) -> Any:
         db = self.db
         if changes_session(sql, db.vendor):
             _session_changed(db)
-        return _executemany(self, sql, param_list, *ignored_wrapper_args)
+        return _executemany(self, sql, param_list, many, context)
 
     def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:
         _session_changed(self.db)
