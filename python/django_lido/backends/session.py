@@ -25,7 +25,10 @@ def _mark(marks: dict[int, weakref.ref[Conn]], conn: Conn) -> None:
             if marks.get(key) is ref:
                 del marks[key]
 
-        marks[key] = weakref.ref(conn, forget)
+        try:
+            marks[key] = weakref.ref(conn, forget)
+        except TypeError:  # a connection class without weak references: held until reset
+            marks[key] = lambda: conn  # type: ignore[assignment]
 
 
 def _take(marks: dict[int, weakref.ref[Conn]], conn: Conn) -> bool:

@@ -29,18 +29,18 @@ from django_lido._lido import changes_session
 from django_lido.backends.session import mark_changed
 
 if TYPE_CHECKING:
-    from django_lido.backends.fast_connect import FastConnectMixin
+    from django_lido.backends.pooled import PooledDatabaseMixin
 
 
-def statement_seen(db: FastConnectMixin, sql: Any) -> None:
-    """Called with each statement's SQL before it is sent (``db.vendor``: "postgresql" or
-    "mysql"): marks a pooled connection whose session the statement may change.
+def statement_seen(db: PooledDatabaseMixin, sql: Any) -> None:
+    """Called with each statement's SQL before it is sent (``db.lido_vendor``, the dialect:
+    "postgresql" or "mysql"): marks a pooled connection whose session the statement may change.
     (``HookedCursorWrapper`` makes the same call inline: a Python call less a statement.)"""
-    if changes_session(sql, db.vendor):
+    if changes_session(sql, db.lido_vendor):
         _session_changed(db)
 
 
-def _session_changed(db: FastConnectMixin) -> None:
+def _session_changed(db: PooledDatabaseMixin) -> None:
     if db._lido_conn_pool is not None and db.connection is not None:
         mark_changed(db.connection)
 
@@ -54,20 +54,20 @@ _callproc = CursorWrapper.callproc
 class HookedCursorWrapper(CursorWrapper):
     """Django's ``CursorWrapper`` that shows each statement to ``statement_seen``."""
 
-    db: FastConnectMixin
+    db: PooledDatabaseMixin
 
     # Django calls its executors with (sql, params, many, context) and ignores the last two;
     # named here, they cost no tuple packing (a varargs signature costs about as much as
     # the classifier).
     def _execute(self, sql: Any, params: Any, many: Any = None, context: Any = None) -> Any:
         db = self.db
-        if changes_session(sql, db.vendor):  # statement_seen(db, sql), inline
+        if changes_session(sql, db.lido_vendor):  # statement_seen(db, sql), inline
             _session_changed(db)
         return _execute(self, sql, params, many, context)
 
     def _executemany(self, sql: Any, param_list: Any, many: Any = None, context: Any = None) -> Any:
         db = self.db
-        if changes_session(sql, db.vendor):
+        if changes_session(sql, db.lido_vendor):
             _session_changed(db)
         return _executemany(self, sql, param_list, many, context)
 
@@ -80,7 +80,7 @@ class _Hook:
     """The same hook in front of any cursor wrapper class (Django's own executors through
     ``super()``): for the debug wrappers, whose class the stock backend picks."""
 
-    db: FastConnectMixin
+    db: PooledDatabaseMixin
 
     def _execute(self, sql: Any, params: Any, *ignored_wrapper_args: Any) -> Any:
         statement_seen(self.db, sql)
