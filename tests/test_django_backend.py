@@ -23,6 +23,7 @@ from django_helpers import (
     assert_short_connect_matches_djangos,
     configure,
     database,
+    global_alias,
     handler,
     one,
     unique,
@@ -228,8 +229,8 @@ def test_reset_auto_puts_back_settings_the_server_reports(dj: Any) -> None:
     w = handler(default=database(dj, pool={"max_size": 1}))["default"]
     app, style = app_of(w), one(w, "SHOW DateStyle")
     pid = one(w, "SELECT pg_backend_pid()")
-    with w.cursor() as cur:
-        cur.execute("SET DateStyle = 'German'; SET application_name = 'somebody else'")
+    # On the driver's connection, past the statement hook: what the server reports alone.
+    w.connection.execute("SET DateStyle = 'German'; SET application_name = 'somebody else'")
     w.close()
     assert one(w, "SELECT pg_backend_pid()") == pid
     assert one(w, "SHOW DateStyle") == style
@@ -253,6 +254,83 @@ def test_reset_full_clears_all_session_state(dj: Any) -> None:
     assert one(w, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
     assert one(w, "SELECT count(*) FROM pg_listening_channels()") == 0
     assert one(w, "SHOW work_mem") != "77MB"
+    w.close()
+
+
+# What a holder can leave on its session (issue 15, point 5): the statements that leave it,
+# and a query whose answer shows it. None of it may reach the next holder of the same
+# physical connection with the default reset policy.
+BLEED_ROLE = "lido_bleed_role"
+SESSION_STATE = {
+    "search_path": (["SET search_path = pg_catalog"], "SHOW search_path"),
+    "statement_timeout": (["SET statement_timeout = '77s'"], "SHOW statement_timeout"),
+    "other_set": (["SET work_mem = '77MB'"], "SHOW work_mem"),
+    "set_role": ([f"SET ROLE {BLEED_ROLE}"], "SELECT current_user"),
+    "custom_setting": (
+        ["SELECT set_config('lido.holder', 'first', false)"],
+        "SELECT coalesce(current_setting('lido.holder', true), '')",
+    ),
+    "temp_table": (
+        ["CREATE TEMP TABLE lido_scratch (n int)"],
+        "SELECT to_regclass('pg_temp.lido_scratch') IS NOT NULL",
+    ),
+    "advisory_lock": (
+        ["SELECT pg_advisory_lock(4242)"],
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    ),
+    "listen": (["LISTEN lido_channel"], "SELECT count(*) FROM pg_listening_channels()"),
+    "with_hold_cursor": (
+        ["DECLARE lido_cursor CURSOR WITH HOLD FOR SELECT 1"],
+        "SELECT count(*) FROM pg_cursors WHERE name = 'lido_cursor'",
+    ),
+    "prepared_statement": (
+        ["PREPARE lido_statement AS SELECT 1"],
+        "SELECT count(*) FROM pg_prepared_statements WHERE name = 'lido_statement'",
+    ),
+    # Reported by the server, or put right at checkout, before this point too.
+    "datestyle": (["SET DateStyle = 'German'"], "SHOW DateStyle"),
+    "time_zone": (["SET TIME ZONE 'Asia/Tokyo'"], "SHOW TimeZone"),
+    "session_authorization": (
+        [f"SET SESSION AUTHORIZATION {BLEED_ROLE}"],
+        "SELECT session_user",
+    ),
+}
+
+
+@pytest.mark.parametrize("item", list(SESSION_STATE))
+def test_no_session_state_reaches_the_next_holder(dj: Any, item: str) -> None:
+    if not dj.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [BLEED_ROLE]):
+        dj.execute(f"CREATE ROLE {BLEED_ROLE}")
+    leave, probe = SESSION_STATE[item]
+    w = handler(default=database(dj, pool={"max_size": 1}))["default"]
+    pid = one(w, "SELECT pg_backend_pid()")
+    fresh = one(w, probe)
+    with w.cursor() as cur:
+        for sql in leave:
+            cur.execute(sql)
+    left = one(w, probe)
+    assert left != fresh, "the first holder did not change its session"
+    w.close()
+    assert one(w, "SELECT pg_backend_pid()") == pid, "not the same physical connection"
+    assert one(w, probe) == fresh
+    w.close()
+
+
+def test_set_role_of_a_non_superuser_does_not_reach_the_next_holder(dj: Any) -> None:
+    # For a superuser, SET ROLE changes the reported is_superuser; not for anybody else.
+    user, role = "lido_plain_user", unique("lido_plain_role")
+    if not dj.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [user]):
+        dj.execute(f"CREATE ROLE {user} LOGIN")
+    dj.execute(f"CREATE ROLE {role}")
+    dj.execute(f"GRANT {role} TO {user}")
+    w = handler(default=database(dj, pool={"max_size": 1}, USER=user))["default"]
+    pid = one(w, "SELECT pg_backend_pid()")
+    with w.cursor() as cur:
+        cur.execute(f"SET ROLE {role}")
+    assert one(w, "SELECT current_user") == role
+    w.close()
+    assert one(w, "SELECT pg_backend_pid()") == pid
+    assert one(w, "SELECT current_user") == user
     w.close()
 
 
@@ -299,6 +377,107 @@ def test_checkout_and_return_send_nothing_to_the_server(dj: Any) -> None:
             raw.pgconn.untrace()
         trace.seek(0)
         assert any("\tF\t" in line for line in trace.read().splitlines())
+    w.close()
+
+
+def test_the_statement_hook_is_on_with_debug_cursors_too(dj: Any) -> None:
+    from django.db.backends.postgresql.base import CursorDebugWrapper
+
+    w = handler(default=database(dj, pool={"max_size": 1}))["default"]
+    w.force_debug_cursor = True
+    default = one(w, "SHOW work_mem")
+    with w.cursor() as cur:
+        assert isinstance(cur, CursorDebugWrapper)  # the stock backend's, with copy() logged
+        cur.execute("SET work_mem = '77MB'")
+    assert w.queries[-1]["sql"] == "SET work_mem = '77MB'"
+    w.close()
+    assert one(w, "SHOW work_mem") == default
+    w.close()
+
+
+def test_a_full_reset_keeps_psycopgs_prepared_statements(dj: Any) -> None:
+    w = handler(default=database(dj, pool={"max_size": 1}, options={"server_side_binding": True}))[
+        "default"
+    ]
+    query = "SELECT count(*) FROM pg_class WHERE relkind = %s"
+    for _ in range(8):
+        one(w, query, ["r"])
+    pid = one(w, "SELECT pg_backend_pid()")
+    with w.cursor() as cur:
+        cur.execute("PREPARE lido_mine AS SELECT 1")  # marks the connection
+    ours = "SELECT name FROM pg_prepared_statements WHERE NOT from_sql ORDER BY name"
+    driver_statements = [r[0] for r in dj_rows(w, ours)]
+    assert driver_statements
+    w.close()  # the full reset
+    assert one(w, "SELECT pg_backend_pid()") == pid
+    assert [r[0] for r in dj_rows(w, ours)] == driver_statements
+    assert one(w, "SELECT count(*) FROM pg_prepared_statements WHERE from_sql") == 0
+    for _ in range(3):  # psycopg still uses its statements, which still exist
+        assert one(w, query, ["r"]) > 0
+    w.close()
+
+
+def dj_rows(w: Any, sql: str) -> list[Any]:
+    with w.cursor() as cur:
+        cur.execute(sql)
+        return list(cur.fetchall())
+
+
+def test_orm_requests_send_nothing_on_return(dj: Any) -> None:
+    from django.db import models, transaction
+
+    alias = unique("lido_orm")
+    w = global_alias(alias, database(dj, pool={"max_size": 1}))
+    meta = type("Meta", (), {"app_label": "lido_orm_tests", "db_table": unique("lido_orm")})
+    Item = type(
+        "Item" + alias,
+        (models.Model,),
+        {"__module__": __name__, "Meta": meta, "name": models.CharField(max_length=40)},
+    )
+    with w.schema_editor() as editor:
+        editor.create_model(Item)
+    w.close()
+
+    def request(n: int) -> None:
+        items = Item.objects.using(alias)
+        item = items.create(name=f"item {n}")
+        list(items.filter(name__startswith="item").order_by("-id")[:5])
+        items.filter(pk=item.pk).update(name=f"renamed {n}")
+        with transaction.atomic(using=alias):
+            items.create(name="inner")
+            with transaction.atomic(using=alias):  # a savepoint
+                items.filter(name="inner").delete()
+        list(items.filter(pk__in=[item.pk]).iterator(chunk_size=2))  # a server-side cursor
+        items.filter(pk=item.pk).delete()
+
+    request(0)
+    raw = w.connection
+    w.close()
+    for n in range(1, 4):
+        request(n)
+        assert w.connection is raw
+        with tempfile.TemporaryFile("w+") as trace:
+            raw.pgconn.trace(trace.fileno())
+            try:
+                w.close()
+            finally:
+                raw.pgconn.untrace()
+            trace.seek(0)
+            sent = [line for line in trace.read().splitlines() if "\tF\t" in line]
+        assert sent == [], f"request {n} sent on return: {sent}"
+
+
+def test_a_server_side_cursor_left_open_does_not_reach_the_next_holder(dj: Any) -> None:
+    w = handler(default=database(dj, pool={"max_size": 1}))["default"]
+    pid = one(w, "SELECT pg_backend_pid()")
+    # What QuerySet.iterator() uses: in autocommit mode, a cursor declared WITH HOLD.
+    left_open = w.chunked_cursor()
+    left_open.execute("SELECT generate_series(1, 100)")
+    assert left_open.fetchmany(1) == [(1,)]
+    assert one(w, "SELECT count(*) FROM pg_cursors") == 1
+    w.close()
+    assert one(w, "SELECT pg_backend_pid()") == pid
+    assert one(w, "SELECT count(*) FROM pg_cursors") == 0
     w.close()
 
 
@@ -547,6 +726,16 @@ PSYCOPG2_SCRIPT = textwrap.dedent(
     out["datestyle"] = one("SHOW DateStyle")
     out["pids"] = pids + [one("SELECT pg_backend_pid()")]
     w.close()
+    # Session state left through Django's cursors does not reach the next holder.
+    with w.cursor() as cur:
+        cur.execute("SET work_mem = '77MB'")
+        cur.execute("PREPARE lido_pg2_statement AS SELECT 1")
+        cur.execute("CREATE TEMP TABLE lido_pg2_scratch (n int)")
+    w.close()
+    out["left"] = [one("SELECT pg_backend_pid()") == pids[0], one("SHOW work_mem"),
+                   one("SELECT count(*) FROM pg_prepared_statements"),
+                   one("SELECT to_regclass('pg_temp.lido_pg2_scratch') IS NULL")]
+    w.close()
     # A second physical connection, opened for a connect that took the short path, is set
     # up as Django's own connect does it: jsonb is left as text for JSONField's decoder.
     held = w.pool.getconn()
@@ -581,6 +770,7 @@ def test_psycopg2_backend(dj: Any) -> None:
     assert out["jsonb"] == "[1, 2]"
     assert out["second_pid"] not in out["pids"]
     assert out["stats"] == {"returns_rolled_back": 1, "connections_num": 2}
+    assert out["left"] == [True, "4MB", 0, True]
 
 
 def test_custom_check_option_runs_at_checkout_after_idle(dj: Any) -> None:

@@ -20,6 +20,7 @@ from unittest import mock
 import django_lido
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 from django.test.utils import override_settings
 from django_helpers import (
     assert_short_connect_matches_djangos,
@@ -452,6 +453,36 @@ def test_set_up_runs_once_and_checkouts_send_nothing(dj: MariaDBServer) -> None:
     assert "Quit" not in commands and "Ping" not in commands
 
 
+def test_plain_requests_send_nothing_on_return(dj: MariaDBServer, table: str) -> None:
+    w = handler(default=mysql_db(dj, pool={"max_size": 1, "check_after_idle": 60}))["default"]
+    thread_id = one(w, "SELECT CONNECTION_ID()")
+    w.close()
+    with general_log(dj) as log:
+        for n in range(3):
+            with w.cursor() as cur:
+                cur.execute(f"INSERT INTO `{table}` (n) VALUES (%s)", [n])
+                cur.execute(f"SELECT `{table}`.`n` FROM `{table}` WHERE `{table}`.`n` = %s", [n])
+                cur.execute(f"UPDATE `{table}` SET n = %s WHERE n = %s", [n + 10, n])
+                cur.execute("SELECT @@max_connections")
+            w.set_autocommit(False)
+            sid = w.savepoint()
+            with w.cursor() as cur:
+                cur.execute(f"DELETE FROM `{table}` WHERE n = %s", [n + 10])
+            w.savepoint_commit(sid)
+            w.commit()
+            w.set_autocommit(True)
+            w.close()
+    queries = [a for c, a in log.entries(thread_id) if c == "Query"]
+    # Only what the requests sent (Django's autocommit changes among it); no reset, which
+    # would show as the set-up statement after COM_RESET_CONNECTION.
+    assert not [q for q in queries if "sql_auto_is_null" in q], queries
+    toggles = ["SET autocommit=0", "SET autocommit=1"] * 3
+    assert [q for q in queries if q.startswith("SET")] == toggles
+    assert len(queries) == 3 * 10, queries  # 5 statements, 2 SETs, savepoint, release, commit
+    assert one(w, "SELECT CONNECTION_ID()") == thread_id
+    w.close()
+
+
 def test_short_connect_leaves_the_wrapper_as_djangos_connect_does(dj: MariaDBServer) -> None:
     w = handler(default=mysql_db(dj, pool={"max_size": 1}, CONN_MAX_AGE=None))["default"]
     assert_short_connect_matches_djangos(w)
@@ -554,7 +585,9 @@ def test_reset_auto_puts_back_what_the_client_sees(dj: MariaDBServer) -> None:
         "SET NAMES latin1",
         "SET sql_mode = 'NO_BACKSLASH_ESCAPES'",
     ):
-        with w.cursor() as cur:
+        # On the driver's connection, past the statement hook: what the client sees alone.
+        w.ensure_connection()
+        with w.connection.cursor() as cur:
             cur.execute(statement)
         w.close()
         assert one(w, "SELECT CONNECTION_ID()") == thread_id
@@ -563,11 +596,64 @@ def test_reset_auto_puts_back_what_the_client_sees(dj: MariaDBServer) -> None:
         assert "NO_BACKSLASH_ESCAPES" not in one(w, "SELECT @@sql_mode")
         assert one(w, "SELECT @@tx_isolation") == "READ-COMMITTED"
         w.close()
-    # What the client cannot see stays, as with a persistent connection.
-    with w.cursor() as cur:
+    # What the client cannot see, sent past the statement hook, stays (docs/django.md);
+    # through Django's cursors it does not (test_no_session_state_reaches_the_next_holder).
+    w.ensure_connection()
+    with w.connection.cursor() as cur:
         cur.execute("SET @lido = 1")
     w.close()
     assert one(w, "SELECT @lido") == 1
+    w.close()
+
+
+# What a holder can leave on its session (issue 15, point 5): the statements that leave it,
+# and a query whose answer shows it ("error" if it fails). None of it may reach the next
+# holder of the same physical connection with the default reset policy.
+SESSION_STATE = {
+    "session_variable": (["SET SESSION wait_timeout = 77"], "SELECT @@session.wait_timeout"),
+    "user_variable": (["SET @lido = 1"], "SELECT @lido"),
+    "user_variable_in_select": (["SELECT @lido_sel := 5"], "SELECT @lido_sel"),
+    "temp_table": (
+        ["CREATE TEMPORARY TABLE lido_scratch (n int)"],
+        "SELECT COUNT(*) FROM lido_scratch",
+    ),
+    "get_lock": (
+        ["SELECT GET_LOCK('lido_lock', 0)"],
+        "SELECT IS_USED_LOCK('lido_lock') = CONNECTION_ID()",
+    ),
+    "prepared_statement": (["PREPARE lido_statement FROM 'SELECT 7'"], "EXECUTE lido_statement"),
+    "isolation_level": (
+        ["SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE"],
+        "SELECT @@tx_isolation",
+    ),
+    # Seen by the client (with mysqlclient), before this point too.
+    "use": (["USE " + OTHER_DB], "SELECT DATABASE()"),
+    "names": (["SET NAMES latin1"], "SELECT @@character_set_client"),
+    "sql_mode": (["SET sql_mode = 'NO_BACKSLASH_ESCAPES'"], "SELECT @@sql_mode"),
+}
+
+
+def probe(w: Any, sql: str) -> Any:
+    try:
+        return one(w, sql)
+    except DatabaseError:
+        return "error"
+
+
+@pytest.mark.parametrize("item", list(SESSION_STATE))
+def test_no_session_state_reaches_the_next_holder(dj: MariaDBServer, item: str) -> None:
+    leave, query = SESSION_STATE[item]
+    w = handler(default=mysql_db(dj, pool={"max_size": 1}))["default"]
+    thread_id = one(w, "SELECT CONNECTION_ID()")
+    fresh = probe(w, query)
+    with w.cursor() as cur:
+        for sql in leave:
+            cur.execute(sql)
+    left = probe(w, query)
+    assert left != fresh, "the first holder did not change its session"
+    w.close()
+    assert one(w, "SELECT CONNECTION_ID()") == thread_id, "not the same physical connection"
+    assert probe(w, query) == fresh
     w.close()
 
 
@@ -934,6 +1020,20 @@ PYMYSQL_SCRIPT = textwrap.dedent(
     out["sql_mode"] = one(w, "SELECT @@sql_mode")
     out["same_id"] = one(w, "SELECT CONNECTION_ID()") == ids[0]
     w.close()
+    # reset auto: what the statement hook sees (a USE too, which PyMySQL does not report)
+    with w.cursor() as cur:
+        cur.execute("SET @lido = 1")
+        cur.execute("CREATE TEMPORARY TABLE lido_scratch (n int)")
+        cur.execute("SELECT GET_LOCK('lido_pymysql_lock', 0)")
+        cur.execute("USE lido_other")
+    w.close()
+    out["left"] = [one(w, "SELECT CONNECTION_ID()") == ids[0], one(w, "SELECT @lido"),
+                   one(w, "SELECT IS_USED_LOCK('lido_pymysql_lock')"), one(w, "SELECT DATABASE()")]
+    try:
+        out["left"].append(one(w, "SELECT COUNT(*) FROM lido_scratch"))
+    except django.db.DatabaseError:
+        out["left"].append("gone")
+    w.close()
     out["stats"] = {k: w.pool.stats()[k] for k in ("returns_rolled_back", "connections_num")}
     # reset full
     f = wrapper(name="full", reset="full")
@@ -988,6 +1088,7 @@ def test_pymysql_backend(maria: MariaDBServer) -> None:
     assert out["snapshot"] == [0, 1], "a read-only transaction's snapshot leaked"
     assert "NO_BACKSLASH_ESCAPES" not in out["sql_mode"]
     assert out["same_id"]
+    assert out["left"] == [True, None, None, APP_DB, "gone"]
     assert out["stats"] == {"returns_rolled_back": 2, "connections_num": 1}
     assert out["full"] == [True, None, APP_DB, "READ-COMMITTED"]
     assert out["kill_probe"] == [True, 1]

@@ -18,6 +18,7 @@ __all__ = [
     "TooManyWaiters",
     "__version__",
     "_interpreter_exiting",
+    "changes_session",
 ]
 
 __version__: str
@@ -32,6 +33,9 @@ class TooManyWaiters(PoolError): ...
 OPTIONS: tuple[dict[str, Any], ...]
 
 def _interpreter_exiting() -> None: ...
+
+# Whether a statement may leave state on the session (vendor: "postgresql" or "mysql").
+def changes_session(sql: object, vendor: str) -> bool: ...
 
 @final
 class PoolOptions:

@@ -156,9 +156,13 @@ fn names_any(sql: &[u8], names: &'static [&'static [u8]], into: bool) -> bool {
     let ident = |c: &u8| c.is_ascii_alphanumeric() || *c == b'_';
     let search = |text: &[u8]| {
         let named = finders(names).iter().any(|(finder, open_end)| {
-            finder
-                .find_iter(text)
-                .any(|at| *open_end || !text.get(at + finder.needle().len()).is_some_and(ident))
+            finder.find_iter(text).any(|at| {
+                let end = at + finder.needle().len();
+                // MySQL's `@@name` reads a system variable; `@name` is a user variable.
+                let system = finder.needle() == b"@"
+                    && (text.get(end) == Some(&b'@') || at > 0 && text[at - 1] == b'@');
+                (*open_end || !text.get(end).is_some_and(ident)) && !system
+            })
         });
         named
             || into
@@ -354,6 +358,8 @@ mod tests {
             "SET SESSION sql_mode = ''",
             "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
             "SELECT @x := 1",
+            "SELECT @@sql_mode, @x",
+            "SELECT 1 INTO @x",
             "SELECT GET_LOCK('a', 0)",
             "CREATE TEMPORARY TABLE t (id int)",
             "USE other",
@@ -368,6 +374,8 @@ mod tests {
             "CREATE TABLE t (id int)",
             "SAVEPOINT `s1`",
             "SELECT RELEASE_LOCK('a')",
+            "SELECT @@max_connections, @@max_user_connections",
+            "SELECT VERSION(), @@sql_mode, @@SESSION.sql_auto_is_null",
         ] {
             assert!(!changes_session(sql, MySql), "{sql}");
         }

@@ -28,6 +28,9 @@ mod fork; // os.fork(): the child leaves the parent's connections alone
 mod leases; // connections in use, LeakWatch, a fork parent's connections
 mod maintainer; // Maintainer: the maintenance thread's handle
 
+// What the Django backends ask of the engine.
+mod statement; // changes_session: the statement hook's classifier
+
 use pyo3::prelude::*;
 
 #[pymodule]
@@ -37,6 +40,7 @@ fn _lido(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<leases::LeakWatch>()?;
     m.add_class::<maintainer::Maintainer>()?;
     m.add_function(wrap_pyfunction!(exit::_interpreter_exiting, m)?)?;
+    m.add_function(wrap_pyfunction!(statement::changes_session, m)?)?;
     m.add_class::<options::PoolOptions>()?;
     m.add("OPTIONS", options::option_table(py)?)?;
     m.add("PoolError", py.get_type::<errors::PoolError>())?;

@@ -26,6 +26,8 @@ from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
 from django_lido.backends import pool_options, registry, thread_end
 from django_lido.backends.fast_connect import FastConnectMixin, timeout_class
 from django_lido.backends.pool_options import PoolSettings, pool_settings
+from django_lido.backends.session import hold_cursors_closed
+from django_lido.backends.statements import HookedCursorWrapper, hooked
 from django_lido.drivers import Conn
 from django_lido.errors import PoolTimeout
 from django_lido.pool import Pool
@@ -64,6 +66,9 @@ class PooledDatabaseMixin(FastConnectMixin):
     _lido_next_pool: Pool | None = None
     # Set while Django's health check runs: a connection it closes is discarded.
     _lido_discard = False
+    # Server-side cursors declared WITH HOLD on the current connection (PostgreSQL's
+    # chunked_cursor); checked on return.
+    _lido_hold_cursors: tuple[Any, ...] | list[Any] = ()
 
     # --- vendor hooks --------------------------------------------------------------------
     lido_vendor: str = ""
@@ -180,6 +185,10 @@ class PooledDatabaseMixin(FastConnectMixin):
             with self.wrap_database_errors:
                 conn.close()
             return
+        if self._lido_hold_cursors:
+            if all(cursor.closed for cursor in self._lido_hold_cursors):
+                hold_cursors_closed(conn)
+            self._lido_hold_cursors = ()
         if self._lido_discard:
             # Closed first, the connection comes back to the pool broken and is dropped.
             with contextlib.suppress(Exception):
@@ -200,6 +209,15 @@ class PooledDatabaseMixin(FastConnectMixin):
         self.connection = None
         self._lido_conn_pool = None
         pool.putconn(conn)
+
+    def make_cursor(self, cursor: Any) -> Any:
+        # The statement hook (backends/statements.py): Django's cursor wrapper that also
+        # shows each statement to ``statement_seen``.
+        return HookedCursorWrapper(cursor, self)
+
+    def make_debug_cursor(self, cursor: Any) -> Any:
+        # The stock backend's choice (PostgreSQL's logs copy() too), with the hook.
+        return hooked(super().make_debug_cursor(cursor))
 
     def close_pool(self) -> None:
         """Closes the pool of this alias's current settings, if one is open; the next

@@ -11,14 +11,18 @@ flags of the last reply, so this needs no round trip when nothing is open (autoc
 counts as open; see ``django_lido.drivers.mysql``). After that, the reset policy
 (``OPTIONS["pool"]["reset"]``):
 
-- ``"auto"`` (default): no round trip unless the client can see that the session changed:
-  ``NO_BACKSLASH_ESCAPES`` in the server status (an ``sql_mode`` change that alters
-  escaping), the driver's character set, and with mysqlclient the current database (the
-  server reports ``USE`` through session tracking) and the character set the server
-  reported. If any differs from a freshly set-up connection, the full reset runs. What the
-  client does not see (other ``SET``s, user variables, temporary tables, ``GET_LOCK``
-  locks, ``USE`` with PyMySQL) stays with the connection, as it does with Django's
-  persistent connections.
+- ``"auto"`` (default): no round trip unless the session changed. Every statement that
+  goes through Django's cursors is shown to the engine's classifier
+  (backends/statements.py); one that can leave state on the session (every ``SET``, user
+  variables, ``CREATE TEMPORARY``, ``GET_LOCK``, ``USE``, ``PREPARE``, ``LOCK TABLES``)
+  marks the connection, and a marked connection gets the full reset. So does one where the
+  client can see a change: ``NO_BACKSLASH_ESCAPES`` in the server status (an ``sql_mode``
+  change that alters escaping), the driver's character set, and with mysqlclient the
+  current database (the server reports ``USE`` through session tracking) and the
+  character set the server reported. Not seen: state changed inside a stored procedure or
+  function called from a plain statement, and statements sent on the driver's connection
+  directly. With a mysqlclient that cannot send ``COM_RESET_CONNECTION`` (not built on
+  MariaDB Connector/C) a marked connection is closed instead of reused.
 - ``"full"``: on every return ``COM_RESET_CONNECTION`` (the session as after connecting:
   variables, temporary tables, locks, prepared statements gone; the current database is
   kept), then the database (``COM_INIT_DB``: always with PyMySQL, after a ``USE`` with
@@ -120,9 +124,8 @@ class Session(SessionBase):
         )
 
     # --- reset policies ------------------------------------------------------------------
-    def reset_auto(self, conn: Conn) -> None:
-        if self.snapshot(conn) != self.baseline:
-            self.reset_full(conn)
+    def client_sees_change(self, conn: Conn) -> bool:
+        return self.snapshot(conn) != self.baseline
 
     def reset_full(self, conn: Conn) -> None:
         native = self.native

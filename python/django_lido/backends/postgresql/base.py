@@ -24,6 +24,7 @@ from django_lido.backends.pooled import Opener, PooledDatabaseMixin, freeze
 from django_lido.backends.postgresql.creation import DatabaseCreation
 from django_lido.backends.postgresql.features import DatabaseFeatures
 from django_lido.backends.postgresql.session import Session
+from django_lido.backends.session import hold_cursor_opened
 from django_lido.drivers import Conn
 from django_lido.drivers.postgres import libpq_connect_params, restore_user_timeout
 
@@ -187,7 +188,14 @@ class PostgresPoolMixin(PooledDatabaseMixin):
             # A named (server-side) cursor outlives the transaction that a transaction
             # pooler ties to one server connection.
             return self._cursor()
-        return super().chunked_cursor()
+        cursor = super().chunked_cursor()
+        if getattr(cursor.cursor, "withhold", False) and self._lido_conn_pool is not None:
+            # Django declares its server-side cursors WITH HOLD in autocommit mode; one
+            # left open would outlive the transaction, and the holder. The connection is
+            # marked until it comes back with them all closed (``_close``).
+            hold_cursor_opened(self.connection)
+            self._lido_hold_cursors = [*self._lido_hold_cursors, cursor.cursor]
+        return cursor
 
 
 class DatabaseWrapper(PostgresPoolMixin, stock.DatabaseWrapper):

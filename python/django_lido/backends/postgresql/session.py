@@ -4,18 +4,24 @@ A connection goes from holder to holder; what one holder changed in its session 
 reach the next. Open and failed transactions are always rolled back by the pool. After
 that, the reset policy (``OPTIONS["pool"]["reset"]``) decides:
 
-- ``"auto"`` (default): no round trip unless something changed. The server reports some
-  settings to the client whenever they change (``application_name``, ``DateStyle``,
-  ``IntervalStyle``, ``client_encoding``, ``standard_conforming_strings``,
+- ``"auto"`` (default): no round trip unless something changed. Every statement that goes
+  through Django's cursors is shown to the engine's classifier (backends/statements.py);
+  one that can leave state on the session beyond its transaction (``SET`` but not
+  ``SET LOCAL``, ``RESET``, ``SET ROLE``, ``SET SESSION AUTHORIZATION``, ``CREATE TEMP``,
+  ``LISTEN``, session advisory locks, ``set_config``, ``DECLARE ... WITH HOLD``,
+  ``PREPARE``, ``DO``) marks the connection, and a marked connection gets the full reset.
+  So does one whose reported settings differ from a freshly set-up connection's: the
+  server reports some settings to the client whenever they change (``application_name``,
+  ``DateStyle``, ``IntervalStyle``, ``client_encoding``, ``standard_conforming_strings``,
   ``session_authorization``, ``is_superuser``, ``default_transaction_read_only``, and on
-  newer servers ``search_path`` and ``role``); the time zone is put right at each
-  checkout. If any of the others differs from a freshly set-up connection, the full reset
-  runs. State the server does not report (``SET`` of other settings, ``SET ROLE`` and
-  ``search_path`` on older servers, temporary tables, advisory locks, ``LISTEN``, open
-  ``WITH HOLD`` cursors) stays, exactly as it would on a persistent connection.
-- ``"full"``: on every return, one round trip that resets all of it (``DISCARD ALL`` less
-  ``DEALLOCATE ALL``, so that prepared statements survive), then the per-connection set-up
-  again.
+  newer servers ``search_path`` and ``role``), which covers changes made inside server
+  functions too. The time zone is put right at each checkout. Not seen: other state
+  changed inside a server function (a function that calls ``set_config`` or takes an
+  advisory lock, called from a plain ``SELECT`` whose text does not name it), and
+  statements sent on the driver's connection directly, bypassing Django's cursors.
+- ``"full"``: on every return, one round trip that resets all of it (``DISCARD ALL``, except
+  that of the prepared statements only those made with SQL ``PREPARE`` are deallocated, so
+  that the driver's own survive), then the per-connection set-up again.
 - ``"rollback"``: only the rollback.
 - a callable ``reset(conn)``: yours, after the rollback; if it raises, the connection is
   closed instead of reused.
@@ -40,10 +46,14 @@ REPORTED_PARAMETERS = (
 )
 
 # DISCARD ALL cannot run inside a transaction block (and a multi-statement query is one);
-# these are its parts, less DEALLOCATE ALL and DISCARD PLANS.
+# these are its parts, less DISCARD PLANS, and with DEALLOCATE ALL narrowed to the
+# statements made with SQL PREPARE: psycopg's own (protocol-level) prepared statements
+# survive, and psycopg still knows them.
 FULL_RESET_SQL = (
     "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; "
-    "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+    "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; "
+    "DO $lido$DECLARE n text; BEGIN FOR n IN SELECT name FROM pg_prepared_statements"
+    " WHERE from_sql LOOP EXECUTE 'DEALLOCATE ' || quote_ident(n); END LOOP; END$lido$"
 )
 
 
@@ -101,9 +111,8 @@ class Session(SessionBase):
         literal: str = quoted.getquoted().decode()
         return literal
 
-    def reset_auto(self, conn: Conn) -> None:
-        if self.snapshot(conn) != self.baseline:
-            self.reset_full(conn)
+    def client_sees_change(self, conn: Conn) -> bool:
+        return self.snapshot(conn) != self.baseline
 
     def reset_full(self, conn: Conn) -> None:
         self._execute(conn, FULL_RESET_SQL)
