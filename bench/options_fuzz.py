@@ -44,7 +44,7 @@ class Conn:
     def close(self): pass
 try:
     with Pool(Conn, check=lambda c: None, **opts) as pool:
-        pool.putconn(pool.getconn(timeout=5.0))
+        pool.putconn(pool.getconn())
     print(json.dumps(["ok", ""]))
 except Exception as e:
     print(json.dumps([type(e).__name__, str(e)]))
