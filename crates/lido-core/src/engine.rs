@@ -1073,7 +1073,7 @@ impl<C> Engine<C> {
     /// they come back.
     pub fn after_fork_in_child(&self) -> Vec<Pooled<C>> {
         // SAFETY: locked by `before_fork` on this thread, and the guard was forgotten.
-        unsafe { self.state.force_unlock() };
+        unsafe { release_in_child(&self.state) };
         let mut st = self.state.lock();
         st.generation += 1;
         st.in_use = 0;
@@ -1086,5 +1086,19 @@ impl<C> Engine<C> {
         st.waiters.clear();
         st.retries_sent = 0;
         std::mem::take(&mut st.idle)
+    }
+}
+
+/// After `fork()`, in the child: releases a lock that the forking thread took before the
+/// fork (its guard forgotten). Threads of the parent that were parked waiting for it do not
+/// exist in the child, but a release may still hand the lock to one of them (parking_lot's
+/// fair hand-off), which would leave it held for good; so it is released until it is free.
+///
+/// # Safety
+/// Only in a forked child, before it starts any thread, on a lock held across the fork.
+pub unsafe fn release_in_child<T>(lock: &Mutex<T>) {
+    lock.force_unlock();
+    while lock.is_locked() {
+        lock.force_unlock();
     }
 }

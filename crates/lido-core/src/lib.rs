@@ -38,7 +38,9 @@ pub use config::{
     OPTIONS,
 };
 pub use conn::{Check, CloseReason, ConnMeta, OpenPermit, Pooled, Retired};
-pub use engine::{probe_backoff, Checkout, Engine, HoldReview, LongHold, Maintenance, Status};
+pub use engine::{
+    probe_backoff, release_in_child, Checkout, Engine, HoldReview, LongHold, Maintenance, Status,
+};
 pub use error::AcquireError;
 pub use liveness::{probe_socket, Liveness};
 pub use statement::{changes_session, Dialect};

@@ -37,7 +37,13 @@ fn timer() -> &'static Timer {
     static TIMER: OnceLock<Timer> = OnceLock::new();
     TIMER.get_or_init(|| {
         // SAFETY: the handlers only take and release the lock of a static.
-        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+        unsafe {
+            libc::pthread_atfork(
+                Some(before_fork),
+                Some(after_fork_in_parent),
+                Some(after_fork_in_child),
+            )
+        };
         Timer {
             watches: Mutex::new(Watches::default()),
             changed: Condvar::new(),
@@ -49,9 +55,19 @@ extern "C" fn before_fork() {
     std::mem::forget(timer().watches.lock());
 }
 
-extern "C" fn after_fork() {
+extern "C" fn after_fork_in_parent() {
     // SAFETY: locked by `before_fork` on this thread, and the guard was forgotten.
     unsafe { timer().watches.force_unlock() };
+}
+
+extern "C" fn after_fork_in_child() {
+    let t = timer();
+    // SAFETY: in the child, locked by `before_fork` on this thread, guard forgotten.
+    unsafe { lido_core::release_in_child(&t.watches) };
+    // The parent's timer thread, waiting on `changed`, does not exist here: wake it out of
+    // the queue (the lock is free, so it is not moved onto it), or a notify would go to it
+    // instead of the child's own timer thread.
+    while t.changed.notify_one() {}
 }
 
 fn run(t: &'static Timer) {

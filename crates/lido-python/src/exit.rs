@@ -132,6 +132,24 @@ pub fn _interpreter_exiting(py: Python<'_>) -> PyResult<()> {
     })
 }
 
+/// Before `fork()` (fork.rs): the thread list is not inherited mid-update.
+pub(crate) fn before_fork() {
+    std::mem::forget(THREADS.lock());
+}
+
+pub(crate) fn after_fork_in_parent() {
+    // SAFETY: locked by `before_fork` on this thread, and the guard was forgotten.
+    unsafe { THREADS.force_unlock() };
+}
+
+/// In the child only this thread exists: the others' entries go.
+pub(crate) fn after_fork_in_child() {
+    // SAFETY: in the child, locked by `before_fork` on this thread, guard forgotten.
+    unsafe { lido_core::release_in_child(&THREADS) };
+    let me = unsafe { libc::pthread_self() } as std::ffi::c_long;
+    THREADS.lock().retain(|e| e.ident == me);
+}
+
 /// A section of a pool call that may run Python code; it ends when dropped.
 pub(crate) struct Active(());
 

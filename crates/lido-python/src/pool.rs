@@ -51,10 +51,9 @@ impl PoolCore {
                 on_error,
                 on_long_hold,
             };
-            let inner = Inner::new(name, options.config.clone(), hooks);
-            Ok(PoolCore {
-                inner: Arc::new(inner),
-            })
+            let inner = Arc::new(Inner::new(name, options.config.clone(), hooks));
+            crate::fork::register(&inner);
+            Ok(PoolCore { inner })
         })
     }
 
@@ -130,25 +129,11 @@ impl PoolCore {
         guarded(py, "PoolCore.stats", || self.inner.stats_dict(py))
     }
 
-    /// Before os.fork(): hold the locks so the child never inherits one mid-update.
-    fn _before_fork(&self, py: Python<'_>) -> PyResult<()> {
-        guarded(py, "PoolCore._before_fork", || {
-            self.inner.before_fork();
-            Ok(())
-        })
-    }
-
-    fn _after_fork_in_parent(&self, py: Python<'_>) -> PyResult<()> {
-        guarded(py, "PoolCore._after_fork_in_parent", || {
-            self.inner.after_fork_in_parent();
-            Ok(())
-        })
-    }
-
-    /// In the child: start empty; the parent's connections are kept, never closed.
+    /// In the forked child, after the fork handlers (fork.rs): the parent's connections in
+    /// use are kept alive and untouched.
     fn _after_fork_in_child(&self, py: Python<'_>) -> PyResult<()> {
         guarded(py, "PoolCore._after_fork_in_child", || {
-            self.inner.after_fork_in_child(py);
+            self.inner.keep_parents_leases(py);
             Ok(())
         })
     }
