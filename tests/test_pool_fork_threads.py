@@ -57,3 +57,59 @@ def test_a_fork_child_ignores_the_parents_connections_freed_with_thread_locals(p
     s = pool.stats()
     assert (s["in_use"], s["connections_leaked"], s["connections_num"]) == (0, 0, 1)
     pool.close()
+
+
+FORKS_WHILE_CHECKING = r"""
+import os, sys, threading
+from django_lido import Pool
+conninfo, forks = sys.argv[1], int(sys.argv[2])
+pool = Pool(conninfo, max_size=4, check_after_idle=0)
+stop = threading.Event()
+
+def checking():
+    while not stop.is_set():
+        with pool.connection() as conn:
+            conn.execute("SELECT 1")
+
+threads = [threading.Thread(target=checking, daemon=True) for _ in range(2)]
+for t in threads:
+    t.start()
+failed = 0
+for _ in range(forks):
+    pid = os.fork()
+    if pid == 0:  # a pool of the child's own, checked at every checkout
+        code = 1
+        try:
+            child = Pool(conninfo, check_after_idle=0)
+            for _ in range(3):
+                with child.connection(timeout=5) as conn:
+                    conn.execute("SELECT 1")
+            code = 0
+        finally:
+            os._exit(code)
+    failed += os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0
+stop.set()
+for t in threads:
+    t.join(10)
+pool.close()
+print("failed children:", failed)
+"""
+
+
+@pytest.mark.fault
+def test_forks_while_threads_check_connections_neither_hang_nor_crash(pg: Any) -> None:
+    """Threads keep checking connections (round trips, the deadline timer) while the main
+    thread forks again and again: the pools' locks are held across each fork() by the
+    binding's fork handlers, so no thread can block on one while holding the GIL (the parent
+    hung), and the child gets them free (it hung or crashed now and then)."""
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", FORKS_WHILE_CHECKING, pg.conninfo(), "40"],
+        capture_output=True,
+        text=True,
+        timeout=60,  # the watchdog: a hang fails the test
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "failed children: 0" in p.stdout, p.stdout + p.stderr[-2000:]
