@@ -16,13 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("celery")
-pytest.importorskip("redis")
+from django_helpers import configure, database, handler, one, unique
 
 from harness.celery_worker import CeleryWorker, create_table_sql, run_tasks, write_project
 from harness.redis import RedisServer
-from tests.django_helpers import database, unique
 
 TASKS = 400
 CONCURRENCY = 4
@@ -31,6 +28,8 @@ TASKS_TIMEOUT = 25.0  # the watchdog: all results within this, or the test fails
 
 @pytest.fixture(scope="module")
 def redis() -> Iterator[RedisServer]:
+    pytest.importorskip("celery")
+    pytest.importorskip("redis")
     with RedisServer() as server:
         yield server
 
@@ -68,10 +67,31 @@ def _run(pg: Any, redis: RedisServer, pool: str, max_size: int) -> dict[str, Any
             "elapsed": elapsed,
             "sessions": _sessions(pg, dbname) - before,
             "stats": worker.process_stats(),
-            "log": worker.log_tail(),
+            "log": worker.log_tail(100_000),
         }
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_close_pool_keeps_the_pool_only_when_celerys_fixup_calls_it(pg: Any) -> None:
+    configure(pg, default=database(pg))
+    w = handler(default=database(pg, pool={"max_size": 2}))["default"]
+    assert one(w, "SELECT 1") == 1
+    pool = w.pool
+    w.close()
+    # A function of Celery's fixup module (celery.fixups.django), as its _close_database.
+    fixup: dict[str, Any] = {"__name__": "celery.fixups.django"}
+    exec("def _close_database(conn):\n    conn.close()\n    conn.close_pool()", fixup)
+    fixup["_close_database"](w)
+    assert not pool.closed and w.pool is pool
+    assert one(w, "SELECT 1") == 1
+    assert pool.stats()["in_use"] == 1
+    fixup["_close_database"](w)
+    assert pool.stats()["in_use"] == 0
+    w.close_pool()  # any other caller closes it
+    assert pool.closed
+    assert w.pool is not pool
+    w.close_pool()
 
 
 def _check(run: dict[str, Any], processes: int, max_size: int) -> None:
