@@ -237,6 +237,31 @@ class CeleryWorker:
             self.kill()
 
 
+def run_tasks_in_subprocess(
+    broker_url: str, result_backend: str, count: int, timeout: float
+) -> list[Any]:
+    """``run_tasks`` in a child Python, so that the caller never imports Celery (a test
+    process stays as the rest of the suite expects it); bounded by ``timeout`` plus start-up."""
+    code = (
+        "import json, sys\n"
+        "from harness.celery_worker import run_tasks\n"
+        "print(json.dumps(run_tasks(*json.loads(sys.argv[1]))))\n"
+    )
+    args = json.dumps([broker_url, result_backend, count, timeout])
+    proc = subprocess.run(
+        [sys.executable, "-c", code, args],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+        stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"sending tasks failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    result: list[Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
 def run_tasks(broker_url: str, result_backend: str, count: int, timeout: float) -> list[Any]:
     """Sends ``count`` ``query`` tasks and waits for all their results, at most ``timeout``
     seconds in all (``TimeoutError`` past it); a failed task raises its error."""
