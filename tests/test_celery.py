@@ -9,7 +9,10 @@ worker process, kept across tasks) while each task's connection goes back at its
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django_helpers import configure, database, handler, one, unique
+from django_helpers import database, unique
 
 from harness.celery_worker import (
     CeleryWorker,
@@ -81,25 +84,46 @@ def _run(pg: Any, redis: RedisServer, pool: str, max_size: int) -> dict[str, Any
         shutil.rmtree(directory, ignore_errors=True)
 
 
+# Run in a child Python of its own: the wrapper and pools it makes stay out of this process.
+_FIXUP_CHECK = """
+import json, sys
+import django
+from django.conf import settings
+settings.configure(DATABASES={"default": json.loads(sys.argv[1])}, USE_TZ=False)
+django.setup()
+from django.db import connection as w
+def one():
+    with w.cursor() as cur:
+        cur.execute("SELECT 1")
+        return cur.fetchone()[0]
+assert one() == 1
+pool = w.pool
+w.close()
+# A function of Celery's fixup module (celery.fixups.django), as its _close_database.
+fixup = {"__name__": "celery.fixups.django"}
+exec("def _close_database(conn):\\n    conn.close()\\n    conn.close_pool()", fixup)
+fixup["_close_database"](w)
+assert not pool.closed and w.pool is pool
+assert one() == 1
+assert pool.stats()["in_use"] == 1
+fixup["_close_database"](w)
+assert pool.stats()["in_use"] == 0 and not pool.closed
+w.close_pool()  # any other caller closes it
+assert pool.closed
+print("ok")
+"""
+
+
 def test_close_pool_keeps_the_pool_only_when_celerys_fixup_calls_it(pg: Any) -> None:
-    configure(pg, default=database(pg))
-    w = handler(default=database(pg, pool={"max_size": 2}))["default"]
-    assert one(w, "SELECT 1") == 1
-    pool = w.pool
-    w.close()
-    # A function of Celery's fixup module (celery.fixups.django), as its _close_database.
-    fixup: dict[str, Any] = {"__name__": "celery.fixups.django"}
-    exec("def _close_database(conn):\n    conn.close()\n    conn.close_pool()", fixup)
-    fixup["_close_database"](w)
-    assert not pool.closed and w.pool is pool
-    assert one(w, "SELECT 1") == 1
-    assert pool.stats()["in_use"] == 1
-    fixup["_close_database"](w)
-    assert pool.stats()["in_use"] == 0
-    w.close_pool()  # any other caller closes it
-    assert pool.closed
-    assert w.pool is not pool
-    w.close_pool()
+    entry = database(pg, pool={"max_size": 2})
+    proc = subprocess.run(
+        [sys.executable, "-c", _FIXUP_CHECK, json.dumps(entry)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
 def _check(run: dict[str, Any], processes: int, max_size: int) -> None:
