@@ -30,6 +30,8 @@ DEV_REQS=(
   "hypothesis>=6.100"
   "mypy>=1.15"
   "django-stubs>=5.2,<5.3"
+  "celery>=5.5,<6"
+  "redis>=6.4,<8"
 )
 # Python 3.13 runs the other supported Django (6.1, which needs Python >= 3.12).
 PY313_REQS=(
@@ -43,6 +45,8 @@ PY313_REQS=(
   "PyMySQL>=1.1"
   "mysqlclient>=2.2"
   "hypothesis>=6.100"
+  "celery>=5.5,<6"
+  "redis>=6.4,<8"
 )
 
 as_root() {
@@ -99,10 +103,12 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 # harness/netns.py); socat forwards into the namespace (a Python forwarder stands in).
 { command -v ip >/dev/null && command -v tc >/dev/null; } || missing+=(iproute2)
 command -v socat >/dev/null || missing+=(socat)
+# A throwaway Redis broker for the Celery workers (harness/redis.py).
+command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
-say "PostGIS, GDAL, GEOS, PgBouncer, MariaDB, iproute2, socat: present"
+say "PostGIS, GDAL, GEOS, PgBouncer, MariaDB, iproute2, socat, Redis: present"
 
 # --- Rust toolchain ----------------------------------------------------------------------------
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then

@@ -18,6 +18,7 @@ connects take the short path of ``fast_connect``, the mixin's base.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
@@ -222,6 +223,12 @@ class PooledDatabaseMixin(FastConnectMixin):
     def close_pool(self) -> None:
         """Closes the pool of this alias's current settings, if one is open; the next
         connect makes a new one. Connections in use close when they come back."""
+        # Celery's Django fixup calls this around every task in a prefork child (after
+        # close(), which gave the connection back) because Django's own pool is not
+        # fork-safe; ours is (a child starts with empty pools, lifecycle.py), so there the
+        # call is a no-op and the worker process keeps one pool across its tasks.
+        if sys._getframe(1).f_globals.get("__name__") == "celery.fixups.django":
+            return
         self._lido_cache.forget_pool()
         if self.alias == NO_DB_ALIAS:
             return
