@@ -179,6 +179,68 @@ def test_the_sync_thread_of_an_asgi_request_gives_its_connection_back(dj: Any) -
     pool.close()
 
 
+def test_an_asgi_request_gives_its_connection_back_at_its_end_whatever_conn_max_age(
+    dj: Any,
+) -> None:
+    from asgiref.sync import ThreadSensitiveContext, sync_to_async
+    from django.db import close_old_connections, connections
+
+    alias = unique("asgi_end")
+    global_alias(alias, database(dj, pool={"max_size": 1, "timeout": 5}, CONN_MAX_AGE=60))
+    seen: list[Any] = []
+
+    def view() -> None:
+        w = connections[alias]
+        with w.cursor() as cur:
+            cur.execute("SELECT 1")
+        seen.append((w.pool, w.pool.stats()["in_use"], threading.current_thread()))
+
+    def request_finished() -> None:
+        # Django's handler runs close_old_connections in the request's own thread.
+        close_old_connections()
+        w = connections[alias]
+        seen.append((w.connection, w.pool.stats()["in_use"], threading.current_thread()))
+
+    async def request() -> None:
+        async with ThreadSensitiveContext():
+            await sync_to_async(view)()
+            await sync_to_async(request_finished)()
+
+    asyncio.run(request())
+    pool, held, view_thread = seen[0]
+    conn, in_use, end_thread = seen[1]
+    assert held == 1 and end_thread is view_thread
+    # Back at the request's end, in the request's thread, before that thread ended.
+    assert conn is None and in_use == 0
+    pool.close()
+
+
+def test_a_thread_outside_asgi_keeps_its_connection_for_conn_max_age(dj: Any) -> None:
+    from django.db import close_old_connections, connections
+
+    alias = unique("wsgi_keep")
+    global_alias(alias, database(dj, pool={"max_size": 2, "timeout": 5}, CONN_MAX_AGE=60))
+    seen: list[Any] = []
+
+    def two_requests() -> None:
+        w = connections[alias]
+        for _ in range(2):
+            close_old_connections()  # request_started
+            with w.cursor() as cur:
+                cur.execute("SELECT 1")
+            close_old_connections()  # request_finished
+            seen.append(w.connection)
+        seen.append(w.pool.stats()["in_use"])
+        w.close()
+        seen.append(w.pool)
+
+    in_a_thread_that_ends(two_requests)
+    first, second, in_use, pool = seen
+    assert first is not None and second is first and in_use == 1
+    assert pool.stats()["in_use"] == 0
+    pool.close()
+
+
 def test_a_wrapper_shared_with_other_threads_is_left_alone(dj: Any) -> None:
     h = handler(default=database(dj, pool={"max_size": 1, "timeout": 5}))
     made: list[Any] = []
