@@ -8,6 +8,7 @@ with the pool every request must give its connection back, whatever ``CONN_MAX_A
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,11 @@ from harness.asgi_server import (
     write_project,
 )
 
-pytest.importorskip("uvicorn")
+# Not imported here: an ASGI server loaded in the test process would change what the system
+# checks of other test modules find.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("uvicorn") is None, reason="uvicorn is not installed"
+)
 
 MAX_SIZE = 4
 
