@@ -288,6 +288,7 @@ def drive(
                 load.sent += 1
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=request_timeout)
+            c = conn
             t0 = time.monotonic()
             try:
                 conn.request("GET", paths[i % len(paths)])
@@ -300,7 +301,7 @@ def drive(
             except TimeoutError:
                 with lock:
                     load.timeouts += 1
-                conn.close()
+                c.close()
                 conn = None
                 continue
             except (OSError, http.client.HTTPException) as exc:
@@ -308,7 +309,7 @@ def drive(
                     load.other_errors += 1
                     if len(load.errors) < 5:
                         load.errors.append(repr(exc))
-                conn.close()
+                c.close()
                 conn = None
                 continue
             with lock:
