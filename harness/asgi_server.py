@@ -2,7 +2,8 @@
 
 ``write_project(root, database=...)`` writes a project into ``root``: a model table it
 creates itself, async views that use the async ORM (``aget``, ``acount``, ``async for``),
-sync views that use the ORM, and ``/stats`` (the pool's statistics as JSON).
+sync views that use the ORM, slow ones (``/slow_async``, ``/slow_sync``: a query, then a
+sleep), and ``/stats`` (the pool's statistics as JSON).
 ``UvicornServer(root)`` serves it on a free port (``start()`` waits until it answers,
 ``stop()`` ends the whole process group); ``drive(port, paths, ...)`` sends a bounded number
 of requests from a bounded number of client threads and counts what came back.
@@ -68,6 +69,9 @@ class Item(models.Model):
 """
 
 _VIEWS = """\
+import asyncio
+import time
+
 from django.db import connections
 from django.http import JsonResponse
 
@@ -88,6 +92,20 @@ def sync_orm(request):
     return JsonResponse({"n": n, "first": first.name, "names": names})
 
 
+async def slow_async(request):
+    # Holds the request's connection (CONN_MAX_AGE > 0) while it sleeps: a client that
+    # hangs up meanwhile gets the view cancelled.
+    await Item.objects.aget(pk=1)
+    await asyncio.sleep(float(request.GET.get("s", "0.5")))
+    return JsonResponse({"ok": True})
+
+
+def slow_sync(request):
+    Item.objects.get(pk=1)
+    time.sleep(float(request.GET.get("s", "0.5")))
+    return JsonResponse({"ok": True})
+
+
 def stats(request):
     pool = connections["default"].pool
     out = dict(pool.stats()) if pool is not None and hasattr(pool, "stats") else {}
@@ -102,6 +120,8 @@ from asgiapp import views
 urlpatterns = [
     path("async_orm", views.async_orm),
     path("sync_orm", views.sync_orm),
+    path("slow_async", views.slow_async),
+    path("slow_sync", views.slow_sync),
     path("stats", views.stats),
 ]
 """
@@ -214,6 +234,15 @@ def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
         return resp.status, resp.read()
     finally:
         conn.close()
+
+
+def hang_up(port: int, path: str, after: float) -> None:
+    """Sends a GET and closes the connection ``after`` seconds, before the answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        time.sleep(after)
 
 
 def stats(port: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ with the pool every request must give its connection back, whatever ``CONN_MAX_A
 from __future__ import annotations
 
 import importlib.util
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from harness.asgi_server import (
     ServerConnections,
     UvicornServer,
     drive,
+    hang_up,
     stats,
     write_project,
 )
@@ -89,3 +91,32 @@ def test_uvicorn_async_and_sync_views_give_every_connection_back(served: Any, ta
     assert s["in_use"] == 0, s
     assert s["connections_leaked"] == 0, s
     assert s["connections_num"] <= MAX_SIZE, s
+
+
+@pytest.mark.parametrize("served", [60], indirect=True, ids=["age60"])
+def test_clients_that_hang_up_mid_request_leave_no_connection_behind(
+    served: Any, table: Any
+) -> None:
+    server, app = served
+    # 12 clients hang up while their view (async: cancelled; sync: runs on) holds a
+    # connection, on a pool of 4; then ordinary load must get every slot.
+    hang = [
+        threading.Thread(target=hang_up, args=(server.port, path, 0.2), daemon=True)
+        for path in ["/slow_async?s=0.6", "/slow_sync?s=0.6"] * 6
+    ]
+    with ServerConnections(table, app) as seen:
+        for t in hang:
+            t.start()
+        for t in hang:
+            t.join(10)
+        load = drive(
+            server.port, ["/async_orm", "/sync_orm"], requests=40, concurrency=8, deadline=30
+        )
+    print(load.summary(), f"peak server connections {seen.peak}")
+    assert not any(t.is_alive() for t in hang)
+    assert load.finished and load.ok == load.sent == 40, (load.summary(), server.log_tail())
+    assert seen.peak <= MAX_SIZE
+    deadline = time.monotonic() + 5
+    while (s := stats(server.port))["in_use"] != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert s["in_use"] == 0 and s["connections_leaked"] == 0, s
