@@ -27,6 +27,7 @@ DEV_REQS=(
   "PyMySQL>=1.1"
   "mysqlclient>=2.2"
   "gunicorn>=23"
+  "uvicorn>=0.30"
   "hypothesis>=6.100"
   "mypy>=1.15"
   "django-stubs>=5.2,<5.3"
@@ -47,6 +48,7 @@ PY313_REQS=(
   "hypothesis>=6.100"
   "celery>=5.5,<6"
   "redis>=6.4,<8"
+  "uvicorn>=0.30"
 )
 
 as_root() {

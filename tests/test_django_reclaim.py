@@ -12,8 +12,10 @@ import asyncio
 import gc
 import os
 import signal
+import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -179,6 +181,68 @@ def test_the_sync_thread_of_an_asgi_request_gives_its_connection_back(dj: Any) -
     pool.close()
 
 
+def test_an_asgi_request_gives_its_connection_back_at_its_end_whatever_conn_max_age(
+    dj: Any,
+) -> None:
+    from asgiref.sync import ThreadSensitiveContext, sync_to_async
+    from django.db import close_old_connections, connections
+
+    alias = unique("asgi_end")
+    global_alias(alias, database(dj, pool={"max_size": 1, "timeout": 5}, CONN_MAX_AGE=60))
+    seen: list[Any] = []
+
+    def view() -> None:
+        w = connections[alias]
+        with w.cursor() as cur:
+            cur.execute("SELECT 1")
+        seen.append((w.pool, w.pool.stats()["in_use"], threading.current_thread()))
+
+    def request_finished() -> None:
+        # Django's handler runs close_old_connections in the request's own thread.
+        close_old_connections()
+        w = connections[alias]
+        seen.append((w.connection, w.pool.stats()["in_use"], threading.current_thread()))
+
+    async def request() -> None:
+        async with ThreadSensitiveContext():
+            await sync_to_async(view)()
+            await sync_to_async(request_finished)()
+
+    asyncio.run(request())
+    pool, held, view_thread = seen[0]
+    conn, in_use, end_thread = seen[1]
+    assert held == 1 and end_thread is view_thread
+    # Back at the request's end, in the request's thread, before that thread ended.
+    assert conn is None and in_use == 0
+    pool.close()
+
+
+def test_a_thread_outside_asgi_keeps_its_connection_for_conn_max_age(dj: Any) -> None:
+    from django.db import close_old_connections, connections
+
+    alias = unique("wsgi_keep")
+    global_alias(alias, database(dj, pool={"max_size": 2, "timeout": 5}, CONN_MAX_AGE=60))
+    seen: list[Any] = []
+
+    def two_requests() -> None:
+        w = connections[alias]
+        for _ in range(2):
+            close_old_connections()  # request_started
+            with w.cursor() as cur:
+                cur.execute("SELECT 1")
+            close_old_connections()  # request_finished
+            seen.append(w.connection)
+        seen.append(w.pool.stats()["in_use"])
+        w.close()
+        seen.append(w.pool)
+
+    in_a_thread_that_ends(two_requests)
+    first, second, in_use, pool = seen
+    assert first is not None and second is first and in_use == 1
+    assert pool.stats()["in_use"] == 0
+    pool.close()
+
+
 def test_a_wrapper_shared_with_other_threads_is_left_alone(dj: Any) -> None:
     h = handler(default=database(dj, pool={"max_size": 1, "timeout": 5}))
     made: list[Any] = []
@@ -278,3 +342,76 @@ def test_long_holds_are_not_reported_by_default_in_a_test_run(dj: Any) -> None:
     finally:
         w.close()
         w.creation.destroy_test_db(old_name, verbosity=0)
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_system_checks_explain_what_cannot_work_under_asgi(
+    dj: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.test import override_settings
+    from django_lido.backends.checks import check_pool_settings
+
+    databases = {
+        "default": database(dj, pool={"max_size": 2}),
+        "aged": database(dj, pool={"max_size": 2}, CONN_MAX_AGE=60),
+        "kept": database(dj, pool={"max_size": 2}, CONN_MAX_AGE=None),
+        "unpooled": database(dj, pool=False, CONN_MAX_AGE=60),
+    }
+    monkeypatch.delenv("DJANGO_ALLOW_ASYNC_UNSAFE", raising=False)
+    for name in ("uvicorn", "daphne", "hypercorn", "granian"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+    def found() -> list[tuple[str, str]]:
+        return [(m.id, m.msg) for m in check_pool_settings() if m.id in ASGI_IDS]
+
+    with override_settings(DATABASES=databases):
+        assert found() == []  # WSGI: CONN_MAX_AGE keeps its meaning, nothing to say
+        with override_settings(ASGI_APPLICATION="proj.asgi.application"):
+            w5 = found()
+        assert [(i, m.split("]")[0]) for i, m in w5] == [
+            ("django_lido.W005", "DATABASES['aged'"),
+            ("django_lido.W005", "DATABASES['kept'"),
+        ]
+        assert "is 60 under ASGI (ASGI_APPLICATION is set)" in w5[0][1]
+        monkeypatch.setitem(sys.modules, "uvicorn", types.ModuleType("uvicorn"))
+        monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        ids = [i for i, m in found()]
+        assert ids == ["django_lido.W005"] * 2 + ["django_lido.W006"]
+        assert "(uvicorn is loaded)" in found()[-1][1]
+
+
+ASGI_IDS = {"django_lido.W005", "django_lido.W006"}
+
+
+def test_async_unsafe_orm_calls_on_the_event_loop_strand_their_connection(
+    dj: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What W006 says: with DJANGO_ALLOW_ASYNC_UNSAFE, a connection taken on the event
+    loop's thread is not given back at the request's end (close_old_connections runs in the
+    request's own thread); only when its wrapper is freed."""
+    from asgiref.sync import ThreadSensitiveContext, sync_to_async
+    from django.db import close_old_connections, connections
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    alias = unique("unsafe")
+    global_alias(alias, database(dj, pool={"max_size": 2, "timeout": 5}, CONN_MAX_AGE=0))
+    pools: list[Any] = []
+
+    async def view() -> None:
+        w = connections[alias]  # on the loop's thread, in this task's context
+        with w.cursor() as cur:
+            cur.execute("SELECT 1")
+        pools.append(w.pool)
+
+    async def request() -> None:
+        async with ThreadSensitiveContext():
+            await asyncio.create_task(view())  # Django runs the view in a task
+            await sync_to_async(close_old_connections)()  # request_finished
+
+    asyncio.run(request())  # gc is off (no_gc)
+    pool = pools[0]
+    assert pool.stats()["in_use"] == 1
+    gc.collect()
+    eventually(lambda: pool.stats()["in_use"] == 0, "reclaimed once freed", 5)
+    assert pool.stats()["connections_leaked"] == 1
+    pool.close()

@@ -34,6 +34,17 @@ from django_lido.errors import PoolTimeout
 from django_lido.pool import Pool
 
 
+def asgi_request_context() -> object | None:
+    """The ``asgiref`` thread-sensitive context this code runs in (Django's ASGI handler
+    makes one per request; its sync code runs in that context's own thread), else None."""
+    try:
+        from asgiref.sync import SyncToAsync
+    except ImportError:  # pragma: no cover - Django requires asgiref
+        return None
+    var = getattr(SyncToAsync, "thread_sensitive_context", None)
+    return var.get(None) if var is not None else None
+
+
 class Opener(NamedTuple):
     """How a pool opens a physical connection (``connect(timeout=seconds left)``), sets it
     up once (the pool closes it if that fails) and resets it on return: ``Pool``'s
@@ -236,6 +247,16 @@ class PooledDatabaseMixin(FastConnectMixin):
         if settings is not None:
             conn_params = self.get_connection_params()
             registry.close(self._lido_registry_key(conn_params, settings))
+
+    def close_if_unusable_or_obsolete(self) -> None:
+        # Django's request start and end (``close_old_connections``). Under ASGI each
+        # request's sync code runs in a thread of its own (Django's per-request
+        # ``ThreadSensitiveContext``) that serves no later request, so a connection kept
+        # for CONN_MAX_AGE would only wait there for the thread's end: it goes back now,
+        # whatever CONN_MAX_AGE. Elsewhere (WSGI, threads) CONN_MAX_AGE applies as usual.
+        super().close_if_unusable_or_obsolete()
+        if self.connection is not None and asgi_request_context() is not None:
+            self.close()
 
     def close_if_health_check_failed(self) -> None:
         # Django's pooled PostgreSQL backend skips this ("the pool only returns healthy
