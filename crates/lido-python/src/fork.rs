@@ -30,6 +30,8 @@ impl Inner {
     /// parent's sessions.
     pub(crate) fn after_fork_in_child(&self, py: Python<'_>) {
         let idle = self.engine.after_fork_in_child();
+        // A gevent worker patches after the fork (gunicorn -k gevent): ask again.
+        self.mode.forget();
         // SAFETY: both locked in `before_fork` by this thread, guards forgotten.
         unsafe {
             self.foreign.force_unlock();

@@ -4,6 +4,7 @@
 use crate::driver::Hooks;
 use crate::errors::guarded;
 use crate::exit::Active;
+use crate::green::{current_greenlet, GreenletWait};
 use crate::inner::Inner;
 use crate::maintainer::Maintainer;
 use crate::options::{size_arg, timeout_arg, PoolOptions};
@@ -67,7 +68,13 @@ impl PoolCore {
                 .filter(|t| !t.is_none())
                 .map(timeout_arg)
                 .transpose()?;
-            self.inner.getconn(py, timeout, &ParkThread)
+            if !self.inner.mode.green(py)? {
+                return self.inner.getconn(py, timeout, &ParkThread, 0);
+            }
+            let how = GreenletWait::new(py)?;
+            let r = self.inner.getconn(py, timeout, &how, current_greenlet(py));
+            how.finish(py);
+            r
         })
     }
 
