@@ -30,10 +30,12 @@ DEV_REQS=(
   "hypothesis>=6.100"
   "mypy>=1.15"
   "django-stubs>=5.2,<5.3"
+  "gevent>=24"
 )
 # Python 3.13 runs the other supported Django (6.1, which needs Python >= 3.12).
 PY313_REQS=(
   "pytest>=8"
+  "gevent>=24"
   "psycopg[binary]>=3.1"
   "psycopg-pool>=3.2"
   "Django>=6.1,<6.2"
