@@ -6,13 +6,22 @@ A watchdog (the subprocess timeout) fails a hang."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from harness.servers import free_port
 
 pytest.importorskip("gevent")
 
@@ -163,7 +172,7 @@ def test_maintenance_keeps_min_size_without_blocking_the_hub(pg: Any) -> None:
         """
         pool = Pool(conninfo, min_size=3, max_size=4)
         t0, ticks0 = time.monotonic(), ticks
-        while pool.stats()["pool_size"] < 3 and time.monotonic() - t0 < 10:
+        while pool.stats()["idle"] < 3 and time.monotonic() - t0 < 10:
             gevent.sleep(0.01)
         filled = time.monotonic() - t0
         ticked = ticks - ticks0
@@ -182,3 +191,102 @@ def test_maintenance_keeps_min_size_without_blocking_the_hub(pg: Any) -> None:
     assert r["filled"] < 10 and r["on_server"] == 3, r
     assert r["real_thread"] == "RealThread", r
     assert r["closed"] < 1.5 and not r["alive"], r
+
+
+SITE_DIR = Path(__file__).resolve().parent.parent / "demo" / "django_site"
+SITE_DB = "lido_gevent_site"
+CLIENTS = 30
+REQUESTS = 20  # per client
+
+
+def _get(port: int, path: str, conn: http.client.HTTPConnection | None = None) -> Any:
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", path)
+        resp = c.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"GET {path}: HTTP {resp.status}")
+        return json.loads(body)
+    finally:
+        if conn is None:
+            c.close()
+
+
+def test_gunicorn_gevent_worker_serves_many_clients_on_a_small_pool(pg: Any) -> None:
+    """gunicorn -k gevent, one worker, max_size 4: 30 concurrent clients x 20 requests
+    (a transaction held 5 ms in one request of five) all answered, never more than 4
+    server connections, none left in use."""
+    pytest.importorskip("gunicorn")
+    with contextlib.suppress(Exception):
+        pg.execute(f"DROP DATABASE IF EXISTS {SITE_DB}")
+    pg.create_database(SITE_DB)
+    pg.execute(
+        "CREATE TABLE loadsite_item (id bigint PRIMARY KEY, name varchar(50) NOT NULL,"
+        " value integer NOT NULL);"
+        " INSERT INTO loadsite_item SELECT n, 'item ' || n, n FROM generate_series(1, 100) n",
+        dbname=SITE_DB,
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "loadsite.settings",
+        "LIDO_DEMO_DB_NAME": SITE_DB,
+        "LIDO_DEMO_DB_HOST": "127.0.0.1",
+        "LIDO_DEMO_DB_PORT": str(pg.port),
+        "LIDO_DEMO_DB_USER": pg.user,
+        "LIDO_DEMO_POOL_MAX_SIZE": "4",
+    }
+    cmd = [
+        sys.executable, "-m", "gunicorn", "--chdir", str(SITE_DIR),
+        "--bind", f"127.0.0.1:{port}", "--worker-class", "gevent", "--workers", "1",
+        "--worker-connections", "100", "--timeout", "20", "--graceful-timeout", "5",
+        "--log-level", "warning", "loadsite.wsgi",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE)
+    peak = 0
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            try:
+                _get(port, "/pool-stats")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "gunicorn did not answer within 20 s"
+                time.sleep(0.05)
+
+        def client(i: int) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                for n in range(REQUESTS):
+                    pk = 1 + (i * REQUESTS + n) % 100
+                    row = _get(port, f"/{'slow' if n % 5 == 0 else 'item'}/{pk}", conn)
+                    assert row["id"] == pk
+            finally:
+                conn.close()
+            return REQUESTS
+
+        sql = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+            " AND backend_type = 'client backend'"
+        )
+        with ThreadPoolExecutor(CLIENTS) as ex:
+            futures = [ex.submit(client, i) for i in range(CLIENTS)]
+            while not all(f.done() for f in futures):
+                peak = max(peak, pg.execute(sql, (SITE_DB,))[0][0])
+                time.sleep(0.01)
+            served = sum(f.result(timeout=30) for f in futures)
+        stats = _get(port, "/pool-stats")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert served == CLIENTS * REQUESTS
+    assert 1 <= peak <= 4, peak
+    assert stats["in_use"] == 0 and stats["pool_size"] <= 4, stats
+    assert stats["requests_timeouts"] == 0, stats
+    assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
