@@ -69,6 +69,7 @@ fn turn_key(inner: &Inner) -> usize {
 impl Inner {
     /// Takes a connection for the caller, waiting up to `timeout` (default: the pool's)
     /// in the way `how` says; `owner` tells the thread's greenlets apart (0 for threads).
+    #[inline(always)] // one copy per caller: plain threads' stays as it was
     pub(crate) fn getconn(
         self: &Arc<Self>,
         py: Python<'_>,
@@ -111,6 +112,7 @@ impl Inner {
     /// replaced in the same engine step, so the caller keeps its place in line. A round
     /// trip ends by the deadline; with no time left for one, the connection goes back
     /// unchecked and the checkout times out.
+    #[inline(always)] // the hot path: as it was before getconn had two callers
     fn use_checked(
         &self,
         py: Python<'_>,

@@ -31,17 +31,24 @@ impl Mode {
 
     /// Whether checkouts must wait as greenlets. Raises if the process is patched in a way
     /// the pool cannot serve (eventlet); asks again at the next checkout then.
+    #[inline]
     pub(crate) fn green(&self, py: Python<'_>) -> PyResult<bool> {
-        let m = self.0.load(Relaxed);
-        if m != UNKNOWN {
-            return Ok(m == GEVENT);
+        match self.0.load(Relaxed) {
+            UNKNOWN => self.learn(py),
+            m => Ok(m == GEVENT),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn learn(&self, py: Python<'_>) -> PyResult<bool> {
         let m: u8 = helper(py, "mode")?.call0()?.extract()?;
         self.0.store(m, Relaxed);
         Ok(m == GEVENT)
     }
 
     /// Known gevent (for putconn, which never asks).
+    #[inline]
     pub(crate) fn known_green(&self) -> bool {
         self.0.load(Relaxed) == GEVENT
     }
