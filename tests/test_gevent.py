@@ -52,8 +52,9 @@ PRELUDE = textwrap.dedent(
 )
 
 
-def _run(pg: Any, body: str, watchdog: float = 30.0) -> dict[str, Any]:
-    script = PRELUDE + textwrap.dedent(body)
+def _run(pg: Any, body: str, watchdog: float = 30.0, patch: str = "") -> dict[str, Any]:
+    script = PRELUDE.replace("monkey.patch_all()", f"monkey.patch_all({patch})")
+    script += textwrap.dedent(body)
     p = subprocess.run(
         [sys.executable, "-c", script, pg.conninfo()],
         capture_output=True,
@@ -164,6 +165,36 @@ def test_a_greenlet_killed_while_waiting_leaves_no_slot_behind(pg: Any) -> None:
     )
     assert r["waiting"] == 1 and r["killed"], r
     assert r["in_use"] == 0 and r["after"] == 0 and r["size"] == 1, r
+
+
+def test_greenlets_wait_on_the_hub_with_real_threads_too(pg: Any) -> None:
+    """patch_all(thread=False): sockets are green but threads real; a greenlet that waits
+    must still let the holder run and give its connection back."""
+    r = _run(
+        pg,
+        """
+        import threading
+        pool = Pool(conninfo, max_size=1, timeout=5)
+        def hold():
+            conn = pool.getconn()
+            gevent.sleep(0.2)
+            pool.putconn(conn)
+        holder = gevent.spawn(hold)
+        gevent.sleep(0.01)
+        t0 = time.monotonic()
+        conn = pool.getconn()
+        waited = time.monotonic() - t0
+        pool.putconn(conn)
+        holder.join(2)
+        s = pool.stats()
+        print(json.dumps(dict(waited=waited, in_use=s["in_use"],
+              maintenance=type(pool._maintenance).__name__)))
+        pool.close()
+        """,
+        patch="thread=False",
+    )
+    assert 0.1 <= r["waited"] < 2, r
+    assert r["in_use"] == 0 and r["maintenance"] == "Thread", r
 
 
 def test_maintenance_keeps_min_size_without_blocking_the_hub(pg: Any) -> None:

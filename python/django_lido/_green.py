@@ -17,11 +17,13 @@ GEVENT = 1
 
 
 def _gevent_patched() -> bool:
+    """Whether greenlets may call the pool: ``threading`` patched, or only ``socket`` (then
+    greenlets do I/O on the hub while threads are real, and parking one would stop them)."""
     if "gevent" not in sys.modules:
         return False
     from gevent import monkey
 
-    return bool(monkey.is_module_patched("threading"))
+    return bool(monkey.is_module_patched("threading") or monkey.is_module_patched("socket"))
 
 
 def _eventlet_patched() -> bool:
@@ -33,6 +35,15 @@ def _eventlet_patched() -> bool:
         return bool(patcher.is_monkey_patched("thread"))
     except Exception:
         return False
+
+
+def threading_patched() -> bool:
+    """Whether ``threading.Thread`` makes greenlets (gevent's ``patch_all()``)."""
+    if "gevent" not in sys.modules:
+        return False
+    from gevent import monkey
+
+    return bool(monkey.is_module_patched("threading"))
 
 
 def mode() -> int:

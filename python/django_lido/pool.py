@@ -114,7 +114,7 @@ class Pool(PoolCore):
         return self
 
     def _start_maintenance(self) -> None:
-        if _green.mode() == _green.GEVENT:
+        if _green.threading_patched():
             # Under gevent a threading.Thread is a greenlet: its waits in the engine would
             # block the hub. A real OS thread keeps the maintenance (its connects included,
             # even with a driver gevent cannot make cooperative) off the hub.
