@@ -321,3 +321,26 @@ def test_gunicorn_gevent_worker_serves_many_clients_on_a_small_pool(pg: Any) -> 
     assert stats["in_use"] == 0 and stats["pool_size"] <= 4, stats
     assert stats["requests_timeouts"] == 0, stats
     assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
+
+
+def test_eventlet_is_refused_at_the_first_checkout(pg: Any) -> None:
+    pytest.importorskip("eventlet")
+    script = textwrap.dedent(
+        """
+        import eventlet
+        eventlet.monkey_patch()
+        import sys, psycopg
+        from django_lido import Pool
+        pool = Pool(lambda: psycopg.connect(sys.argv[1]), max_size=1, timeout=1)
+        try:
+            pool.getconn()
+        except RuntimeError as e:
+            print(e)
+        """
+    )
+    p = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script, pg.conninfo()],
+        capture_output=True, text=True, timeout=20, cwd="/",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "does not support eventlet" in p.stdout and "gevent" in p.stdout, p.stdout

@@ -26,7 +26,7 @@ def _gevent_patched() -> bool:
     return bool(monkey.is_module_patched("threading") or monkey.is_module_patched("socket"))
 
 
-def _eventlet_patched() -> bool:
+def eventlet_patched() -> bool:
     if "eventlet" not in sys.modules:
         return False
     try:
@@ -50,7 +50,7 @@ def mode() -> int:
     """How checkouts wait in this process; raises if the pool cannot serve it."""
     if _gevent_patched():
         return GEVENT
-    if _eventlet_patched():
+    if eventlet_patched():
         raise RuntimeError(
             "django-lido does not support eventlet: its monkey-patched threads are green "
             "threads that a checkout would block. Run under gevent (gunicorn -k gevent, "

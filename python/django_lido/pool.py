@@ -114,6 +114,11 @@ class Pool(PoolCore):
         return self
 
     def _start_maintenance(self) -> None:
+        if _green.eventlet_patched():
+            # Its green thread would block the process in the engine's waits; the first
+            # checkout raises, saying eventlet is not supported.
+            self._maintenance = None
+            return
         if _green.threading_patched():
             # Under gevent a threading.Thread is a greenlet: its waits in the engine would
             # block the hub. A real OS thread keeps the maintenance (its connects included,
