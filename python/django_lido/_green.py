@@ -70,7 +70,7 @@ class GreenWake:
         from gevent.event import Event
 
         self._event = Event()
-        # Started now, before the engine can wake it: a send() is never lost.
+        # Started at once: a send() from then on is never lost.
         self._watcher: Any = get_hub().loop.async_()
         self._watcher.start(self._event.set)
 
@@ -86,13 +86,6 @@ class GreenWake:
     def close(self) -> None:
         self._watcher.stop()
         self._watcher.close()
-
-
-def current_greenlet() -> int:
-    """The key of the running greenlet (for its turns at each pool)."""
-    from greenlet import getcurrent
-
-    return id(getcurrent())
 
 
 def real_thread(target: Any, args: tuple[Any, ...], name: str) -> RealThread:
@@ -142,9 +135,3 @@ class RealThread:
             if deadline is not None and time.monotonic() >= deadline:
                 return
             gevent.sleep(0.005)
-
-
-def sleep(seconds: float) -> None:
-    import gevent
-
-    gevent.sleep(seconds)

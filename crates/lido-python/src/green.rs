@@ -9,6 +9,7 @@ use crate::exit::outside_section;
 use crate::leases::PyConn;
 use crate::wait::WaitStrategy;
 use lido_core::{Grant, Waiter, Wake};
+use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use std::cell::RefCell;
@@ -67,101 +68,93 @@ fn helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
     m.bind(py).getattr(name)
 }
 
-/// The running greenlet's key for its turns (0 if it cannot be told).
+/// The running greenlet's key for its turns (0 if it cannot be told): its address, which
+/// stays its own while it runs.
 pub(crate) fn current_greenlet(py: Python<'_>) -> usize {
-    helper(py, "current_greenlet")
-        .and_then(|f| f.call0())
-        .and_then(|k| k.extract())
+    static GETCURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    GETCURRENT
+        .get_or_try_init(py, || {
+            PyModule::import(py, "greenlet")?
+                .getattr("getcurrent")
+                .map(Bound::unbind)
+        })
+        .and_then(|f| f.call0(py))
+        .map(|g| g.as_ptr() as usize)
         .unwrap_or(0)
 }
 
+/// Where a queued greenlet's `_green.GreenWake` goes once its wait has made it. The engine
+/// asks for a waker under its lock, where no Python may run (another OS thread holding the
+/// GIL may be waiting for that lock), and most checkouts never wait: so the watcher is made
+/// by the wait, outside the lock. A wake that comes before finds the slot empty and need
+/// not send: the grant is already in the waiter, which the wait looks at after filling it.
+#[derive(Default)]
+struct Slot(Mutex<Option<Py<PyAny>>>);
+
 /// Wakes a waiting greenlet through its hub's async watcher; `send()` is thread-safe.
-struct GreenWake(Arc<Py<PyAny>>);
+struct GreenWake(Arc<Slot>);
 
 impl Wake for GreenWake {
     fn wake(&self) {
         Python::attach(|py| {
-            if let Err(e) = self.0.call_method0(py, "send") {
-                e.write_unraisable(py, None);
+            let watcher = self.0 .0.lock().as_ref().map(|w| w.clone_ref(py));
+            if let Some(w) = watcher {
+                if let Err(e) = w.call_method0(py, "send") {
+                    e.write_unraisable(py, None);
+                }
             }
         });
     }
 }
 
 /// Waits by switching to the gevent hub until the grant or the deadline: the other
-/// greenlets run meanwhile. One per `getconn` call; [`GreenletWait::finish`] stops its
-/// watchers.
-///
-/// The engine asks for a waker under its lock, where no Python may run (another OS thread
-/// holding the GIL may be waiting for that lock), so the watcher is made ahead: at the start
-/// of the call and after each wait, and `waker()` only hands it over.
+/// greenlets run meanwhile. One per `getconn` call; [`GreenletWait::finish`] stops the
+/// watchers its waits made.
 pub(crate) struct GreenletWait {
-    /// Made ahead, for the next queued waiter.
-    spare: RefCell<Option<Arc<Py<PyAny>>>>,
-    /// The current waiter's, once handed over.
-    current: RefCell<Option<Arc<Py<PyAny>>>>,
+    /// The slot of each waiter this call queued; the last is the current one.
+    slots: RefCell<Vec<Arc<Slot>>>,
     /// What interrupted a wait (a kill, a caller's `gevent.Timeout`), to raise.
     interrupted: RefCell<Option<PyErr>>,
-    /// Every one made by this call, to stop at the end.
-    made: RefCell<Vec<Py<PyAny>>>,
 }
 
 impl GreenletWait {
-    pub(crate) fn new(py: Python<'_>) -> PyResult<Self> {
-        let w = GreenletWait {
-            spare: RefCell::new(None),
-            current: RefCell::new(None),
+    pub(crate) fn new() -> Self {
+        GreenletWait {
+            slots: RefCell::new(Vec::new()),
             interrupted: RefCell::new(None),
-            made: RefCell::new(Vec::new()),
-        };
-        w.make_spare(py)?;
-        Ok(w)
-    }
-
-    fn make_spare(&self, py: Python<'_>) -> PyResult<()> {
-        if self.spare.borrow().is_none() {
-            let w = helper(py, "GreenWake")?.call0()?.unbind();
-            self.made.borrow_mut().push(w.clone_ref(py));
-            *self.spare.borrow_mut() = Some(Arc::new(w));
         }
-        Ok(())
     }
 
-    /// Stops the watchers this call started.
+    /// Stops the watchers this call's waits made.
     pub(crate) fn finish(&self, py: Python<'_>) {
-        for w in self.made.borrow_mut().drain(..) {
-            if let Err(e) = w.call_method0(py, "close") {
-                e.write_unraisable(py, None);
+        for slot in self.slots.borrow_mut().drain(..) {
+            let watcher = slot.0.lock().take();
+            if let Some(w) = watcher {
+                if let Err(e) = w.call_method0(py, "close") {
+                    e.write_unraisable(py, None);
+                }
             }
         }
     }
+
+    /// The current waiter's watcher, made and put in its slot on the first wait.
+    fn watcher(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let slots = self.slots.borrow();
+        let slot = slots.last().expect("a waiter was queued");
+        if let Some(w) = slot.0.lock().as_ref() {
+            return Ok(w.clone_ref(py));
+        }
+        let w = helper(py, "GreenWake")?.call0()?.unbind();
+        *slot.0.lock() = Some(w.clone_ref(py));
+        Ok(w)
+    }
 }
-
-/// A waker for a waiter whose watcher could not be made ahead: the greenlet polls.
-struct NoWake;
-
-impl Wake for NoWake {
-    fn wake(&self) {}
-}
-
-/// How often a greenlet without a watcher looks for its grant.
-const POLL: f64 = 0.005;
 
 impl WaitStrategy for GreenletWait {
     fn waker(&self) -> Box<dyn Wake> {
-        let spare = self.spare.borrow_mut().take();
-        match spare {
-            Some(w) => {
-                // Sharing a reference runs no Python.
-                let wake = GreenWake(Arc::clone(&w));
-                *self.current.borrow_mut() = Some(w);
-                Box::new(wake)
-            }
-            None => {
-                *self.current.borrow_mut() = None;
-                Box::new(NoWake)
-            }
-        }
+        let slot = Arc::new(Slot::default());
+        self.slots.borrow_mut().push(Arc::clone(&slot));
+        Box::new(GreenWake(slot))
     }
 
     fn wait(
@@ -170,8 +163,16 @@ impl WaitStrategy for GreenletWait {
         waiter: &Arc<Waiter<PyConn>>,
         deadline: Instant,
     ) -> Option<Grant<PyConn>> {
-        let wake = self.current.borrow().clone();
-        let got = outside_section(|| loop {
+        let wake = match self.watcher(py) {
+            Ok(w) => w,
+            Err(e) => {
+                *self.interrupted.borrow_mut() = Some(e);
+                return None;
+            }
+        };
+        outside_section(|| loop {
+            // After the watcher is in its slot: a grant given before is seen here, one
+            // given after sends.
             if let Some(g) = waiter.try_take() {
                 return Some(g);
             }
@@ -180,26 +181,16 @@ impl WaitStrategy for GreenletWait {
                 return None;
             }
             let seconds = (deadline - now).as_secs_f64().min(3600.0);
-            let waited = match &wake {
-                Some(w) => w
-                    .call_method1(py, "wait", (seconds,))
-                    .and_then(|_| w.call_method0(py, "clear"))
-                    .map(|_| ()),
-                None => helper(py, "sleep")
-                    .and_then(|s| s.call1((seconds.min(POLL),)))
-                    .map(|_| ()),
-            };
+            let waited = wake
+                .call_method1(py, "wait", (seconds,))
+                .and_then(|_| wake.call_method0(py, "clear"));
             if let Err(e) = waited {
                 // A greenlet killed while waiting (GreenletExit, a gevent.Timeout of the
                 // caller's): give up the wait; the caller cancels the waiter, then raises.
                 *self.interrupted.borrow_mut() = Some(e);
                 return None;
             }
-        });
-        if let Err(e) = self.make_spare(py) {
-            e.write_unraisable(py, None);
-        }
-        got
+        })
     }
 
     fn interrupted(&self) -> Option<PyErr> {

@@ -172,7 +172,7 @@ impl PoolCore {
     /// `getconn` of a greenlet (see green.rs), off the plain threads' path.
     #[inline(never)]
     fn getconn_green(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Py<PyAny>> {
-        let how = GreenletWait::new(py)?;
+        let how = GreenletWait::new();
         let r = self.inner.getconn(py, timeout, &how, current_greenlet(py));
         how.finish(py);
         r
