@@ -33,10 +33,12 @@ DEV_REQS=(
   "django-stubs>=5.2,<5.3"
   "celery>=5.5,<6"
   "redis>=6.4,<8"
+  "gevent>=24"
 )
 # Python 3.13 runs the other supported Django (6.1, which needs Python >= 3.12).
 PY313_REQS=(
   "pytest>=8"
+  "gevent>=24"
   "psycopg[binary]>=3.1"
   "psycopg-pool>=3.2"
   "Django>=6.1,<6.2"

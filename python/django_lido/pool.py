@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from django_lido import lifecycle
+from django_lido import _green, lifecycle
 from django_lido._lido import Maintainer, PoolCore
 from django_lido.drivers import Conn, driver_for, transient_error
 from django_lido.errors import PoolClosed
@@ -62,7 +62,7 @@ class Pool(PoolCore):
     again when it comes back.
     """
 
-    _maintenance: threading.Thread | None
+    _maintenance: threading.Thread | _green.RealThread | None
 
     def __new__(
         cls,
@@ -114,6 +114,21 @@ class Pool(PoolCore):
         return self
 
     def _start_maintenance(self) -> None:
+        if _green.eventlet_patched():
+            # Its green thread would block the process in the engine's waits; the first
+            # checkout raises, saying eventlet is not supported.
+            self._maintenance = None
+            return
+        if _green.threading_patched():
+            # Under gevent a threading.Thread is a greenlet: its waits in the engine would
+            # block the hub. A real OS thread keeps the maintenance (its connects included,
+            # even with a driver gevent cannot make cooperative) off the hub.
+            self._maintenance = _green.real_thread(
+                _maintain_forever,
+                (self._maintainer(), self.name),
+                f"lido-{self.name}-maintenance",
+            )
+            return
         t = threading.Thread(
             target=_maintain_forever,
             args=(self._maintainer(), self.name),
@@ -129,7 +144,7 @@ class Pool(PoolCore):
         thread to end."""
         super().close()
         t = self._maintenance
-        if t is not None and t is not threading.current_thread():
+        if t is not None and t is not threading.current_thread() and not _in(t):
             t.join(timeout)
 
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
@@ -171,6 +186,11 @@ class Pool(PoolCore):
     def _after_fork_in_child(self) -> None:
         super()._after_fork_in_child()
         self._start_maintenance()
+
+
+def _in(t: threading.Thread | _green.RealThread) -> bool:
+    """Whether the calling code runs in maintenance thread ``t``."""
+    return isinstance(t, _green.RealThread) and t.is_current()
 
 
 def _takes_timeout(connect: Callable[..., Conn]) -> bool:

@@ -82,6 +82,8 @@ impl Inner {
     /// untouched, so that no close (and no libpq Terminate) ends the parent's sessions.
     fn after_fork_in_child(&self) {
         let idle = self.engine.after_fork_in_child();
+        // A gevent worker patches after the fork (gunicorn -k gevent): ask again.
+        self.mode.forget();
         // SAFETY: in the child, both locked in `before_fork` by this thread, guards forgotten.
         unsafe {
             release_in_child(&self.foreign);

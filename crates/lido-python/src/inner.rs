@@ -4,6 +4,7 @@
 use crate::deadline;
 use crate::driver::{Driver, Hooks};
 use crate::errors::config_error;
+use crate::green::Mode;
 use crate::leases::{ByAddress, Held, PyConn, Taker};
 use crate::permit::{Closing, Leftovers, PermitGuard};
 use lido_core::{probe_socket, Check, Engine, Pooled, Retired, Validated};
@@ -32,6 +33,8 @@ pub(crate) struct Inner {
     pub(crate) last_connect_error: Mutex<Option<PyErr>>,
     /// Between `before_fork` and the after-fork hooks (see `Inner::lost`).
     pub(crate) forking: AtomicBool,
+    /// Whether checkouts wait as threads or as greenlets (learned at the first one).
+    pub(crate) mode: Mode,
 }
 
 impl Inner {
@@ -49,6 +52,7 @@ impl Inner {
             open_failures: AtomicU64::new(0),
             last_connect_error: Mutex::new(None),
             forking: AtomicBool::new(false),
+            mode: Mode::new(),
         }
     }
 

@@ -13,9 +13,10 @@ mod stats; // PoolCore.stats(): the dict and its keys
 // Checking connections out and back in.
 mod checkout; // getconn as a chain of steps; putconn
 mod deadline; // a round-trip check's bounded wait: the socket shut down at the deadline
+mod green; // gevent: GreenletWait, and learning how the process is patched
 mod inner; // Inner: shared state; open, verify, lend, clean, retire
 mod permit; // PermitGuard: an open permit's slot is freed on failure
-mod turns; // each thread's turn at each pool
+mod turns; // each thread's (or greenlet's) turn at each pool
 mod wait; // WaitStrategy: how a checkout waits (ParkThread)
 
 // What Python gives the pool: callbacks and options.

@@ -4,6 +4,7 @@
 use crate::driver::Hooks;
 use crate::errors::guarded;
 use crate::exit::Active;
+use crate::green::{current_greenlet, GreenletWait};
 use crate::inner::Inner;
 use crate::maintainer::Maintainer;
 use crate::options::{size_arg, timeout_arg, PoolOptions};
@@ -11,6 +12,7 @@ use crate::wait::ParkThread;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The Rust half of `django_lido.Pool`. Not meant to be used directly.
 #[pyclass(module = "django_lido._lido", subclass, frozen)]
@@ -66,7 +68,10 @@ impl PoolCore {
                 .filter(|t| !t.is_none())
                 .map(timeout_arg)
                 .transpose()?;
-            self.inner.getconn(py, timeout, &ParkThread)
+            if self.inner.mode.green(py)? {
+                return self.getconn_green(py, timeout);
+            }
+            self.inner.getconn(py, timeout, &ParkThread, 0)
         })
     }
 
@@ -145,6 +150,17 @@ impl PoolCore {
     /// For tests only: panics inside the guard every method of the binding runs in.
     fn _panic_for_test(&self, py: Python<'_>, message: String) -> PyResult<()> {
         guarded(py, "PoolCore._panic_for_test", || panic!("{message}"))
+    }
+}
+
+impl PoolCore {
+    /// `getconn` of a greenlet (see green.rs), off the plain threads' path.
+    #[inline(never)]
+    fn getconn_green(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Py<PyAny>> {
+        let how = GreenletWait::new();
+        let r = self.inner.getconn(py, timeout, &how, current_greenlet(py));
+        how.finish(py);
+        r
     }
 }
 

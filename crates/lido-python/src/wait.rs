@@ -3,8 +3,9 @@
 //!
 //! The engine queues a `Waiter`, later fills in its `Grant` and calls the `Wake` it was
 //! given; it never knows how the caller waits. [`ParkThread`] parks the OS thread without
-//! the GIL. A gevent strategy would hand the engine a `Wake` that wakes the waiting
-//! greenlet through the hub, and wait by switching to the hub. An asyncio one would hand it
+//! the GIL. Under gevent, [`GreenletWait`](crate::green::GreenletWait) hands the engine a
+//! `Wake` that wakes the waiting greenlet through the hub, and waits by switching to the
+//! hub. An asyncio one would hand it
 //! a `Wake` that resolves a future through `call_soon_threadsafe`; since its wait is an
 //! await, a coroutine would drive getconn's steps (checkout.rs) in place of its loop.
 
@@ -30,6 +31,12 @@ pub(crate) trait WaitStrategy {
         waiter: &Arc<Waiter<PyConn>>,
         deadline: Instant,
     ) -> Option<Grant<PyConn>>;
+
+    /// Asked when `wait` returned `None` before the deadline: an error that ended the wait
+    /// (a greenlet killed while waiting), which the checkout raises after leaving the queue.
+    fn interrupted(&self) -> Option<PyErr> {
+        None
+    }
 }
 
 /// Parks the calling OS thread, without the GIL, until the grant or the deadline.

@@ -15,6 +15,7 @@ HIST_KEYS = ("p50_ms", "p99_ms", "max_ms")
 STATS_KEYS = (
     "pool_size",
     "pool_max",
+    "in_use",
     "requests_num",
     "requests_queued",
     "requests_timeouts",
