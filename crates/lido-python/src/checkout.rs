@@ -61,9 +61,9 @@ impl<'w> Request<'w> {
     }
 }
 
-/// A pool's key in the thread's turns: the address of its shared state.
+/// A pool's key in the thread's turns.
 fn turn_key(inner: &Inner) -> usize {
-    inner as *const Inner as usize
+    inner.turn_id
 }
 
 impl Inner {

@@ -12,12 +12,17 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// A pool's shared state: the engine and what the binding keeps beside it. `PoolCore` and
 /// `Maintainer` hold it; a `LeakWatch` only refers to it weakly.
+static NEXT_TURN_ID: AtomicUsize = AtomicUsize::new(1);
+
 pub(crate) struct Inner {
+    /// This pool's key in each thread's turns (turns.rs): unique for the process's life,
+    /// where an address could be a freed pool's, whose stale turn the thread would inherit.
+    pub(crate) turn_id: usize,
     pub(crate) engine: Engine<PyConn>,
     pub(crate) timeout: Duration,
     pub(crate) probe: bool,
@@ -50,6 +55,7 @@ impl Inner {
             leases: Mutex::new(ByAddress::default()),
             foreign: Mutex::new((HashSet::new(), Vec::new())),
             open_failures: AtomicU64::new(0),
+            turn_id: NEXT_TURN_ID.fetch_add(1, Relaxed),
             last_connect_error: Mutex::new(None),
             forking: AtomicBool::new(false),
             mode: Mode::new(),

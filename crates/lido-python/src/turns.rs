@@ -4,9 +4,10 @@ use std::cell::RefCell;
 use std::time::Instant;
 
 thread_local! {
-    /// When this thread's turn at each pool began (keyed by the address of the pool's shared
-    /// state, and under gevent by the greenlet's too: each greenlet has its own turn): at its first checkout, then whenever a checkout had to queue. The engine lets
-    /// a thread pass over waiters only within its turn (`Config::turn_length`).
+    /// When this thread's turn at each pool began (keyed by the pool's `turn_id`, and under
+    /// gevent by the greenlet too: each greenlet has its own turn): at its first checkout,
+    /// then whenever a checkout had to queue. The engine lets a thread pass over waiters
+    /// only within its turn (`Config::turn_length`).
     static TURNS: RefCell<Vec<((usize, usize), Instant)>> = const { RefCell::new(Vec::new()) };
 }
 
