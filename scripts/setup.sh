@@ -34,11 +34,14 @@ DEV_REQS=(
   "celery>=5.5,<6"
   "redis>=6.4,<8"
   "gevent>=24"
+  "eventlet>=0.36"
 )
 # Python 3.13 runs the other supported Django (6.1, which needs Python >= 3.12).
 PY313_REQS=(
   "pytest>=8"
   "gevent>=24"
+  "eventlet>=0.36"
+  "gunicorn>=23"
   "psycopg[binary]>=3.1"
   "psycopg-pool>=3.2"
   "Django>=6.1,<6.2"
