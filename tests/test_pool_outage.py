@@ -258,51 +258,6 @@ def test_mariadb_restart_costs_only_the_requests_on_the_killed_connections(
     assert first is not None and first < 1.0, f"first success {first} s after the restart"
 
 
-@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
-def test_round_trip_checks_go_on_in_a_forked_child(pg_throwaway):
-    """The check's cut-off timer (one thread, one lock) is taken around fork(): a child
-    forked while other threads check connections can check its own."""
-    import os
-
-    pool = Pool(pg_throwaway.conninfo(), max_size=4, check_after_idle=0, name="fork-check")
-    stop = threading.Event()
-
-    def checking() -> None:
-        while not stop.is_set():
-            with pool.connection() as conn:
-                conn.execute("SELECT 1")
-
-    threads = [threading.Thread(target=checking, daemon=True) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        for _ in range(5):
-            pid = os.fork()
-            if pid == 0:  # the child: a pool of its own, checked at every checkout
-                code = 1
-                try:
-                    child = Pool(pg_throwaway.conninfo(), check_after_idle=0, name="child")
-                    for _ in range(3):
-                        with child.connection(timeout=5) as conn:
-                            conn.execute("SELECT 1")
-                    code = 0
-                finally:
-                    os._exit(code)
-            deadline = time.monotonic() + 20
-            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
-                if time.monotonic() > deadline:
-                    os.kill(pid, 9)
-                    os.waitpid(pid, 0)
-                    pytest.fail("the forked child hung")
-                time.sleep(0.01)
-            assert os.waitstatus_to_exitcode(done[1]) == 0
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
-        pool.close()
-
-
 def test_maintenance_refills_min_size_soon_after_the_server_is_back(
     pg_throwaway, counted_connects
 ):
