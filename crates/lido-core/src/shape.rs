@@ -66,38 +66,66 @@ struct Out<'a> {
 }
 
 impl<'a> Out<'a> {
-    /// Writes a token that starts at `at` in the input (the input's own text, or what
-    /// replaces it), after one space if blanks or comments came before it.
-    fn token(&mut self, at: usize, text: &str) {
+    /// Starts a token found at `at` in the input: one space first if blanks or comments
+    /// came since the last token.
+    #[inline]
+    fn begin(&mut self, at: usize) {
         if !self.started {
             self.started = true;
             self.start = at;
             self.end = at;
         } else if self.gap {
-            self.push(" ");
+            self.put_more(" ");
         }
         self.gap = false;
-        self.push(text);
     }
 
-    /// Text that continues the current token, with no space before it.
-    fn push(&mut self, text: &str) {
-        if let Some(owned) = &mut self.owned {
-            owned.push_str(text);
-            return;
+    /// A token that is the input's own text from `from` to `to`.
+    #[inline]
+    fn keep(&mut self, from: usize, to: usize) {
+        self.begin(from);
+        self.keep_more(from, to);
+    }
+
+    /// A token found at `at` written as `text`.
+    #[inline]
+    fn put(&mut self, at: usize, text: &str) {
+        self.begin(at);
+        self.put_more(text);
+    }
+
+    /// The input's text from `from` to `to`, continuing the current token.
+    #[inline]
+    fn keep_more(&mut self, from: usize, to: usize) {
+        let src = self.src;
+        match &mut self.owned {
+            Some(owned) => owned.push_str(&src[from..to]),
+            None if from == self.end => self.end = to,
+            None => self.own().push_str(&src[from..to]),
         }
-        let rest = &self.src[self.end..];
-        // A slice of the input at the same place is equal without comparing it.
-        if std::ptr::eq(rest.as_ptr(), text.as_ptr()) && text.len() <= rest.len()
-            || rest.starts_with(text)
-        {
-            self.end += text.len();
-            return;
+    }
+
+    /// `text`, continuing the current token.
+    #[inline]
+    fn put_more(&mut self, text: &str) {
+        let rest = &self.src.as_bytes()[self.end..];
+        // Most texts are one byte (`?`, a space): compared without a call to memcmp.
+        let same = match text.as_bytes() {
+            [one] => rest.first() == Some(one),
+            many => rest.starts_with(many),
+        };
+        match &mut self.owned {
+            Some(owned) => owned.push_str(text),
+            None if same => self.end += text.len(),
+            None => self.own().push_str(text),
         }
+    }
+
+    /// The shape so far as a string of its own, from the first change on.
+    fn own(&mut self) -> &mut String {
         let mut owned = String::with_capacity(self.src.len());
         owned.push_str(&self.src[self.start..self.end]);
-        owned.push_str(text);
-        self.owned = Some(owned);
+        self.owned.insert(owned)
     }
 
     fn finish(self) -> Cow<'a, str> {
@@ -136,54 +164,61 @@ impl Shaper<'_> {
         let b = self.b;
         let mut i = 0;
         while i < b.len() {
-            let after_gap = skip_gap(b, i, self.dialect);
-            if after_gap > i {
-                self.out.gap = true;
-                i = after_gap;
-                continue;
-            }
-            if let Some(end) = placeholder_end(b, i, self.dialect) {
-                self.emit(i, end);
-                self.prev = Prev::Value;
-                i = end;
-                continue;
-            }
-            if let Some(end) = literal_end(b, i, self.dialect, self.unary_sign_here()) {
-                self.out.token(i, "?");
-                self.prev = Prev::Value;
-                i = end;
-                continue;
-            }
             let c = b[i];
             if is_word_start(c) {
-                let end = word_end(b, i);
-                if self.after_savepoint() {
-                    self.out.token(i, "?");
-                    self.prev = Prev::Value;
-                } else {
-                    self.emit(i, end);
-                    self.prev = Prev::Word(i, end);
+                let end = word_end(b, i + 1);
+                // A word right before a quote may be a string's prefix (E'..', U&'..').
+                let prefix = matches!(b.get(end), Some(b'\'' | b'&'));
+                if !prefix {
+                    i = self.word(i, end);
+                    continue;
                 }
-                i = end;
-                continue;
             }
             match c {
-                b'"' | b'`' => {
-                    // MySQL's double quotes are strings, caught by literal_end above.
-                    let end = quoted_end(b, i, c, false);
-                    if self.after_savepoint() {
-                        self.out.token(i, "?");
-                        self.prev = Prev::Value;
-                    } else {
-                        self.emit(i, end);
-                        self.prev = Prev::Name;
-                    }
-                    i = end;
+                b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
+                    self.out.gap = true;
+                    i += 1;
+                    continue;
                 }
+                b'"' if self.dialect == Dialect::Postgres => {
+                    i = self.quoted_name(i);
+                    continue;
+                }
+                b'-' | b'/' | b'#' => {
+                    let after = skip_gap(b, i, self.dialect);
+                    if after > i {
+                        self.out.gap = true;
+                        i = after;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            if VALUE_START[c as usize] || is_word_start(c) {
+                if let Some(end) = placeholder_end(b, i, self.dialect) {
+                    self.out.keep(i, end);
+                    self.prev = Prev::Value;
+                    i = end;
+                    continue;
+                }
+                if let Some(end) = literal_end(b, i, self.dialect, self.unary_sign_here()) {
+                    self.out.put(i, "?");
+                    self.prev = Prev::Value;
+                    i = end;
+                    continue;
+                }
+                if is_word_start(c) {
+                    i = self.word(i, word_end(b, i + 1));
+                    continue;
+                }
+            }
+            match c {
+                // MySQL's double quotes are strings, caught by literal_end above.
+                b'"' | b'`' => i = self.quoted_name(i),
                 b'(' => i = self.open(i),
                 _ => {
                     // One byte; a non-ASCII byte only starts a word, so this is a char.
-                    self.emit(i, i + 1);
+                    self.out.keep(i, i + 1);
                     self.prev = if c == b')' || c == b']' {
                         Prev::Close
                     } else {
@@ -195,12 +230,33 @@ impl Shaper<'_> {
         }
     }
 
-    /// Writes the input's own text from `from` to `to`.
-    fn emit(&mut self, from: usize, to: usize) {
-        let text = &self.out.src[from..to];
-        self.out.token(from, text);
+    /// The identifier quoted at `from` (a savepoint's name becomes `?`); returns its end.
+    fn quoted_name(&mut self, from: usize) -> usize {
+        let to = quoted_end(self.b, from, self.b[from], false);
+        if self.after_savepoint() {
+            self.out.put(from, "?");
+            self.prev = Prev::Value;
+        } else {
+            self.out.keep(from, to);
+            self.prev = Prev::Name;
+        }
+        to
     }
 
+    /// The word from `from` to `to` (a savepoint's name becomes `?`); returns `to`.
+    #[inline]
+    fn word(&mut self, from: usize, to: usize) -> usize {
+        if self.after_savepoint() {
+            self.out.put(from, "?");
+            self.prev = Prev::Value;
+        } else {
+            self.out.keep(from, to);
+            self.prev = Prev::Word(from, to);
+        }
+        to
+    }
+
+    #[inline]
     fn prev_word_is(&self, keyword: &str) -> bool {
         match self.prev {
             Prev::Word(from, to) => self.b[from..to].eq_ignore_ascii_case(keyword.as_bytes()),
@@ -208,6 +264,7 @@ impl Shaper<'_> {
         }
     }
 
+    #[inline]
     fn after_savepoint(&self) -> bool {
         self.prev_word_is("savepoint")
     }
@@ -230,19 +287,20 @@ impl Shaper<'_> {
     /// separated by commas); anything else is written as it comes.
     fn open(&mut self, i: usize) -> usize {
         let Some(list) = value_list(self.b, i, self.dialect) else {
-            self.emit(i, i + 1);
+            self.out.keep(i, i + 1);
             self.prev = Prev::Punct;
             return i + 1;
         };
         let after_in = self.prev_word_is("in");
-        self.out.token(i, "(");
-        let (from, to, literal) = list.first;
-        let src = self.out.src;
-        self.out.push(if literal { "?" } else { &src[from..to] });
-        if list.items > 1 || after_in {
-            self.out.push(", ...");
+        self.out.keep(i, i + 1);
+        match list.first {
+            (_, _, true) => self.out.put_more("?"),
+            (from, to, false) => self.out.keep_more(from, to),
         }
-        self.out.push(")");
+        if list.items > 1 || after_in {
+            self.out.put_more(", ...");
+        }
+        self.out.put_more(")");
         self.prev = Prev::Close;
         let mut end = list.end;
         loop {
@@ -339,14 +397,53 @@ fn value_list(b: &[u8], open: usize, dialect: Dialect) -> Option<ValueList> {
     }
 }
 
+/// Bytes that may start a literal or a placeholder, letters aside (string prefixes).
+const VALUE_START: [bool; 256] = {
+    let mut t = [false; 256];
+    let starts = b"0123456789.-+'\"$%?";
+    let mut k = 0;
+    while k < starts.len() {
+        t[starts[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
+
+/// Bytes that continue a word: letters, digits, `_`, `$` and any byte of a non-ASCII char.
+const WORD_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+        c += 1;
+    }
+    t
+};
+
+/// Bytes that start a word: those of [`WORD_CHAR`] but digits and `$`.
+const WORD_START: [bool; 256] = {
+    let mut t = WORD_CHAR;
+    let mut c = b'0';
+    while c <= b'9' {
+        t[c as usize] = false;
+        c += 1;
+    }
+    t[b'$' as usize] = false;
+    t
+};
+
+#[inline]
 fn is_word_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+    WORD_START[c as usize]
 }
 
+#[inline]
 fn is_word_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+    WORD_CHAR[c as usize]
 }
 
+#[inline]
 fn word_end(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && is_word_char(b[i]) {
         i += 1;
@@ -355,6 +452,7 @@ fn word_end(b: &[u8], mut i: usize) -> usize {
 }
 
 /// The end of the blanks and comments that start at `i` (`i` itself when none do).
+#[inline]
 fn skip_gap(b: &[u8], mut i: usize, dialect: Dialect) -> usize {
     while i < b.len() {
         let c = b[i];
@@ -410,6 +508,7 @@ fn block_comment_end(b: &[u8], i: usize, nested: bool) -> usize {
 }
 
 /// The end of a placeholder at `i`: `%s`, `%(name)s`, `?`, or PostgreSQL's `$1`.
+#[inline]
 fn placeholder_end(b: &[u8], i: usize, dialect: Dialect) -> Option<usize> {
     match b[i] {
         b'%' => match b.get(i + 1)? {
@@ -431,6 +530,7 @@ fn placeholder_end(b: &[u8], i: usize, dialect: Dialect) -> Option<usize> {
 
 /// The end of a literal at `i`, if one starts there. `sign_ok`: a `-` or `+` before a
 /// digit is a sign here.
+#[inline]
 fn literal_end(b: &[u8], i: usize, dialect: Dialect, sign_ok: bool) -> Option<usize> {
     let c = b[i];
     let next = b.get(i + 1).copied();
@@ -459,6 +559,7 @@ fn literal_end(b: &[u8], i: usize, dialect: Dialect, sign_ok: bool) -> Option<us
 
 /// The end of the number at `i` (a digit, or a `.` before one): digits with `_`, a
 /// fraction, an exponent, and any letters run on (`0x1F`, `0b101`, `1e5`).
+#[inline]
 fn number_end(b: &[u8], mut i: usize) -> usize {
     let digits = |mut i: usize| {
         while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'_') {
@@ -482,24 +583,22 @@ fn number_end(b: &[u8], mut i: usize) -> usize {
 /// The end of the text quoted by `quote` at `i`: a doubled quote stands for itself, and
 /// with `backslash` a backslash escapes the next byte. Left open, it runs to the end.
 fn quoted_end(b: &[u8], i: usize, quote: u8, backslash: bool) -> usize {
+    // A plain loop: quoted text in SQL is mostly a few bytes, too short for memchr to pay.
     let mut at = i + 1;
-    loop {
-        let found = if backslash {
-            memchr2(quote, b'\\', &b[at.min(b.len())..])
-        } else {
-            memchr(quote, &b[at.min(b.len())..])
-        };
-        let Some(n) = found else {
-            return b.len();
-        };
-        at += n;
-        // An escaped byte or a doubled quote: skip both.
-        if b[at] == b'\\' || b.get(at + 1) == Some(&quote) {
+    while at < b.len() {
+        let c = b[at];
+        if c == quote {
+            if b.get(at + 1) != Some(&quote) {
+                return at + 1;
+            }
+            at += 2;
+        } else if c == b'\\' && backslash {
             at += 2;
         } else {
-            return at + 1;
+            at += 1;
         }
     }
+    b.len()
 }
 
 /// The end of a PostgreSQL dollar-quoted string (`$$..$$`, `$tag$..$tag$`) at `i`.
