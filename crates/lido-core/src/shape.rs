@@ -14,7 +14,8 @@ use std::borrow::Cow;
 ///
 /// - **Literals become `?`**: numbers (`42`, `-1.5e3`, `0x1F`, `.5`; a sign is part of
 ///   the number where it cannot be a subtraction), strings in single quotes (with their
-///   prefixes `E`, `B`, `X`, `N`, `U&` in PostgreSQL, `X`, `B`, `N` in MySQL), PostgreSQL
+///   prefixes `E`, `B`, `X`, `N`, `U&` in PostgreSQL, `X`, `B`, `N` and a character set
+///   introducer like `_utf8mb4` in MySQL), PostgreSQL
 ///   dollar-quoted strings (`$$..$$`, `$tag$..$tag$`) and MySQL double-quoted strings.
 ///   Backslash escapes are honoured where the server honours them: in MySQL strings and in
 ///   PostgreSQL `E'..'` strings (plain PostgreSQL strings follow
@@ -22,13 +23,15 @@ use std::borrow::Cow;
 /// - **Savepoint names become `?`** (`SAVEPOINT "s1402_x3"`): Django makes one per thread
 ///   and use, so they would make a shape per savepoint.
 /// - **Kept as they are**: keywords, identifiers (quoted in `"..."` for PostgreSQL or in
-///   backticks, digits in names like `t1`), `NULL`, `TRUE`, `FALSE`, and placeholders
-///   (`%s`, `%(name)s`, `$1`, `?`).
-/// - **Lists of values collapse**: a parenthesised list of nothing but placeholders,
+///   backticks, digits in names like `t1`), `NULL`, `TRUE`, `FALSE`, and the placeholders
+///   `%s`, `%(name)s` and `?`. PostgreSQL's `$1`, `$2`.. become `?`: their numbers shift
+///   with the length of a list before them.
+/// - **Lists of values collapse**: a list in `(..)` or `[..]` of nothing but placeholders,
 ///   literals, `NULL`, `DEFAULT`, `TRUE` or `FALSE` becomes `(first, ...)` when it has two
-///   items or more or follows `IN` (`IN (%s)` and `IN (%s, %s)` are one shape), and the
-///   further lists of such a run (`VALUES (..), (..), (..)`) are dropped: a `bulk_create`
-///   of 3 rows and one of 300 have one shape.
+///   items or more or follows `IN` (`IN (%s)` and `IN (%s, %s)` are one shape); the first
+///   item is written as above (a literal as `?`). Further lists of the same kind right
+///   after it, separated by commas (`VALUES (..), (..), (..)`), are dropped: a
+///   `bulk_create` of 3 rows and one of 300 have one shape.
 /// - **Comments go** and every run of blanks and comments between two tokens becomes one
 ///   space; none is left at either end. MySQL's `/*! .. */` comments go too.
 ///
@@ -45,6 +48,7 @@ pub fn shape(sql: &str, dialect: Dialect) -> Cow<'_, str> {
             owned: None,
             started: false,
             gap: false,
+            dashes_end_comment: dialect == Dialect::MySql,
         },
         prev: Prev::Start,
     };
@@ -63,6 +67,9 @@ struct Out<'a> {
     started: bool,
     /// Whether blanks or comments came since the last token.
     gap: bool,
+    /// Whether `--` and a blank start a comment, but `--` alone does not (MySQL): there
+    /// no space is written after `--`, which would make a comment of what follows.
+    dashes_end_comment: bool,
 }
 
 impl<'a> Out<'a> {
@@ -74,7 +81,7 @@ impl<'a> Out<'a> {
             self.started = true;
             self.start = at;
             self.end = at;
-        } else if self.gap {
+        } else if self.gap && !(self.dashes_end_comment && self.ends_with_dashes()) {
             self.put_more(" ");
         }
         self.gap = false;
@@ -126,6 +133,13 @@ impl<'a> Out<'a> {
         let mut owned = String::with_capacity(self.src.len());
         owned.push_str(&self.src[self.start..self.end]);
         self.owned.insert(owned)
+    }
+
+    fn ends_with_dashes(&self) -> bool {
+        match &self.owned {
+            Some(owned) => owned.ends_with("--"),
+            None => self.src[self.start..self.end].ends_with("--"),
+        }
     }
 
     fn finish(self) -> Cow<'a, str> {
@@ -196,7 +210,12 @@ impl Shaper<'_> {
             }
             if VALUE_START[c as usize] || is_word_start(c) {
                 if let Some(end) = placeholder_end(b, i, self.dialect) {
-                    self.out.keep(i, end);
+                    // `$n` are numbered by position: `?` keeps a shape whatever comes before.
+                    if c == b'$' {
+                        self.out.put(i, "?");
+                    } else {
+                        self.out.keep(i, end);
+                    }
                     self.prev = Prev::Value;
                     i = end;
                     continue;
@@ -215,7 +234,7 @@ impl Shaper<'_> {
             match c {
                 // MySQL's double quotes are strings, caught by literal_end above.
                 b'"' | b'`' => i = self.quoted_name(i),
-                b'(' => i = self.open(i),
+                b'(' | b'[' => i = self.open(i),
                 _ => {
                     // One byte; a non-ASCII byte only starts a word, so this is a char.
                     self.out.keep(i, i + 1);
@@ -286,6 +305,7 @@ impl Shaper<'_> {
     /// At `(`: a list of values collapses (with the lists of the same kind that follow it,
     /// separated by commas); anything else is written as it comes.
     fn open(&mut self, i: usize) -> usize {
+        let open = self.b[i];
         let Some(list) = value_list(self.b, i, self.dialect) else {
             self.out.keep(i, i + 1);
             self.prev = Prev::Punct;
@@ -300,7 +320,7 @@ impl Shaper<'_> {
         if list.items > 1 || after_in {
             self.out.put_more(", ...");
         }
-        self.out.put_more(")");
+        self.out.put_more(if open == b'(' { ")" } else { "]" });
         self.prev = Prev::Close;
         let mut end = list.end;
         loop {
@@ -308,11 +328,11 @@ impl Shaper<'_> {
             if self.b.get(comma) != Some(&b',') {
                 break;
             }
-            let open = skip_gap(self.b, comma + 1, self.dialect);
-            if self.b.get(open) != Some(&b'(') {
+            let next = skip_gap(self.b, comma + 1, self.dialect);
+            if self.b.get(next) != Some(&open) {
                 break;
             }
-            match value_list(self.b, open, self.dialect) {
+            match value_list(self.b, next, self.dialect) {
                 Some(next) => end = next.end,
                 None => break,
             }
@@ -356,13 +376,14 @@ struct ValueList {
 
 /// The list of values that opens at `open` (a `(`), if that is what it is.
 fn value_list(b: &[u8], open: usize, dialect: Dialect) -> Option<ValueList> {
+    let close = if b[open] == b'(' { b')' } else { b']' };
     let mut i = skip_gap(b, open + 1, dialect);
     let mut items = 0;
     let mut first = (0, 0, false);
-    loop {
+    while i < b.len() {
         // A sign is a sign here: the item follows `(` or `,`.
         let (end, literal) = if let Some(end) = placeholder_end(b, i, dialect) {
-            (end, false)
+            (end, b[i] == b'$')
         } else if let Some(end) = literal_end(b, i, dialect, true) {
             (end, true)
         } else if b.get(i).copied().is_some_and(is_word_start) {
@@ -385,7 +406,7 @@ fn value_list(b: &[u8], open: usize, dialect: Dialect) -> Option<ValueList> {
         i = skip_gap(b, end, dialect);
         match b.get(i) {
             Some(b',') => i = skip_gap(b, i + 1, dialect),
-            Some(b')') => {
+            Some(&c) if c == close => {
                 return Some(ValueList {
                     end: i + 1,
                     items,
@@ -395,6 +416,7 @@ fn value_list(b: &[u8], open: usize, dialect: Dialect) -> Option<ValueList> {
             _ => return None,
         }
     }
+    None
 }
 
 /// Bytes that may start a literal or a placeholder, letters aside (string prefixes).
@@ -460,9 +482,11 @@ fn skip_gap(b: &[u8], mut i: usize, dialect: Dialect) -> usize {
         if c.is_ascii_whitespace() || c == 0x0b {
             i += 1;
         } else if c == b'-' && next == Some(b'-') {
-            // MySQL wants a blank (or the end) after `--`; `--1` there is minus minus one.
+            // MySQL wants a blank or control char after `--`; `--1` there is minus minus one.
             if dialect == Dialect::MySql
-                && matches!(b.get(i + 2), Some(c) if !c.is_ascii_whitespace() && !c.is_ascii_control())
+                && !b
+                    .get(i + 2)
+                    .is_some_and(|c| c.is_ascii_whitespace() || c.is_ascii_control())
             {
                 break;
             }
@@ -553,6 +577,14 @@ fn literal_end(b: &[u8], i: usize, dialect: Dialect, sign_ok: bool) -> Option<us
         b'u' | b'U' if pg && next == Some(b'&') && b.get(i + 2) == Some(&b'\'') => {
             Some(quoted_end(b, i + 2, b'\'', false))
         }
+        // MySQL's character set introducer: _utf8mb4'..' is one literal.
+        b'_' if !pg => {
+            let end = word_end(b, i + 1);
+            match b.get(end) {
+                Some(&q) if q == b'\'' || q == b'"' => Some(quoted_end(b, end, q, true)),
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
@@ -640,7 +672,7 @@ mod tests {
             "SELECT \"auth_user\".\"id\" FROM \"auth_user\" WHERE \"auth_user\".\"id\" = %s",
             "INSERT INTO \"app_item\" (\"name\", \"owner_id\") VALUES (%s) RETURNING \"app_item\".\"id\"",
             "UPDATE `app_item` SET `name` = %s WHERE `app_item`.`id` = %s",
-            "SELECT \"t1\".\"x2\" FROM \"t1\" WHERE \"t1\".\"y\" = %(name)s AND \"t1\".z = $1",
+            "SELECT \"t1\".\"x2\" FROM \"t1\" WHERE \"t1\".\"y\" = %(name)s AND \"t1\".z = ?",
         ] {
             assert!(matches!(shape(sql, Postgres), Cow::Borrowed(s) if s == sql), "{sql}");
         }
@@ -685,8 +717,8 @@ mod tests {
             "name = ? AND c = ? AND `we``ird` = ?"
         );
         assert_eq!(
-            my("x = _utf8mb4'abc' AND y = X'0A'"),
-            "x = _utf8mb4? AND y = ?"
+            my("x = _utf8mb4'abc' AND y = X'0A' AND _z = 1"),
+            "x = ? AND y = ? AND _z = ?"
         );
         assert_eq!(my("SELECT 1 # comment 2\nFROM t -- 3\n"), "SELECT ? FROM t");
         assert_eq!(my("SELECT 5--1"), "SELECT ?-?");
@@ -700,8 +732,9 @@ mod tests {
     fn placeholders_stay() {
         assert_eq!(
             pg("a = %s AND b = %(b)s AND c = $12 AND d = ?"),
-            "a = %s AND b = %(b)s AND c = $12 AND d = ?"
+            "a = %s AND b = %(b)s AND c = ? AND d = ?"
         );
+        assert_eq!(pg("SELECT a$1, $1"), "SELECT a$1, ?");
         assert_eq!(
             pg("a LIKE %s ESCAPE '\\' AND b % 2 = 0"),
             "a LIKE %s ESCAPE ? AND b % ? = ?"
@@ -742,6 +775,26 @@ mod tests {
             "SELECT f(a, ?), g(%s::int)"
         );
         assert_eq!(pg("SELECT now()"), "SELECT now()");
+        assert_eq!(
+            pg("WHERE a = ANY(ARRAY[1, 2, 3]) AND b = ANY(%s)"),
+            "WHERE a = ANY(ARRAY[?, ...]) AND b = ANY(%s)"
+        );
+        assert_eq!(
+            pg("SELECT ARRAY[[1, 2], [3, 4], [5, 6]], x[1]"),
+            "SELECT ARRAY[[?, ...]], x[?]"
+        );
+        assert_eq!(
+            pg("WHERE a IN ($1, $2) AND b = $3"),
+            "WHERE a IN (?, ...) AND b = ?"
+        );
+        assert_eq!(
+            pg("WHERE a IN ($1, $2, $3) AND b = $4"),
+            "WHERE a IN (?, ...) AND b = ?"
+        );
+        assert_eq!(
+            pg("WHERE a IN (SELECT b FROM c WHERE d = 1)"),
+            "WHERE a IN (SELECT b FROM c WHERE d = ?)"
+        );
     }
 
     #[test]
@@ -805,7 +858,7 @@ mod tests {
             s
         };
         let pg = dialect == Postgres;
-        match rng.below(7) {
+        match rng.below(11) {
             0 => format!("{digits}"),
             1 => format!("-{digits}.{}", rng.below(1000)),
             2 => format!("{digits}e-{}", rng.below(20)),
@@ -813,7 +866,13 @@ mod tests {
             4 if pg => format!("E{}", quoted('\'', true)),
             4 => quoted('"', true),
             5 if pg => format!("$t$qz{}$t$", word.replace('$', "")),
-            5 => format!("X'{digits}'"),
+            5 => format!("_utf8mb4{}", quoted('\'', true)),
+            6 => format!("X'{digits}'"),
+            7 if pg => format!("U&{}", quoted('\'', false)),
+            7 => format!("0x{digits}"),
+            8 => format!("N{}", quoted('\'', !pg)),
+            9 if pg => format!("$${}$$", word.replace('$', "")),
+            9 => format!(".{digits}"),
             _ => format!("'qz{digits}'"),
         }
     }
@@ -861,6 +920,24 @@ mod tests {
                     // Shaping a shape changes nothing.
                     assert_eq!(shape(&got, dialect), got);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn any_text_shapes_without_panic_to_a_fixed_point() {
+        let alphabet: Vec<char> = "ab eEuUxXnN$10_9.-+*/#'\"`\\()[],;%s?&\né\t"
+            .chars()
+            .collect();
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        for _ in 0..20_000 {
+            let len = rng.below(32) as usize;
+            let sql: String = (0..len)
+                .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
+                .collect();
+            for dialect in [Postgres, MySql] {
+                let once = shape(&sql, dialect);
+                assert_eq!(shape(&once, dialect), once, "{sql:?}");
             }
         }
     }
