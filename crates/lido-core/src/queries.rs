@@ -81,8 +81,11 @@ pub struct QueryRow {
 /// a shape that always takes the same time reports it exactly). Count, total, mean and
 /// maximum are exact.
 ///
-/// At most `max_shapes` shapes get a row of their own; the statements of any further shape
-/// are counted together in one row whose shape is [`OTHER_STATEMENTS`].
+/// At most `max_shapes` shapes get a row of their own (about 1.1 KiB each, most of it the
+/// histogram); the statements of any further shape are counted together in one row whose
+/// shape is [`OTHER_STATEMENTS`]. Up to `8 * max_shapes` raw statement texts (at least
+/// 1024, at most 65536) are remembered by hash, 16 bytes each; past that the memory starts
+/// over, so raw SQL with ever new literals in it costs a shaping per statement, not memory.
 ///
 /// One lock guards the maps and figures; it is held for a lookup and the update of one
 /// row, never while a statement is shaped.
@@ -122,7 +125,8 @@ impl QueryStats {
     /// Statistics that keep at most `max_shapes` shapes apart.
     pub fn new(max_shapes: usize) -> Self {
         QueryStats {
-            max_shapes,
+            // Rows are numbered in u32.
+            max_shapes: max_shapes.min(u32::MAX as usize - 1),
             seed: RandomState::new().hash_one(0x6c69_646f_u64),
             inner: Mutex::new(Inner::default()),
         }
@@ -139,11 +143,12 @@ impl QueryStats {
         failed: bool,
     ) {
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = bucket_of(ns);
         let key = hash_bytes(sql.as_bytes(), self.seed ^ dialect_salt(dialect));
         {
             let mut inner = self.inner.lock();
             if let Some(&at) = inner.by_sql.get(&key) {
-                inner.rows[at as usize].add(ns, rows, failed);
+                inner.rows[at as usize].add(ns, bucket, rows, failed);
                 return;
             }
         }
@@ -155,7 +160,7 @@ impl QueryStats {
             inner.by_sql.clear();
         }
         inner.by_sql.insert(key, at);
-        inner.rows[at as usize].add(ns, rows, failed);
+        inner.rows[at as usize].add(ns, bucket, rows, failed);
     }
 
     /// The `n` rows first in `order` (largest first; ties by count, then shape).
@@ -250,7 +255,7 @@ impl Inner {
 }
 
 impl Row {
-    fn add(&mut self, ns: u64, rows: Option<u64>, failed: bool) {
+    fn add(&mut self, ns: u64, bucket: usize, rows: Option<u64>, failed: bool) {
         self.count += 1;
         self.errors += u64::from(failed);
         self.total_ns = self.total_ns.saturating_add(ns);
@@ -259,7 +264,7 @@ impl Row {
         if let Some(n) = rows {
             self.rows = Some(self.rows.unwrap_or(0).saturating_add(n));
         }
-        self.times.add(ns);
+        self.times.add(bucket);
     }
 
     fn order_key(&self, order: QueryOrder) -> u64 {
@@ -298,11 +303,18 @@ const BUCKETS: usize = (HIGH_POW - LOW_POW) as usize * SUB;
 /// Counts of times per bucket. When a bucket would overflow, all are halved: the
 /// quantiles, which are ratios, stay as they were.
 #[derive(Clone)]
-struct Buckets([u32; BUCKETS]);
+struct Buckets {
+    counts: [u32; BUCKETS],
+    /// The counts' sum.
+    total: u64,
+}
 
 impl Default for Buckets {
     fn default() -> Self {
-        Buckets([0; BUCKETS])
+        Buckets {
+            counts: [0; BUCKETS],
+            total: 0,
+        }
     }
 }
 
@@ -322,32 +334,52 @@ fn bucket_middle(i: usize) -> u64 {
 }
 
 impl Buckets {
-    fn add(&mut self, ns: u64) {
-        let at = bucket_of(ns);
-        if self.0[at] == u32::MAX {
-            for count in &mut self.0 {
+    /// Counts one time in bucket `at` (from [`bucket_of`], worked out before the lock).
+    fn add(&mut self, at: usize) {
+        if self.counts[at] == u32::MAX {
+            self.total = 0;
+            for count in &mut self.counts {
                 // Rounded up: a lone slow run stays visible.
                 *count = count.div_ceil(2);
+                self.total += u64::from(*count);
             }
         }
-        self.0[at] += 1;
+        self.counts[at] += 1;
+        self.total += 1;
     }
 
-    /// The `q` quantile in ns, kept within the exact minimum and maximum.
+    /// The `q` quantile in ns, kept within the exact minimum and maximum. A high quantile
+    /// is found from the top, starting at the maximum's bucket: a few buckets read, not
+    /// all (ordering every shape by p99 reads them under the lock).
     fn quantile_ns(&self, q: f64, min_ns: u64, max_ns: u64) -> u64 {
-        let total: u64 = self.0.iter().map(|&c| u64::from(c)).sum();
-        if total == 0 {
+        if self.total == 0 {
             return 0;
         }
-        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, &c) in self.0.iter().enumerate() {
-            seen += u64::from(c);
-            if seen >= rank {
-                return bucket_middle(i).clamp(min_ns.min(max_ns), max_ns);
+        let rank = ((self.total as f64 * q).ceil() as u64).clamp(1, self.total);
+        let bucket = if q > 0.5 {
+            // The highest bucket with at most `total - rank` counts above it.
+            let allowed_above = self.total - rank;
+            let mut above = 0;
+            let mut at = bucket_of(max_ns);
+            loop {
+                above += u64::from(self.counts[at]);
+                if above > allowed_above || at == 0 {
+                    break at;
+                }
+                at -= 1;
             }
-        }
-        max_ns
+        } else {
+            let mut seen = 0;
+            let mut at = 0;
+            loop {
+                seen += u64::from(self.counts[at]);
+                if seen >= rank || at == BUCKETS - 1 {
+                    break at;
+                }
+                at += 1;
+            }
+        };
+        bucket_middle(bucket).clamp(min_ns.min(max_ns), max_ns)
     }
 }
 
@@ -525,7 +557,7 @@ mod tests {
         while ns < 3.6e12 {
             let mut b = Buckets::default();
             let v = ns as u64;
-            b.add(v);
+            b.add(bucket_of(v));
             let got = b.quantile_ns(0.5, 0, u64::MAX) as f64;
             let err = (got - ns).abs() / ns;
             let bound = if v < 1 << LOW_POW { 0.1 } else { 0.0625 };
@@ -534,7 +566,7 @@ mod tests {
         }
         let mut b = Buckets::default();
         for us in 1..=1000u64 {
-            b.add(us * 1000);
+            b.add(bucket_of(us * 1000));
         }
         let p50 = b.quantile_ns(0.5, 1000, 1_000_000) as f64;
         let p99 = b.quantile_ns(0.99, 1000, 1_000_000) as f64;
@@ -543,13 +575,48 @@ mod tests {
     }
 
     #[test]
+    fn high_quantiles_from_the_top_agree_with_a_scan_from_the_bottom() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..200 {
+            let mut b = Buckets::default();
+            let mut max = 0;
+            for _ in 0..1 + round * 7 {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                // Spread over 1 µs .. 1 s, heavier at the low end.
+                let ns = (1_000 << (rng % 20)) | ((rng >> 40) % 1000);
+                max = max.max(ns);
+                b.add(bucket_of(ns));
+            }
+            for q in [0.5001, 0.9, 0.99, 0.999, 1.0] {
+                let rank = ((b.total as f64 * q).ceil() as u64).clamp(1, b.total);
+                let mut seen = 0;
+                let from_bottom = (0..BUCKETS)
+                    .find(|&i| {
+                        seen += u64::from(b.counts[i]);
+                        seen >= rank
+                    })
+                    .unwrap();
+                assert_eq!(
+                    b.quantile_ns(q, 0, max),
+                    bucket_middle(from_bottom).min(max),
+                    "round {round} q {q}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_full_bucket_halves_them_all() {
         let mut b = Buckets::default();
-        b.0[bucket_of(10_000)] = u32::MAX;
-        b.0[bucket_of(1_000_000)] = 1;
-        b.add(10_000);
-        assert_eq!(b.0[bucket_of(10_000)], (u32::MAX / 2) + 2);
-        assert_eq!(b.0[bucket_of(1_000_000)], 1);
+        b.counts[bucket_of(10_000)] = u32::MAX;
+        b.counts[bucket_of(1_000_000)] = 1;
+        b.total = u64::from(u32::MAX) + 1;
+        b.add(bucket_of(10_000));
+        assert_eq!(b.counts[bucket_of(10_000)], (u32::MAX / 2) + 2);
+        assert_eq!(b.counts[bucket_of(1_000_000)], 1);
+        assert_eq!(b.total, u64::from(u32::MAX / 2) + 3);
     }
 
     #[test]
