@@ -654,7 +654,7 @@ fn dollar_quoted_end(b: &[u8], i: usize) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use Dialect::{MySql, Postgres};
 
@@ -816,18 +816,18 @@ mod tests {
         );
     }
 
-    /// A small deterministic generator for the property tests.
-    struct Rng(u64);
+    /// A small deterministic generator for the property tests (xorshift64).
+    pub(crate) struct Rng(pub(crate) u64);
 
     impl Rng {
-        fn next(&mut self) -> u64 {
+        pub(crate) fn next(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
             self.0
         }
 
-        fn below(&mut self, n: u64) -> u64 {
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
             self.next() % n
         }
     }
