@@ -1,8 +1,9 @@
 //! What query statistics cost per statement, for statements as Django writes them:
 //! `cargo run --release -p lido-core --example query_stats_cost`. Prints the median of 7
-//! rounds (and the range) in ns, per statement kind: `shape()` alone, `record()` of a text
-//! seen before (the cache hit every statement but the first of its text takes) and
-//! `record()` of a text never seen (a cache miss: shaping, then a map lookup by shape).
+//! rounds (and the range) in ns, per statement kind: `shape()` alone; `record()` and
+//! `shape_of()` of a text seen before (the cache hit every statement but the first of its
+//! text takes); `record()` of a text never seen (a cache miss: shaping, then a map lookup
+//! by shape).
 
 #[path = "common/django_sql.rs"]
 mod django_sql;
@@ -62,6 +63,10 @@ fn main() {
             stats.record(black_box(sql), Dialect::Postgres, elapsed, Some(1), false);
         });
         println!("{:>27} record() hit:  {hit:7.1} ({lo:.1}-{hi:.1})", "");
+        let (hit, lo, hi) = rounds(N, |_| {
+            black_box(stats.shape_of(black_box(sql), Dialect::Postgres));
+        });
+        println!("{:>27} shape_of() hit: {hit:5.1} ({lo:.1}-{hi:.1})", "");
 
         // Texts that differ in a trailing comment: each is new to the cache (so it is
         // shaped), and all have one shape. Made beforehand so the round times no formatting.

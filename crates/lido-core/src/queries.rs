@@ -9,7 +9,7 @@
 
 use crate::shape::shape;
 use crate::statement::Dialect;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -144,12 +144,30 @@ impl QueryStats {
     ) {
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let bucket = bucket_of(ns);
+        let (mut inner, at) = self.row_of(sql, dialect);
+        inner.rows[at as usize].add(ns, bucket, rows, failed);
+    }
+
+    /// The shape of `sql`, as [`shape`](crate::shape::shape) makes it, from the same
+    /// memory of raw texts that [`record`](Self::record) uses: for a statement about to
+    /// run, whose shape is wanted before it is recorded. The shape gets its row (a row
+    /// without runs is not reported); a shape past `max_shapes` is shaped anew each time.
+    pub fn shape_of(&self, sql: &str, dialect: Dialect) -> Arc<str> {
+        let (inner, at) = self.row_of(sql, dialect);
+        if inner.other == Some(at) {
+            drop(inner);
+            return Arc::from(shape(sql, dialect));
+        }
+        Arc::clone(&inner.rows[at as usize].shape)
+    }
+
+    /// The lock, and the row of `sql` (shaped without the lock when its text is new).
+    fn row_of(&self, sql: &str, dialect: Dialect) -> (MutexGuard<'_, Inner>, u32) {
         let key = hash_bytes(sql.as_bytes(), self.seed ^ dialect_salt(dialect));
         {
-            let mut inner = self.inner.lock();
+            let inner = self.inner.lock();
             if let Some(&at) = inner.by_sql.get(&key) {
-                inner.rows[at as usize].add(ns, bucket, rows, failed);
-                return;
+                return (inner, at);
             }
         }
         let shaped = shape(sql, dialect);
@@ -160,7 +178,7 @@ impl QueryStats {
             inner.by_sql.clear();
         }
         inner.by_sql.insert(key, at);
-        inner.rows[at as usize].add(ns, bucket, rows, failed);
+        (inner, at)
     }
 
     /// The `n` rows first in `order` (largest first; ties by count, then shape).
@@ -171,16 +189,21 @@ impl QueryStats {
                 .rows
                 .iter()
                 .enumerate()
+                .filter(|(_, row)| row.count > 0)
                 .map(|(at, row)| (row.order_key(order), row.count, at as u32))
                 .collect();
-            keys.sort_unstable_by(|a, b| {
+            let first = |a: &(u64, u64, u32), b: &(u64, u64, u32)| {
                 (b.0, b.1).cmp(&(a.0, a.1)).then_with(|| {
                     inner.rows[a.2 as usize]
                         .shape
                         .cmp(&inner.rows[b.2 as usize].shape)
                 })
-            });
-            keys.truncate(n);
+            };
+            if n < keys.len() {
+                keys.select_nth_unstable_by(n, first);
+                keys.truncate(n);
+            }
+            keys.sort_unstable_by(first);
             keys.iter()
                 .map(|&(_, _, at)| inner.rows[at as usize].clone())
                 .collect()
@@ -195,9 +218,15 @@ impl QueryStats {
         drop(old);
     }
 
-    /// The number of rows: shapes kept apart, plus the row of other statements once used.
+    /// The number of rows [`top`](Self::top) can report: shapes kept apart that have
+    /// run, plus the row of other statements once used.
     pub fn len(&self) -> usize {
-        self.inner.lock().rows.len()
+        self.inner
+            .lock()
+            .rows
+            .iter()
+            .filter(|r| r.count > 0)
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -516,6 +545,29 @@ mod tests {
         assert_eq!(top[1].shape, "SELECT x FROM a");
         assert_eq!(top[1].count, 2);
         assert_eq!(QueryStats::new(0).top(1, QueryOrder::Count), vec![]);
+    }
+
+    #[test]
+    fn shape_of_shares_the_memory_of_texts() {
+        let stats = QueryStats::new(1);
+        let first = stats.shape_of("SELECT 1", Postgres);
+        assert_eq!(&*first, "SELECT ?");
+        // A shape not yet run is not reported.
+        assert!(stats.is_empty());
+        assert!(stats.top(5, QueryOrder::Count).is_empty());
+        stats.record("SELECT 1", Postgres, MS, None, false);
+        assert_eq!(stats.top(5, QueryOrder::Count)[0].count, 1);
+        let again = stats.shape_of("SELECT 1", Postgres);
+        assert!(Arc::ptr_eq(&first, &again));
+        // Past the cap, the shape still comes back (not the other statements' name).
+        assert_eq!(
+            &*stats.shape_of("SELECT 'x' FROM t", Postgres),
+            "SELECT ? FROM t"
+        );
+        assert_eq!(
+            &*stats.shape_of("SELECT 'x' FROM t", Postgres),
+            "SELECT ? FROM t"
+        );
     }
 
     #[test]
