@@ -412,7 +412,8 @@ impl Buckets {
     }
 }
 
-/// A 64-bit hash of `bytes`, 16 bytes per multiplication (a folded 128-bit product).
+/// A 64-bit hash of `bytes`, 16 bytes per multiplication (a folded 128-bit product), in two
+/// independent chains so that the multiplications overlap.
 fn hash_bytes(bytes: &[u8], seed: u64) -> u64 {
     const K0: u64 = 0xa076_1d64_78bd_642f;
     const K1: u64 = 0xe703_7ed1_a0b4_28db;
@@ -424,9 +425,19 @@ fn hash_bytes(bytes: &[u8], seed: u64) -> u64 {
     let len = bytes.len();
     // Both factors depend on the seed, so that no input known in advance zeroes one.
     let s1 = fold(seed ^ K0, K1);
+    let s2 = fold(seed ^ K1, K0);
     let mut h = seed ^ (len as u64).wrapping_mul(K1);
+    let mut h2 = s1 ^ s2;
     let mut at = 0;
-    while at + 16 <= len {
+    while at + 32 <= len {
+        h = fold(word(at) ^ s1, word(at + 8) ^ h);
+        h2 = fold(word(at + 16) ^ s2, word(at + 24) ^ h2);
+        at += 32;
+    }
+    if len >= 32 {
+        h = fold(h ^ s2, h2 ^ K0);
+    }
+    if at + 16 <= len {
         h = fold(word(at) ^ s1, word(at + 8) ^ h);
         at += 16;
     }
