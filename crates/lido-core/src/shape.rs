@@ -75,7 +75,7 @@ struct Out<'a> {
 impl<'a> Out<'a> {
     /// Starts a token found at `at` in the input: one space first if blanks or comments
     /// came since the last token.
-    #[inline]
+    #[inline(always)]
     fn begin(&mut self, at: usize) {
         if !self.started {
             self.started = true;
@@ -88,21 +88,21 @@ impl<'a> Out<'a> {
     }
 
     /// A token that is the input's own text from `from` to `to`.
-    #[inline]
+    #[inline(always)]
     fn keep(&mut self, from: usize, to: usize) {
         self.begin(from);
         self.keep_more(from, to);
     }
 
     /// A token found at `at` written as `text`.
-    #[inline]
+    #[inline(always)]
     fn put(&mut self, at: usize, text: &str) {
         self.begin(at);
         self.put_more(text);
     }
 
     /// The input's text from `from` to `to`, continuing the current token.
-    #[inline]
+    #[inline(always)]
     fn keep_more(&mut self, from: usize, to: usize) {
         let src = self.src;
         match &mut self.owned {
@@ -113,7 +113,7 @@ impl<'a> Out<'a> {
     }
 
     /// `text`, continuing the current token.
-    #[inline]
+    #[inline(always)]
     fn put_more(&mut self, text: &str) {
         let rest = &self.src.as_bytes()[self.end..];
         // Most texts are one byte (`?`, a space): compared without a call to memcmp.
@@ -250,6 +250,7 @@ impl Shaper<'_> {
     }
 
     /// The identifier quoted at `from` (a savepoint's name becomes `?`); returns its end.
+    #[inline(always)]
     fn quoted_name(&mut self, from: usize) -> usize {
         let to = quoted_end(self.b, from, self.b[from], false);
         if self.after_savepoint() {
@@ -263,7 +264,7 @@ impl Shaper<'_> {
     }
 
     /// The word from `from` to `to` (a savepoint's name becomes `?`); returns `to`.
-    #[inline]
+    #[inline(always)]
     fn word(&mut self, from: usize, to: usize) -> usize {
         if self.after_savepoint() {
             self.out.put(from, "?");
