@@ -2,10 +2,10 @@
 //! how often it failed and how many rows it touched.
 //!
 //! The caller times each statement and hands the time in ([`QueryStats::record`]); nothing
-//! here reads a clock. Statements are grouped by their [`shape`](crate::shape::shape), so no
-//! literal or parameter value is kept. Shaping costs a pass over the SQL, so the shape of
-//! each raw statement text is remembered by a 64-bit hash of that text: a statement seen
-//! before costs a hash and one map update under the lock.
+//! here reads a clock. Statements are grouped by their [`shape`], so no literal or
+//! parameter value is kept. Shaping costs a pass over the SQL, so the shape of each raw
+//! statement text is remembered by a 64-bit hash of that text: a statement seen before
+//! costs a hash and one map update under the lock.
 
 use crate::shape::shape;
 use crate::statement::Dialect;
@@ -79,13 +79,16 @@ pub struct QueryRow {
 /// within 6.25% of the true value for times in that range (shorter times count as 1 µs,
 /// longer ones as 73 minutes), and kept between the shape's exact minimum and maximum (so
 /// a shape that always takes the same time reports it exactly). Count, total, mean and
-/// maximum are exact.
+/// maximum are exact. A bucket that reaches 2^32 - 1 runs halves every bucket of its
+/// shape, which keeps the quantiles as they were, give or take one run per bucket.
 ///
 /// At most `max_shapes` shapes get a row of their own (about 1.1 KiB each, most of it the
 /// histogram); the statements of any further shape are counted together in one row whose
 /// shape is [`OTHER_STATEMENTS`]. Up to `8 * max_shapes` raw statement texts (at least
 /// 1024, at most 65536) are remembered by hash, 16 bytes each; past that the memory starts
 /// over, so raw SQL with ever new literals in it costs a shaping per statement, not memory.
+/// Two texts whose hashes collide (a chance of about one in 2^64 per pair; the hash is
+/// seeded per process) would share the first one's row.
 ///
 /// One lock guards the maps and figures; it is held for a lookup and the update of one
 /// row, never while a statement is shaped.
@@ -148,7 +151,7 @@ impl QueryStats {
         inner.rows[at as usize].add(ns, bucket, rows, failed);
     }
 
-    /// The shape of `sql`, as [`shape`](crate::shape::shape) makes it, from the same
+    /// The shape of `sql`, as [`shape`] makes it, from the same
     /// memory of raw texts that [`record`](Self::record) uses: for a statement about to
     /// run, whose shape is wanted before it is recorded. The shape gets its row (a row
     /// without runs is not reported); a shape past `max_shapes` is shaped anew each time.

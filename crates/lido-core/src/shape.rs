@@ -12,31 +12,33 @@ use std::borrow::Cow;
 
 /// The statement's shape.
 ///
-/// - **Literals become `?`**: numbers (`42`, `-1.5e3`, `0x1F`, `.5`; a sign is part of
-///   the number where it cannot be a subtraction), strings in single quotes (with their
-///   prefixes `E`, `B`, `X`, `N`, `U&` in PostgreSQL, `X`, `B`, `N` and a character set
-///   introducer like `_utf8mb4` in MySQL), PostgreSQL
-///   dollar-quoted strings (`$$..$$`, `$tag$..$tag$`) and MySQL double-quoted strings.
-///   Backslash escapes are honoured where the server honours them: in MySQL strings and in
-///   PostgreSQL `E'..'` strings (plain PostgreSQL strings follow
+/// - **Literals become `?`**: numbers (`42`, `1.5e-3`, `.5`, `0x1F`, `1_000`; a `-` or
+///   `+` right before one is its sign, and goes with it, after an operator, `(`, `,`, the
+///   start or a keyword such as `WHERE`, `AND`, `THEN`, `LIMIT`); strings in single quotes
+///   with their prefixes (`E`, `B`, `X`, `N`, `U&` in PostgreSQL; `X`, `B`, `N` and a
+///   character set introducer such as `_utf8mb4` in MySQL); PostgreSQL dollar-quoted
+///   strings (`$$..$$`, `$tag$..$tag$`); MySQL double-quoted strings (Django does not turn
+///   on `ANSI_QUOTES`). Backslash escapes are honoured where the server honours them: in
+///   MySQL strings and in PostgreSQL `E'..'` strings (plain PostgreSQL strings follow
 ///   `standard_conforming_strings`, on by default). A string left open runs to the end.
 /// - **Savepoint names become `?`** (`SAVEPOINT "s1402_x3"`): Django makes one per thread
 ///   and use, so they would make a shape per savepoint.
-/// - **Kept as they are**: keywords, identifiers (quoted in `"..."` for PostgreSQL or in
-///   backticks, digits in names like `t1`), `NULL`, `TRUE`, `FALSE`, and the placeholders
-///   `%s`, `%(name)s` and `?`. PostgreSQL's `$1`, `$2`.. become `?`: their numbers shift
-///   with the length of a list before them.
+/// - **Kept as they are**: keywords, identifiers (quoted in `"..."` in PostgreSQL or in
+///   backticks, with any digits in them: `t1`), `NULL`, `TRUE`, `FALSE`, operators, and
+///   the placeholders `%s`, `%(name)s` and `?`. PostgreSQL's `$1`, `$2`.. become `?`:
+///   their numbers shift with the length of a list before them.
 /// - **Lists of values collapse**: a list in `(..)` or `[..]` of nothing but placeholders,
-///   literals, `NULL`, `DEFAULT`, `TRUE` or `FALSE` becomes `(first, ...)` when it has two
-///   items or more or follows `IN` (`IN (%s)` and `IN (%s, %s)` are one shape); the first
-///   item is written as above (a literal as `?`). Further lists of the same kind right
-///   after it, separated by commas (`VALUES (..), (..), (..)`), are dropped: a
-///   `bulk_create` of 3 rows and one of 300 have one shape.
-/// - **Comments go** and every run of blanks and comments between two tokens becomes one
-///   space; none is left at either end. MySQL's `/*! .. */` comments go too.
+///   literals, `NULL`, `DEFAULT`, `TRUE` or `FALSE` becomes `(first, ...)` (or
+///   `[first, ...]`) when it has two items or more or follows `IN` (`IN (%s)` and
+///   `IN (%s, %s)` are one shape); the first item is written as above. Further lists of
+///   the same kind right after it, separated by commas (`VALUES (..), (..), (..)`), are
+///   dropped: a `bulk_create` of 3 rows and one of 300 have one shape.
+/// - **Comments go** (`--`, `/* */` nested in PostgreSQL, MySQL's `#` and `/*! */`), and
+///   every run of blanks and comments between two tokens becomes one space; none is left
+///   at either end.
 ///
-/// What stays of the input are names, keywords, operators and placeholders: a value from
-/// the input survives only as part of an identifier.
+/// So what stays of the input are keywords, names, operators and placeholders: a value
+/// survives only where it is part of a name.
 pub fn shape(sql: &str, dialect: Dialect) -> Cow<'_, str> {
     let mut shaper = Shaper {
         b: sql.as_bytes(),
