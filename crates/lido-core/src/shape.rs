@@ -21,6 +21,7 @@ use std::borrow::Cow;
 ///   on `ANSI_QUOTES`). Backslash escapes are honoured where the server honours them: in
 ///   MySQL strings and in PostgreSQL `E'..'` strings (plain PostgreSQL strings follow
 ///   `standard_conforming_strings`, on by default). A string left open runs to the end.
+/// - **A quoted name left open becomes `?`**, with all that follows it.
 /// - **Savepoint names become `?`** (`SAVEPOINT "s1402_x3"`): Django makes one per thread
 ///   and use, so they would make a shape per savepoint.
 /// - **Kept as they are**: keywords, identifiers (quoted in `"..."` in PostgreSQL or in
@@ -254,15 +255,19 @@ impl Shaper<'_> {
     /// The identifier quoted at `from` (a savepoint's name becomes `?`); returns its end.
     #[inline(always)]
     fn quoted_name(&mut self, from: usize) -> usize {
-        let to = quoted_end(self.b, from, self.b[from], false);
-        if self.after_savepoint() {
-            self.out.put(from, "?");
-            self.prev = Prev::Value;
-        } else {
-            self.out.keep(from, to);
-            self.prev = Prev::Name;
+        match quoted_close(self.b, from, self.b[from], false) {
+            Some(to) if !self.after_savepoint() => {
+                self.out.keep(from, to);
+                self.prev = Prev::Name;
+                to
+            }
+            // Left open, the rest may hold anything, literals too: it goes.
+            closed => {
+                self.out.put(from, "?");
+                self.prev = Prev::Value;
+                closed.unwrap_or(self.b.len())
+            }
         }
-        to
     }
 
     /// The word from `from` to `to` (a savepoint's name becomes `?`); returns `to`.
@@ -618,13 +623,19 @@ fn number_end(b: &[u8], mut i: usize) -> usize {
 /// The end of the text quoted by `quote` at `i`: a doubled quote stands for itself, and
 /// with `backslash` a backslash escapes the next byte. Left open, it runs to the end.
 fn quoted_end(b: &[u8], i: usize, quote: u8, backslash: bool) -> usize {
+    quoted_close(b, i, quote, backslash).unwrap_or(b.len())
+}
+
+/// The end of the text quoted by `quote` at `i` as [`quoted_end`] finds it; None when it
+/// is left open.
+fn quoted_close(b: &[u8], i: usize, quote: u8, backslash: bool) -> Option<usize> {
     // A plain loop: quoted text in SQL is mostly a few bytes, too short for memchr to pay.
     let mut at = i + 1;
     while at < b.len() {
         let c = b[at];
         if c == quote {
             if b.get(at + 1) != Some(&quote) {
-                return at + 1;
+                return Some(at + 1);
             }
             at += 2;
         } else if c == b'\\' && backslash {
@@ -633,7 +644,7 @@ fn quoted_end(b: &[u8], i: usize, quote: u8, backslash: bool) -> usize {
             at += 1;
         }
     }
-    b.len()
+    None
 }
 
 /// The end of a PostgreSQL dollar-quoted string (`$$..$$`, `$tag$..$tag$`) at `i`.
@@ -711,6 +722,8 @@ pub(crate) mod tests {
             "SELECT ?::date, interval ?"
         );
         assert_eq!(pg("x = 'open"), "x = ?");
+        assert_eq!(pg("SELECT \"open, 'secret'"), "SELECT ?");
+        assert_eq!(my("SELECT `open, 'secret'"), "SELECT ?");
     }
 
     #[test]
