@@ -237,6 +237,17 @@ impl QueryStats {
     }
 }
 
+impl std::fmt::Debug for QueryStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // try_lock: a Debug print while the lock is held (in a panic message) must not hang.
+        let rows = self.inner.try_lock().map(|inner| inner.rows.len());
+        f.debug_struct("QueryStats")
+            .field("max_shapes", &self.max_shapes)
+            .field("rows", &rows)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How many raw statement texts are remembered before the memory starts over.
 fn sql_cache_cap(max_shapes: usize) -> usize {
     max_shapes.saturating_mul(8).clamp(1024, 1 << 16)
@@ -581,6 +592,18 @@ mod tests {
         assert_eq!(
             &*stats.shape_of("SELECT 'x' FROM t", Postgres),
             "SELECT ? FROM t"
+        );
+    }
+
+    #[test]
+    fn shareable_and_printable() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<QueryStats>();
+        let stats = QueryStats::new(3);
+        stats.record("SELECT 1", Postgres, MS, None, false);
+        assert_eq!(
+            format!("{stats:?}"),
+            "QueryStats { max_shapes: 3, rows: Some(1), .. }"
         );
     }
 
