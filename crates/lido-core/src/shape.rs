@@ -33,7 +33,8 @@ use std::borrow::Cow;
 ///   `[first, ...]`) when it has two items or more or follows `IN` (`IN (%s)` and
 ///   `IN (%s, %s)` are one shape); the first item is written as above. Further lists of
 ///   the same kind right after it, separated by commas (`VALUES (..), (..), (..)`), are
-///   dropped: a `bulk_create` of 3 rows and one of 300 have one shape.
+///   dropped: a `bulk_create` of 3 rows and one of 300 have one shape. A function's
+///   arguments (a `(` right after a name other than `IN` or `VALUES`) are not a list.
 /// - **Comments go** (`--`, `/* */` nested in PostgreSQL, MySQL's `#` and `/*! */`), and
 ///   every run of blanks and comments between two tokens becomes one space; none is left
 ///   at either end.
@@ -388,12 +389,23 @@ impl Shaper<'_> {
     /// separated by commas); anything else is written as it comes.
     fn open(&mut self, i: usize) -> usize {
         let open = self.b[i];
-        let Some(list) = value_list(self.b, i, self.dialect) else {
+        let after_in = self.prev_word_is("in");
+        // A function's arguments: their number is part of the shape, and stays.
+        let call = open == b'('
+            && matches!(self.prev, Prev::Word(..))
+            && !after_in
+            && !self.prev_word_is("values")
+            && !self.prev_word_is("value");
+        let list = if call {
+            None
+        } else {
+            value_list(self.b, i, self.dialect)
+        };
+        let Some(list) = list else {
             self.out.keep(i, i + 1);
             self.prev = Prev::Punct;
             return i + 1;
         };
-        let after_in = self.prev_word_is("in");
         self.out.keep(i, i + 1);
         match list.first {
             (_, _, true) => self.out.put_more("?"),
@@ -873,6 +885,14 @@ pub(crate) mod tests {
         );
         assert_eq!(pg("SELECT now()"), "SELECT now()");
         assert_eq!(
+            pg("SELECT coalesce(%s, %s), greatest(1, 2), f (3)"),
+            "SELECT coalesce(%s, %s), greatest(?, ?), f (?)"
+        );
+        assert_eq!(
+            pg("WHERE a IN(1, 2) OR b = ANY(ARRAY[3])"),
+            "WHERE a IN(?, ...) OR b = ANY(ARRAY[?])"
+        );
+        assert_eq!(
             pg("WHERE a = ANY(ARRAY[1, 2, 3]) AND b = ANY(%s)"),
             "WHERE a = ANY(ARRAY[?, ...]) AND b = ANY(%s)"
         );
@@ -892,6 +912,75 @@ pub(crate) mod tests {
             pg("WHERE a IN (SELECT b FROM c WHERE d = 1)"),
             "WHERE a IN (SELECT b FROM c WHERE d = ?)"
         );
+    }
+
+    #[test]
+    fn statements_as_django_writes_them() {
+        // (dialect, SQL, shape); an empty shape: unchanged.
+        let cases: &[(Dialect, &str, &str)] = &[
+            (
+                Postgres,
+                "SELECT \"app_book\".\"id\", \"app_author\".\"name\" FROM \"app_book\" \
+                 INNER JOIN \"app_author\" ON (\"app_book\".\"author_id\" = \"app_author\".\"id\") \
+                 WHERE (\"app_book\".\"year\" >= %s AND NOT (\"app_book\".\"title\"::text LIKE %s)) \
+                 ORDER BY \"app_book\".\"id\" DESC",
+                "",
+            ),
+            (
+                Postgres,
+                "SELECT COUNT(*) AS \"__count\" FROM \"app_book\" WHERE \"app_book\".\"id\" IN (%s, %s, %s)",
+                "SELECT COUNT(*) AS \"__count\" FROM \"app_book\" WHERE \"app_book\".\"id\" IN (%s, ...)",
+            ),
+            (
+                Postgres,
+                "SELECT 1 AS \"a\" FROM \"app_book\" WHERE \"app_book\".\"id\" = %s LIMIT 1",
+                "SELECT ? AS \"a\" FROM \"app_book\" WHERE \"app_book\".\"id\" = %s LIMIT ?",
+            ),
+            (
+                Postgres,
+                "INSERT INTO \"app_book\" (\"title\", \"year\") VALUES (%s, %s), (%s, %s), (%s, %s) \
+                 RETURNING \"app_book\".\"id\"",
+                "INSERT INTO \"app_book\" (\"title\", \"year\") VALUES (%s, ...) RETURNING \"app_book\".\"id\"",
+            ),
+            (
+                Postgres,
+                "INSERT INTO \"app_book\" (\"title\", \"year\") SELECT * FROM \
+                 UNNEST((%s)::varchar[], (%s)::integer[]) RETURNING \"app_book\".\"id\"",
+                "",
+            ),
+            (
+                Postgres,
+                "UPDATE \"app_book\" SET \"year\" = (\"app_book\".\"year\" + %s) WHERE \"app_book\".\"id\" = %s",
+                "",
+            ),
+            (Postgres, "SET TIME ZONE 'UTC'", "SET TIME ZONE ?"),
+            (Postgres, "SELECT set_config('TimeZone', %s, false)", "SELECT set_config(?, %s, false)"),
+            (Postgres, "SAVEPOINT \"s139872_x12\"", "SAVEPOINT ?"),
+            (
+                MySql,
+                "SELECT `app_book`.`id`, `app_book`.`title` FROM `app_book` WHERE `app_book`.`id` IN (%s, %s) LIMIT 21",
+                "SELECT `app_book`.`id`, `app_book`.`title` FROM `app_book` WHERE `app_book`.`id` IN (%s, ...) LIMIT ?",
+            ),
+            (
+                MySql,
+                "INSERT INTO `app_book` (`title`, `year`) VALUES (%s, %s), (%s, %s)",
+                "INSERT INTO `app_book` (`title`, `year`) VALUES (%s, ...)",
+            ),
+            (
+                MySql,
+                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                "",
+            ),
+            (MySql, "SELECT @@SQL_AUTO_IS_NULL", ""),
+            (MySql, "ROLLBACK TO SAVEPOINT `s139872_x12`", "ROLLBACK TO SAVEPOINT ?"),
+        ];
+        for &(dialect, sql, want) in cases {
+            let got = both_paths(sql, dialect);
+            assert_eq!(got, if want.is_empty() { sql } else { want }, "{sql}");
+            if want.is_empty() {
+                assert!(matches!(shape(sql, dialect), Cow::Borrowed(_)), "{sql}");
+            }
+        }
     }
 
     #[test]
