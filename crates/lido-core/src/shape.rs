@@ -625,6 +625,9 @@ fn block_comment_end(b: &[u8], i: usize, nested: bool) -> usize {
     b.len()
 }
 
+/// The longest name of a `%(name)s` placeholder.
+const MAX_PARAM_NAME: usize = 256;
+
 /// The end of a placeholder at `i`: `%s`, `%(name)s`, `?`, or PostgreSQL's `$1`.
 #[inline]
 fn placeholder_end(b: &[u8], i: usize, dialect: Dialect) -> Option<usize> {
@@ -632,7 +635,9 @@ fn placeholder_end(b: &[u8], i: usize, dialect: Dialect) -> Option<usize> {
         b'%' => match b.get(i + 1)? {
             b's' => Some(i + 2),
             b'(' => {
-                let close = i + 2 + memchr(b')', &b[i + 2..])?;
+                // Names are short; looking no further keeps `%(%(%(..` linear.
+                let window = &b[i + 2..b.len().min(i + 2 + MAX_PARAM_NAME)];
+                let close = i + 2 + memchr(b')', window)?;
                 (b.get(close + 1) == Some(&b's')).then_some(close + 2)
             }
             _ => None,
@@ -847,6 +852,17 @@ pub(crate) mod tests {
         assert_eq!(
             pg("a LIKE %s ESCAPE '\\' AND b % 2 = 0"),
             "a LIKE %s ESCAPE ? AND b % ? = ?"
+        );
+    }
+
+    #[test]
+    fn open_placeholders_cost_no_more_than_their_length() {
+        let sql = "%(".repeat(100_000);
+        assert_eq!(shape(&sql, Postgres).len(), sql.len());
+        let long = format!("x = %({})s", "n".repeat(MAX_PARAM_NAME + 1));
+        assert_eq!(
+            pg(&long),
+            format!("x = %({})s", "n".repeat(MAX_PARAM_NAME + 1))
         );
     }
 
