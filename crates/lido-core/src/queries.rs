@@ -442,11 +442,13 @@ fn hash_bytes(bytes: &[u8], seed: u64) -> u64 {
     let s2 = fold(seed ^ K1, K0);
     let mut h = seed ^ (len as u64).wrapping_mul(K1);
     let mut h2 = s1 ^ s2;
-    let mut at = 0;
-    while at + 32 <= len {
-        h = fold(word(at) ^ s1, word(at + 8) ^ h);
-        h2 = fold(word(at + 16) ^ s2, word(at + 24) ^ h2);
-        at += 32;
+    let blocks = bytes.chunks_exact(32);
+    let mut at = len - blocks.remainder().len();
+    for block in blocks {
+        // Fixed-size pieces of a chunk: no bounds checks in the loop.
+        let w = |k: usize| u64::from_le_bytes(block[k..k + 8].try_into().unwrap());
+        h = fold(w(0) ^ s1, w(8) ^ h);
+        h2 = fold(w(16) ^ s2, w(24) ^ h2);
     }
     if len >= 32 {
         h = fold(h ^ s2, h2 ^ K0);
