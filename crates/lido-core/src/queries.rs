@@ -63,8 +63,9 @@ pub struct QueryRow {
     pub total: Duration,
     /// `total / count`.
     pub mean: Duration,
-    /// Median and 99th percentile, from the histogram (see [`QueryStats`] for their error).
+    /// Median, from the histogram (see [`QueryStats`] for its error).
     pub p50: Duration,
+    /// 99th percentile, from the histogram.
     pub p99: Duration,
     /// The longest run, exact.
     pub max: Duration,
