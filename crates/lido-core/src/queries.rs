@@ -92,7 +92,8 @@ pub struct QueryRow {
 /// seeded per process) would share the first one's row.
 ///
 /// One lock guards the maps and figures; it is held for a lookup and the update of one
-/// row, never while a statement is shaped.
+/// row (or the making of a new one), never while a statement is shaped; [`top`](Self::top)
+/// holds it to pick its rows and copy them, and works out their quantiles after it.
 pub struct QueryStats {
     max_shapes: usize,
     /// Seeds the hash of raw SQL, so that the texts whose hashes collide differ from
