@@ -1086,6 +1086,9 @@ pub(crate) mod tests {
         "SELECT * FROM t WHERE a = ANY(ARRAY[{}]) -- note 987654 qz\n AND b = {}",
         "SELECT coalesce(x, {}) /* 123456 qz */ , {}::text FROM t WHERE {} < x",
         "DELETE FROM t WHERE a BETWEEN {} AND {} OR b LIKE {}",
+        "SELECT CASE WHEN a = {} THEN {} ELSE {} END, f({}, {}) FROM t WHERE x IN ({})",
+        "INSERT INTO t VALUES ({}, {}), ({}, %s) ON CONFLICT DO NOTHING",
+        "SET x = {}; SELECT {} FROM t ORDER BY {} DESC",
     ];
 
     fn fill(template: &str, rng: &mut Rng, dialect: Dialect) -> (String, Vec<String>) {
