@@ -1131,6 +1131,68 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn no_literal_survives_in_any_company() {
+        // Random statements of tokens apart (so that none glues to the next and becomes
+        // part of a name, as a server would read it too): every literal must go.
+        const OTHERS: &[&str] = &[
+            "SELECT",
+            "IN",
+            "VALUES",
+            "SAVEPOINT",
+            "E",
+            "U",
+            "N",
+            "X",
+            "_utf8",
+            "t1",
+            "AND",
+            "\"t2\"",
+            "`t3`",
+            "%s",
+            "%(p)s",
+            "$1",
+            "?",
+            "(",
+            ")",
+            "[",
+            "]",
+            ",",
+            "-",
+            "+",
+            ".",
+            "::",
+            "=",
+            "*",
+            "/* c */",
+            "-- c\n",
+            "# c\n",
+            "NULL",
+            "&",
+        ];
+        let mut rng = Rng(0x5151_2026_1130_0001);
+        for _ in 0..20_000 {
+            for dialect in [Postgres, MySql] {
+                let mut sql = String::new();
+                for _ in 0..rng.below(16) {
+                    if rng.below(3) == 0 {
+                        sql.push_str(&literal(&mut rng, dialect));
+                    } else {
+                        sql.push_str(OTHERS[rng.below(OTHERS.len() as u64) as usize]);
+                    }
+                    sql.push_str([" ", "\n", "  ", "\t"][rng.below(4) as usize]);
+                }
+                let got = shape(&sql, dialect);
+                assert!(!got.contains("qz"), "{sql:?} -> {got:?}");
+                let digit_run = got
+                    .as_bytes()
+                    .split(|c| !c.is_ascii_digit())
+                    .any(|run| run.len() >= 3);
+                assert!(!digit_run, "{sql:?} -> {got:?}");
+            }
+        }
+    }
+
+    #[test]
     fn any_text_shapes_without_panic_to_a_fixed_point_and_alike_by_both_paths() {
         let alphabet: Vec<char> = "ab eEuUxXnN$10_9.-+*/#'\"`\\()[],;%s?&\né\t"
             .chars()
