@@ -1079,8 +1079,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// Whether `text` has a run of 3 digits or more: the generated literals all do, and
-    /// the names of the statements they go in do not.
+    /// Whether `text` has a run of 3 digits or more: the generated numbers do (quoted
+    /// literals carry `qz` instead), the names around them do not.
     fn digit_run(text: &str) -> bool {
         text.as_bytes()
             .split(|c| !c.is_ascii_digit())
