@@ -75,15 +75,7 @@ class Pool(PoolCore):
         options: PoolOptions | None = None,
         **kwargs: Any,
     ) -> Pool:
-        if options is None:
-            options = PoolOptions(**kwargs)
-        elif kwargs:
-            raise TypeError(
-                f"give pool options as keywords or as options=PoolOptions(...), not both "
-                f"(got options= and {', '.join(sorted(kwargs))})"
-            )
-        elif not isinstance(options, PoolOptions):
-            raise TypeError(f"options must be a PoolOptions, not {options!r}")
+        options = _pool_options(options, kwargs)
         if isinstance(connect, str):
             timed = _psycopg_connect(connect)
         elif callable(connect):
@@ -188,6 +180,20 @@ class Pool(PoolCore):
         self._start_maintenance()
 
 
+def _pool_options(options: PoolOptions | None, kwargs: dict[str, Any]) -> PoolOptions:
+    """The options given as keywords, or as ``options=PoolOptions(...)``."""
+    if options is None:
+        return PoolOptions(**kwargs)
+    if kwargs:
+        raise TypeError(
+            f"give pool options as keywords or as options=PoolOptions(...), not both "
+            f"(got options= and {', '.join(sorted(kwargs))})"
+        )
+    if not isinstance(options, PoolOptions):
+        raise TypeError(f"options must be a PoolOptions, not {options!r}")
+    return options
+
+
 def _in(t: threading.Thread | _green.RealThread) -> bool:
     """Whether the calling code runs in maintenance thread ``t``."""
     return isinstance(t, _green.RealThread) and t.is_current()
@@ -201,8 +207,7 @@ def _takes_timeout(connect: Callable[..., Conn]) -> bool:
     # Only a parameter named so: ``**kwargs`` often goes on to the driver, which would
     # take ``timeout`` for a connection parameter.
     return any(
-        p.name == "timeout" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        for p in params
+        p.name == "timeout" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params
     )
 
 
