@@ -193,6 +193,30 @@ class _Io:
         if closing is not None:
             await self.close(closing)
 
+    def open_in_background(
+        self, connecting: asyncio.Task[Conn], permit: AsyncPermit, t0: float
+    ) -> None:
+        """A connect whose task was cancelled ends here: its connection goes to the pool
+        (the first waiter, or idle) and its slot stays taken until then."""
+
+        def opened(task: asyncio.Task[Conn]) -> None:
+            if task.cancelled():
+                return  # the permit is given back unused as it is dropped
+            failure = task.exception()
+            if failure is not None:
+                permit.failed(failure)
+                self.report("opening a connection for a cancelled checkout", failure)
+                return
+            try:
+                h = permit.opened(task.result(), time.monotonic() - t0)
+            except Exception as e:
+                self.report("registering a new connection", e)
+                return
+            if h is not None:
+                _background(self.close(h))
+
+        connecting.add_done_callback(opened)
+
     async def close(self, h: AsyncClose) -> None:
         conn = h.conn
         try:
@@ -204,6 +228,17 @@ class _Io:
             raise
         finally:
             h.done()
+
+
+# Tasks started for the pool's own work, kept here until done (the loop keeps only weak
+# references to tasks).
+_tasks: set[asyncio.Task[None]] = set()
+
+
+def _background(work: Awaitable[None]) -> None:
+    task = asyncio.ensure_future(work)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
 
 
 class AsyncPool(PoolCore):
@@ -320,10 +355,16 @@ class AsyncPool(PoolCore):
                     step, arg = co.woke()
                 elif step == _CONNECT:
                     t0 = time.monotonic()
+                    connecting = loop.create_task(io.connect(arg))
                     try:
-                        conn = await io.connect(arg)
+                        conn = await asyncio.shield(connecting)
                     except Exception as e:
                         step, arg = co.connect_error(e)
+                    except BaseException:
+                        permit = co.detach_permit()
+                        if permit is not None:
+                            io.open_in_background(connecting, permit, t0)
+                        raise
                     else:
                         step, arg = co.connected(conn, time.monotonic() - t0)
                 elif step == _CHECK:

@@ -8,7 +8,7 @@
 //! give it back, so a cancelled task never loses or leaks a slot.
 
 use crate::aio::{AsyncWake, Slot};
-use crate::aio_handles::AsyncClose;
+use crate::aio_handles::{AsyncClose, AsyncPermit};
 use crate::errors::{acquire_error, PoolClosed};
 use crate::exit::check_not_exiting;
 use crate::inner::Inner;
@@ -47,9 +47,8 @@ enum Holding {
 #[pyclass(module = "django_lido._lido")]
 pub struct AsyncCheckout {
     inner: Arc<Inner>,
-    /// `loop.create_future` and `loop.call_soon_threadsafe` of the pool's loop.
-    create_future: Py<PyAny>,
-    call_soon_threadsafe: Py<PyAny>,
+    /// The pool's event loop, where a queued checkout's future is made.
+    event_loop: Py<PyAny>,
     start: Instant,
     timeout: Duration,
     deadline: Instant,
@@ -80,8 +79,7 @@ impl AsyncCheckout {
         let start = Instant::now();
         let mut co = AsyncCheckout {
             inner: Arc::clone(inner),
-            create_future: event_loop.getattr("create_future")?.unbind(),
-            call_soon_threadsafe: event_loop.getattr("call_soon_threadsafe")?.unbind(),
+            event_loop: event_loop.clone().unbind(),
             start,
             timeout,
             deadline: start + timeout,
@@ -170,8 +168,10 @@ impl AsyncCheckout {
                     self.queued = true;
                     let slot = Arc::clone(self.slot.as_ref().expect("a queued waiter has a slot"));
                     let until = inner.engine.wake_time(&waiter, self.deadline);
-                    let fut = self.create_future.call0(py)?;
-                    slot.arm(fut.clone_ref(py), self.call_soon_threadsafe.clone_ref(py));
+                    let event_loop = self.event_loop.bind(py);
+                    let fut = event_loop.call_method0("create_future")?.unbind();
+                    let threadsafe = event_loop.getattr("call_soon_threadsafe")?.unbind();
+                    slot.arm(fut.clone_ref(py), threadsafe);
                     // After arming: a grant given before is seen here, one given after wakes.
                     if let Some(grant) = waiter.try_take() {
                         slot.disarm();
@@ -383,6 +383,20 @@ impl AsyncCheckout {
             return Err(out_of_order("resume"));
         }
         self.resume_next(py)
+    }
+
+    /// Cancelled while connecting: the connect goes on in the background with the permit,
+    /// which this returns (the connection then goes to the first waiter, or idle). Closing
+    /// a half-open connection instead would leave it to the garbage collector, and the
+    /// server would see more than `max_size` connections meanwhile.
+    fn detach_permit(&mut self) -> Option<AsyncPermit> {
+        match std::mem::replace(&mut self.holding, Holding::Nothing) {
+            Holding::Opening(permit) => Some(AsyncPermit::new(&self.inner, permit)),
+            other => {
+                self.holding = other;
+                None
+            }
+        }
     }
 
     /// The coroutine was cancelled or failed: give back whatever this checkout holds.

@@ -203,6 +203,15 @@ pub struct AsyncPermit {
     permit: Option<OpenPermit>,
 }
 
+impl AsyncPermit {
+    pub(crate) fn new(inner: &Arc<Inner>, permit: OpenPermit) -> Self {
+        AsyncPermit {
+            inner: Arc::clone(inner),
+            permit: Some(permit),
+        }
+    }
+}
+
 #[pymethods]
 impl AsyncPermit {
     /// The connect returned `conn` after `took` seconds: it goes to the first waiter, or
@@ -272,10 +281,7 @@ pub(crate) fn _aio_maintain(
         let permits = plan
             .open
             .into_iter()
-            .map(|p| AsyncPermit {
-                inner: Arc::clone(inner),
-                permit: Some(p),
-            })
+            .map(|p| AsyncPermit::new(inner, p))
             .collect();
         let mut closes = Vec::new();
         for r in plan.retire {
