@@ -36,15 +36,15 @@ from django_lido._lido import (
     _aio_next_round,
     _aio_putconn,
 )
-from django_lido.drivers import Conn, Driver, driver_for, transient_error
+from django_lido.drivers import Conn, Driver, driver_for
 from django_lido.errors import PoolClosed
 from django_lido.options import PoolOptions
 from django_lido.pool import (
+    _check_hooks,
     _error_logger,
-    _leak_logger,
-    _long_hold_logger,
-    _names,
+    _pool_name,
     _pool_options,
+    _reporting,
     _takes_timeout,
 )
 
@@ -273,16 +273,9 @@ class AsyncPool(PoolCore):
         **kwargs: Any,
     ) -> AsyncPool:
         options = _pool_options(options, kwargs)
-        if isinstance(connect, str):
-            opener = _psycopg_connect(connect)
-        elif callable(connect):
-            opener = _timed(connect)
-        else:
-            raise TypeError(f"connect must be a callable or a connection string, not {connect!r}")
-        for hook_name, hook in (("check", check), ("configure", configure), ("reset", reset)):
-            if hook is not None and not callable(hook):
-                raise TypeError(f"{hook_name} must be callable or None, not {hook!r}")
-        name = name if name is not None else f"pool-{next(_names)}"
+        _check_hooks(connect, check=check, configure=configure, reset=reset)
+        opener = _psycopg_connect(connect) if isinstance(connect, str) else _timed(connect)
+        name = _pool_name(name)
         if configure is not None:
             opener = _configured(opener, configure)
         self = super().__new__(
@@ -290,11 +283,8 @@ class AsyncPool(PoolCore):
             _no_sync_connect,
             sync_side,
             name=name,
-            on_leak=_leak_logger(name),
-            on_error=_error_logger(name),
-            transient=transient_error,
-            on_long_hold=_long_hold_logger(name, options["leak_threshold"]),
             options=options,
+            **_reporting(name, options),
         )
         self._io = _Io(opener, check, reset, name)
         self._timeout = float(options["timeout"])

@@ -76,16 +76,9 @@ class Pool(PoolCore):
         **kwargs: Any,
     ) -> Pool:
         options = _pool_options(options, kwargs)
-        if isinstance(connect, str):
-            timed = _psycopg_connect(connect)
-        elif callable(connect):
-            timed = _timed(connect)
-        else:
-            raise TypeError(f"connect must be a callable or a connection string, not {connect!r}")
-        for hook_name, hook in (("check", check), ("configure", configure), ("reset", reset)):
-            if hook is not None and not callable(hook):
-                raise TypeError(f"{hook_name} must be callable or None, not {hook!r}")
-        name = name if name is not None else f"pool-{next(_names)}"
+        _check_hooks(connect, check=check, configure=configure, reset=reset)
+        timed = _psycopg_connect(connect) if isinstance(connect, str) else _timed(connect)
+        name = _pool_name(name)
         opener = timed if configure is None else _configured(timed, configure)
         self = super().__new__(
             cls,
@@ -94,11 +87,8 @@ class Pool(PoolCore):
             name=name,
             check=check,
             reset=reset,
-            on_leak=_leak_logger(name),
-            on_error=_error_logger(name),
-            transient=transient_error,
-            on_long_hold=_long_hold_logger(name, options["leak_threshold"]),
             options=options,
+            **_reporting(name, options),
         )
         self._maintenance = None
         self._start_maintenance()
@@ -192,6 +182,29 @@ def _pool_options(options: PoolOptions | None, kwargs: dict[str, Any]) -> PoolOp
     if not isinstance(options, PoolOptions):
         raise TypeError(f"options must be a PoolOptions, not {options!r}")
     return options
+
+
+def _check_hooks(connect: object, **hooks: object) -> None:
+    if not isinstance(connect, str) and not callable(connect):
+        raise TypeError(f"connect must be a callable or a connection string, not {connect!r}")
+    for hook_name, hook in hooks.items():
+        if hook is not None and not callable(hook):
+            raise TypeError(f"{hook_name} must be callable or None, not {hook!r}")
+
+
+def _pool_name(name: str | None) -> str:
+    return name if name is not None else f"pool-{next(_names)}"
+
+
+def _reporting(name: str, options: PoolOptions) -> dict[str, Any]:
+    """The engine's hooks that report (leaks, long holds, errors with no caller) and tell
+    a connect failure that may pass."""
+    return {
+        "on_leak": _leak_logger(name),
+        "on_error": _error_logger(name),
+        "transient": transient_error,
+        "on_long_hold": _long_hold_logger(name, options["leak_threshold"]),
+    }
 
 
 def _in(t: threading.Thread | _green.RealThread) -> bool:
