@@ -435,3 +435,37 @@ def test_a_broken_connection_is_replaced(pg):
         await pool.close()
 
     run(body)
+
+
+@pytest.mark.fault
+def test_while_the_server_is_down_checkouts_wait_on_the_loop_and_time_out_with_the_cause(
+    pg_throwaway,
+):
+    """Connect failures that may pass are retried within the timeout, one probe at a time
+    for the pool; the PoolTimeout carries the last one; once the server is back, the waiting
+    checkouts get connections."""
+    app = app_name("lido-aio-down")
+
+    async def body():
+        pool = AsyncPool(pg_throwaway.conninfo(tcp=True, application_name=app), max_size=2)
+        pg_throwaway.stop("fast")
+        results = await asyncio.gather(
+            *(pool.getconn(timeout=0.8) for _ in range(4)), return_exceptions=True
+        )
+        assert all(isinstance(r, PoolTimeout) for r in results), results
+        assert all(isinstance(r.__cause__, psycopg.OperationalError) for r in results)
+        assert pool.stats()["connections_errors"] < 40  # paced probes, not a connect storm
+        waiting = [asyncio.create_task(pool.getconn(timeout=20)) for _ in range(3)]
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(pg_throwaway.start)
+        first = await waiting[0]
+        second = await waiting[1]
+        await pool.putconn(first)
+        await pool.putconn(await waiting[2])
+        await pool.putconn(second)
+        s = pool.stats()
+        assert (s["in_use"], s["requests_waiting"]) == (0, 0)
+        assert s["pool_size"] <= 2
+        await pool.close()
+
+    run(body)

@@ -475,9 +475,11 @@ def _maintain_forever(
     awaited. It ends when the pool closes or its loop does."""
     delay, pause = 0.0, False
     while m.wait(delay, pause):
+        work = rounds()
         try:
-            fut = asyncio.run_coroutine_threadsafe(rounds(), loop)
+            fut = asyncio.run_coroutine_threadsafe(work, loop)
         except RuntimeError:
+            work.close()
             return  # the loop is closed
         try:
             result = _round_result(fut, loop)
