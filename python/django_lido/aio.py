@@ -56,6 +56,9 @@ _DONE, _CHECK, _CONNECT, _WAIT, _CLOSE = range(5)
 AsyncConnect = Callable[[float], Awaitable[Conn]]
 
 
+_running_loop = asyncio.get_running_loop
+
+
 def _wake(fut: asyncio.Future[None]) -> None:
     """What the engine's wake runs on the loop: the waiting task goes on."""
     if not fut.done():
@@ -310,21 +313,26 @@ class AsyncPool(PoolCore):
         self._maintenance = t
 
     def _loop_now(self) -> asyncio.AbstractEventLoop:
-        loop = asyncio.get_running_loop()
+        loop = _running_loop()
         if loop is not self._loop:
-            if self._loop is not None:
-                raise RuntimeError(
-                    f"AsyncPool {self.name!r} is bound to another event loop: its waiters and "
-                    f"connections belong to the loop it was first used on; make one pool per "
-                    f"loop (e.g. inside each asyncio.run()) and close it before its loop ends"
-                )
-            self._bind(loop)
+            self._bind_to(loop)
         return loop
+
+    def _bind_to(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not None:
+            raise RuntimeError(
+                f"AsyncPool {self.name!r} is bound to another event loop: its waiters and "
+                f"connections belong to the loop it was first used on; make one pool per "
+                f"loop (e.g. inside each asyncio.run()) and close it before its loop ends"
+            )
+        self._bind(loop)
 
     async def getconn(self, timeout: float | None = None) -> Conn:
         """Takes a connection, waiting up to ``timeout`` seconds (default: the pool's) on
         the event loop."""
-        loop = self._loop_now()
+        loop = _running_loop()  # the hot path: _loop_now() inlined
+        if loop is not self._loop:
+            self._bind_to(loop)
         co = _aio_checkout(self, timeout, loop)
         if type(co) is not AsyncCheckout:
             return co
@@ -370,7 +378,8 @@ class AsyncPool(PoolCore):
 
     async def putconn(self, conn: Conn) -> None:  # type: ignore[override]
         """Gives a connection back: rolled back, reset, then kept, handed on, or closed."""
-        self._loop_now()
+        if _running_loop() is not self._loop:
+            self._bind_to(_running_loop())
         r = _aio_putconn(self, conn, self._io.reset is not None)
         if r is None:
             return
