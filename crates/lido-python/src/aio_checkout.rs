@@ -167,23 +167,24 @@ impl AsyncCheckout {
                 Checkout::Wait(waiter) => {
                     self.queued = true;
                     let slot = Arc::clone(self.slot.as_ref().expect("a queued waiter has a slot"));
+                    // Held from here: if making the future fails, the place is given up.
+                    self.holding = Holding::Waiting(Arc::clone(&waiter), Arc::clone(&slot));
                     let until = inner.engine.wake_time(&waiter, self.deadline);
                     let event_loop = self.event_loop.bind(py);
                     let fut = event_loop.call_method0("create_future")?.unbind();
                     let threadsafe = event_loop.getattr("call_soon_threadsafe")?.unbind();
                     slot.arm(fut.clone_ref(py), threadsafe);
                     // After arming: a grant given before is seen here, one given after wakes.
-                    if let Some(grant) = waiter.try_take() {
-                        slot.disarm();
-                        inner.granted(&waiter, grant)?
-                    } else {
+                    let Some(grant) = waiter.try_take() else {
                         let secs = until
                             .saturating_duration_since(Instant::now())
                             .as_secs_f64();
-                        self.holding = Holding::Waiting(waiter, slot);
                         let arg = (fut, secs).into_pyobject(py)?;
                         return Ok((WAIT, arg.into_any().unbind()));
-                    }
+                    };
+                    slot.disarm();
+                    self.holding = Holding::Nothing;
+                    inner.granted(&waiter, grant)?
                 }
             };
         }
