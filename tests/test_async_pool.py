@@ -472,3 +472,29 @@ def test_while_the_server_is_down_checkouts_wait_on_the_loop_and_time_out_with_t
         await pool.close()
 
     run(body)
+
+
+def test_a_step_that_fails_or_is_dropped_leaves_the_queue(pg):
+    """The binding's steps on their own: a queued checkout whose future cannot be made
+    (a loop without create_future), or whose step object is dropped unfinished (a
+    coroutine never resumed), gives up its place; the connection returned later goes
+    idle instead of to a waiter nobody serves."""
+    from django_lido._lido import AsyncCheckout, _aio_checkout
+
+    async def body():
+        pool = make(pg, max_size=1)
+        held = await pool.getconn()
+        with pytest.raises(AttributeError, match="create_future"):
+            _aio_checkout(pool, 5.0, object())
+        assert pool.stats()["requests_waiting"] == 0
+        co = _aio_checkout(pool, 5.0, asyncio.get_running_loop())
+        assert type(co) is AsyncCheckout
+        assert pool.stats()["requests_waiting"] == 1
+        del co
+        assert pool.stats()["requests_waiting"] == 0
+        await pool.putconn(held)
+        s = pool.stats()
+        assert (s["idle"], s["in_use"]) == (1, 0)
+        await pool.close()
+
+    run(body)
