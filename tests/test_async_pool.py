@@ -498,3 +498,58 @@ def test_a_step_that_fails_or_is_dropped_leaves_the_queue(pg):
         await pool.close()
 
     run(body)
+
+
+EXIT_CHILD = """
+import asyncio, sys, threading, time
+from django_lido import AsyncPool
+conninfo, mode, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
+
+async def busy(ready):
+    pool = AsyncPool(conninfo, min_size=2, max_size=3, timeout=5)
+    async def worker():
+        while True:
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")
+    tasks = [asyncio.create_task(worker()) for _ in range(20)]
+    await asyncio.sleep(0.05)
+    ready.set()
+    await asyncio.gather(*tasks)
+
+async def left_open():
+    pool = AsyncPool(conninfo, min_size=2, max_size=3)
+    async with pool.connection() as conn:
+        await conn.execute("SELECT 1")
+
+if mode == "busy":
+    ready = threading.Event()
+    threading.Thread(target=lambda: asyncio.run(busy(ready)), daemon=True).start()
+    assert ready.wait(10)
+    time.sleep(delay)
+else:
+    asyncio.run(left_open())
+print("exiting", flush=True)
+"""
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("mode", ["busy", "left_open"])
+def test_exit_with_the_pool_busy_on_a_loop_thread_or_left_open(pg, mode):
+    """Interpreter exit while a loop thread is inside the pool's steps (the exit handler's
+    gate applies to them as to threads), or with a pool nobody closed (closed at exit
+    through the engine's sync close): a clean exit every time."""
+    import subprocess
+    import sys
+
+    for i in range(6):
+        p = subprocess.run(
+            [sys.executable, "-c", EXIT_CHILD, pg.conninfo(), mode, str(0.02 * i)],
+            capture_output=True,
+            text=True,
+            timeout=30,  # the watchdog
+            cwd="/",
+        )
+        out = p.stdout + p.stderr
+        assert p.returncode == 0, out[-2000:]
+        assert "exiting" in p.stdout
+        assert "Traceback" not in out and "Exception ignored" not in out, out[-2000:]

@@ -18,11 +18,13 @@ import inspect
 import logging
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+from django_lido import lifecycle
 from django_lido._lido import (
     AsyncCheckout,
     AsyncClose,
@@ -263,6 +265,7 @@ class AsyncPool(PoolCore):
     _io: _Io
     _timeout: float
     _maintenance: threading.Thread | None
+    _at_exit: _AtExit
 
     def __new__(
         cls,
@@ -293,6 +296,8 @@ class AsyncPool(PoolCore):
         self._timeout = float(options["timeout"])
         self._loop = None
         self._maintenance = None
+        self._at_exit = _AtExit(self)
+        lifecycle.register(self._at_exit)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -435,6 +440,30 @@ class AsyncPool(PoolCore):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class _AtExit:
+    """An AsyncPool as lifecycle.py sees it: closed at interpreter exit with the engine's
+    sync close (no loop is left to await on then; psycopg's close is a ``PQfinish``), as
+    ``Pool``s are. In a forked child it stays empty: its loop and maintenance thread are
+    the parent's."""
+
+    def __init__(self, pool: AsyncPool) -> None:
+        self._pool = weakref.ref(pool)
+
+    def _after_fork_in_child(self) -> None:
+        pass
+
+    def close(self, timeout: float = 1.0) -> None:
+        pool = self._pool()
+        if pool is None:
+            return
+        PoolCore.close(pool)
+        # Its maintenance thread leaves the engine's wait now, before finalization (a
+        # thread that takes the GIL back inside the binding then would abort the process).
+        t = pool._maintenance
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
 
 
 class _Rounds:

@@ -7,10 +7,10 @@
 //! `holding`; [`AsyncCheckout::abandon`] (the coroutine cancelled or failed) and `Drop`
 //! give it back, so a cancelled task never loses or leaks a slot.
 
-use crate::aio::{AsyncWake, Slot};
+use crate::aio::{entry, AsyncWake, Slot};
 use crate::aio_handles::{AsyncClose, AsyncPermit};
 use crate::errors::{acquire_error, PoolClosed};
-use crate::exit::check_not_exiting;
+use crate::exit::{check_not_exiting, Active};
 use crate::inner::Inner;
 use crate::leases::{attach_leak_watch, PyConn};
 use crate::options::timeout_arg;
@@ -283,16 +283,10 @@ fn waker(made: &mut Option<Arc<Slot>>) -> Box<dyn Wake> {
     Box::new(AsyncWake(slot))
 }
 
-#[pymethods]
+/// The steps after each awaited call, each acting until the next await.
 impl AsyncCheckout {
-    /// The first step to await, as `(code, arg)`.
-    #[getter]
-    fn pending(&mut self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.pending.take().map(|p| p.clone_ref(py))
-    }
-
     /// The round-trip check ended; `ok`: it answered in time.
-    fn checked(&mut self, py: Python<'_>, ok: bool) -> Step {
+    fn on_checked(&mut self, py: Python<'_>, ok: bool) -> Step {
         let Holding::Checking(conn) = std::mem::replace(&mut self.holding, Holding::Nothing) else {
             return Err(out_of_order("checked"));
         };
@@ -306,7 +300,7 @@ impl AsyncCheckout {
     }
 
     /// The connect for this checkout returned `conn` after `took` seconds.
-    fn connected(&mut self, py: Python<'_>, conn: Py<PyAny>, took: f64) -> Step {
+    fn on_connected(&mut self, py: Python<'_>, conn: Py<PyAny>, took: f64) -> Step {
         let Holding::Opening(permit) = std::mem::replace(&mut self.holding, Holding::Nothing)
         else {
             return Err(out_of_order("connected"));
@@ -332,7 +326,7 @@ impl AsyncCheckout {
 
     /// The connect for this checkout raised `error`: raised again at once unless the driver
     /// calls it transient; then the checkout asks again within its timeout.
-    fn connect_error(&mut self, py: Python<'_>, error: Bound<'_, PyAny>) -> Step {
+    fn on_connect_error(&mut self, py: Python<'_>, error: Bound<'_, PyAny>) -> Step {
         let Holding::Opening(permit) = std::mem::replace(&mut self.holding, Holding::Nothing)
         else {
             return Err(out_of_order("connect_error"));
@@ -352,7 +346,7 @@ impl AsyncCheckout {
     }
 
     /// The wait ended: the future was resolved, or its time ran out.
-    fn woke(&mut self, py: Python<'_>) -> Step {
+    fn on_woke(&mut self, py: Python<'_>) -> Step {
         let Holding::Waiting(waiter, slot) = std::mem::replace(&mut self.holding, Holding::Nothing)
         else {
             return Err(out_of_order("woke"));
@@ -379,11 +373,49 @@ impl AsyncCheckout {
     }
 
     /// A retired connection was closed: go on with the engine's next answer.
-    fn resume(&mut self, py: Python<'_>) -> Step {
+    fn on_resume(&mut self, py: Python<'_>) -> Step {
         if self.next.is_none() {
             return Err(out_of_order("resume"));
         }
         self.resume_next(py)
+    }
+}
+
+#[pymethods]
+impl AsyncCheckout {
+    /// The first step to await, as `(code, arg)`.
+    #[getter]
+    fn pending(&mut self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.pending.take().map(|p| p.clone_ref(py))
+    }
+
+    /// The round-trip check ended; `ok`: it answered in time.
+    fn checked(&mut self, py: Python<'_>, ok: bool) -> Step {
+        entry(py, "AsyncCheckout.checked", || self.on_checked(py, ok))
+    }
+
+    /// The connect for this checkout returned `conn` after `took` seconds.
+    fn connected(&mut self, py: Python<'_>, conn: Py<PyAny>, took: f64) -> Step {
+        entry(py, "AsyncCheckout.connected", || {
+            self.on_connected(py, conn, took)
+        })
+    }
+
+    /// The connect for this checkout raised `error`.
+    fn connect_error(&mut self, py: Python<'_>, error: Bound<'_, PyAny>) -> Step {
+        entry(py, "AsyncCheckout.connect_error", || {
+            self.on_connect_error(py, error)
+        })
+    }
+
+    /// The wait ended: the future was resolved, or its time ran out.
+    fn woke(&mut self, py: Python<'_>) -> Step {
+        entry(py, "AsyncCheckout.woke", || self.on_woke(py))
+    }
+
+    /// A retired connection was closed: go on with the engine's next answer.
+    fn resume(&mut self, py: Python<'_>) -> Step {
+        entry(py, "AsyncCheckout.resume", || self.on_resume(py))
     }
 
     /// Cancelled while connecting: the connect goes on in the background with the permit,
@@ -401,8 +433,11 @@ impl AsyncCheckout {
     }
 
     /// The coroutine was cancelled or failed: give back whatever this checkout holds.
-    fn abandon(&mut self, py: Python<'_>) {
-        self.settle(py);
+    fn abandon(&mut self, py: Python<'_>) -> PyResult<()> {
+        entry(py, "AsyncCheckout.abandon", || {
+            self.settle(py);
+            Ok(())
+        })
     }
 }
 
@@ -411,7 +446,10 @@ impl Drop for AsyncCheckout {
     /// back too.
     fn drop(&mut self) {
         if !matches!(self.holding, Holding::Nothing) || self.next.is_some() {
-            Python::attach(|py| self.settle(py));
+            Python::attach(|py| {
+                let _active = Active::enter(py);
+                self.settle(py);
+            });
         }
     }
 }

@@ -6,6 +6,7 @@
 //! `PQfinish` its `close()` does.
 
 use crate::aio::entry;
+use crate::exit::Active;
 use crate::inner::Inner;
 use crate::leases::{attach_leak_watch, Held, PyConn};
 use crate::maintainer::{next_run_in, Maintainer};
@@ -82,7 +83,10 @@ impl AsyncClose {
 impl Drop for AsyncClose {
     fn drop(&mut self) {
         if let Some(r) = self.retired.take() {
-            Python::attach(|py| self.inner.retire(py, r));
+            Python::attach(|py| {
+                let _active = Active::enter(py);
+                self.inner.retire(py, r);
+            });
         }
     }
 }
@@ -191,7 +195,10 @@ impl AsyncReturn {
 impl Drop for AsyncReturn {
     fn drop(&mut self) {
         if self.held.is_some() {
-            Python::attach(|py| self.settle(py));
+            Python::attach(|py| {
+                let _active = Active::enter(py);
+                self.settle(py);
+            });
         }
     }
 }
