@@ -553,3 +553,23 @@ def test_exit_with_the_pool_busy_on_a_loop_thread_or_left_open(pg, mode):
         assert p.returncode == 0, out[-2000:]
         assert "exiting" in p.stdout
         assert "Traceback" not in out and "Exception ignored" not in out, out[-2000:]
+
+
+def test_a_dropped_connection_frees_its_slot_for_a_waiter(pg, caplog):
+    import gc
+
+    async def body():
+        pool = make(pg, max_size=1)
+        conn = await pool.getconn()
+        waiter = asyncio.create_task(pool.getconn())
+        await eventually(lambda: pool.stats()["requests_waiting"] == 1, "queued")
+        del conn
+        gc.collect()
+        await pool.putconn(await waiter)  # the slot went to the waiter, who connected
+        s = pool.stats()
+        assert s["connections_leaked"] == 1
+        assert (s["in_use"], s["pool_size"]) == (0, 1)
+        await pool.close()
+
+    run(body)
+    assert "dropped by its holder" in caplog.text
