@@ -62,11 +62,15 @@ impl AsyncClose {
             .map(|r| r.conn.payload.obj.clone_ref(py))
     }
 
-    /// The close was awaited (whatever it raised): the slot is free again.
-    fn done(&mut self) {
-        if let Some(r) = self.retired.take() {
-            drop(self.inner.engine.retire_done(r));
-        }
+    /// The close was awaited (whatever it raised): the slot is free again, and goes to the
+    /// first waiter (whose wake runs Python: hence a section).
+    fn done(&mut self, py: Python<'_>) -> PyResult<()> {
+        entry(py, "AsyncClose.done", || {
+            if let Some(r) = self.retired.take() {
+                drop(self.inner.engine.retire_done(r));
+            }
+            Ok(())
+        })
     }
 
     /// The awaited close was cut short: closes it now, through the driver's sync hook.
@@ -265,7 +269,10 @@ impl AsyncPermit {
 impl Drop for AsyncPermit {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
-            self.inner.engine.open_unused(permit);
+            Python::attach(|py| {
+                let _active = Active::enter(py);
+                self.inner.engine.open_unused(permit);
+            });
         }
     }
 }
