@@ -159,8 +159,15 @@ class _Io:
 
     async def connect(self, seconds: float) -> Conn:
         # Bounded like the whole checkout, also for a connect that takes no timeout.
-        async with asyncio.timeout(max(seconds, 0.0)):
-            return await self.connect_hook(seconds)
+        try:
+            async with asyncio.timeout(max(seconds, 0.0)):
+                return await self.connect_hook(seconds)
+        except TimeoutError:
+            pass
+        # Raised outside the handler, with no context: the pool keeps the last connect
+        # error, and the cancelled connect's frames (its half-open connection with them)
+        # must not be kept alive by it.
+        raise TimeoutError(f"connection timeout expired ({seconds:.3f} s)")
 
     async def check(self, conn: Conn, seconds: float) -> bool:
         try:
