@@ -1,9 +1,11 @@
 """django-lido: a database connection pool with its engine in Rust.
 
 ``Pool`` works with any DB-API driver on its own; the Django database backends build on it.
+``AsyncPool`` is its asyncio counterpart for async drivers (psycopg's ``AsyncConnection``).
 """
 
 from django_lido._lido import __version__
+from django_lido.aio import AsyncPool
 from django_lido.drivers import Driver
 from django_lido.errors import (
     PoolClosed,
@@ -17,6 +19,7 @@ from django_lido.pool import Pool
 from django_lido.threads import close_connection
 
 __all__ = [
+    "AsyncPool",
     "Driver",
     "Pool",
     "PoolClosed",

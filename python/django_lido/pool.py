@@ -75,25 +75,10 @@ class Pool(PoolCore):
         options: PoolOptions | None = None,
         **kwargs: Any,
     ) -> Pool:
-        if options is None:
-            options = PoolOptions(**kwargs)
-        elif kwargs:
-            raise TypeError(
-                f"give pool options as keywords or as options=PoolOptions(...), not both "
-                f"(got options= and {', '.join(sorted(kwargs))})"
-            )
-        elif not isinstance(options, PoolOptions):
-            raise TypeError(f"options must be a PoolOptions, not {options!r}")
-        if isinstance(connect, str):
-            timed = _psycopg_connect(connect)
-        elif callable(connect):
-            timed = _timed(connect)
-        else:
-            raise TypeError(f"connect must be a callable or a connection string, not {connect!r}")
-        for hook_name, hook in (("check", check), ("configure", configure), ("reset", reset)):
-            if hook is not None and not callable(hook):
-                raise TypeError(f"{hook_name} must be callable or None, not {hook!r}")
-        name = name if name is not None else f"pool-{next(_names)}"
+        options = _pool_options(options, kwargs)
+        _check_hooks(connect, check=check, configure=configure, reset=reset)
+        timed = _psycopg_connect(connect) if isinstance(connect, str) else _timed(connect)
+        name = _pool_name(name)
         opener = timed if configure is None else _configured(timed, configure)
         self = super().__new__(
             cls,
@@ -102,11 +87,8 @@ class Pool(PoolCore):
             name=name,
             check=check,
             reset=reset,
-            on_leak=_leak_logger(name),
-            on_error=_error_logger(name),
-            transient=transient_error,
-            on_long_hold=_long_hold_logger(name, options["leak_threshold"]),
             options=options,
+            **_reporting(name, options),
         )
         self._maintenance = None
         self._start_maintenance()
@@ -188,6 +170,43 @@ class Pool(PoolCore):
         self._start_maintenance()
 
 
+def _pool_options(options: PoolOptions | None, kwargs: dict[str, Any]) -> PoolOptions:
+    """The options given as keywords, or as ``options=PoolOptions(...)``."""
+    if options is None:
+        return PoolOptions(**kwargs)
+    if kwargs:
+        raise TypeError(
+            f"give pool options as keywords or as options=PoolOptions(...), not both "
+            f"(got options= and {', '.join(sorted(kwargs))})"
+        )
+    if not isinstance(options, PoolOptions):
+        raise TypeError(f"options must be a PoolOptions, not {options!r}")
+    return options
+
+
+def _check_hooks(connect: object, **hooks: object) -> None:
+    if not isinstance(connect, str) and not callable(connect):
+        raise TypeError(f"connect must be a callable or a connection string, not {connect!r}")
+    for hook_name, hook in hooks.items():
+        if hook is not None and not callable(hook):
+            raise TypeError(f"{hook_name} must be callable or None, not {hook!r}")
+
+
+def _pool_name(name: str | None) -> str:
+    return name if name is not None else f"pool-{next(_names)}"
+
+
+def _reporting(name: str, options: PoolOptions) -> dict[str, Any]:
+    """The engine's hooks that report (leaks, long holds, errors with no caller) and tell
+    a connect failure that may pass."""
+    return {
+        "on_leak": _leak_logger(name),
+        "on_error": _error_logger(name),
+        "transient": transient_error,
+        "on_long_hold": _long_hold_logger(name, options["leak_threshold"]),
+    }
+
+
 def _in(t: threading.Thread | _green.RealThread) -> bool:
     """Whether the calling code runs in maintenance thread ``t``."""
     return isinstance(t, _green.RealThread) and t.is_current()
@@ -201,8 +220,7 @@ def _takes_timeout(connect: Callable[..., Conn]) -> bool:
     # Only a parameter named so: ``**kwargs`` often goes on to the driver, which would
     # take ``timeout`` for a connection parameter.
     return any(
-        p.name == "timeout" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        for p in params
+        p.name == "timeout" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params
     )
 
 

@@ -211,7 +211,7 @@ impl Inner {
     }
 
     /// Turns a grant into the next answer to act on.
-    fn granted(
+    pub(crate) fn granted(
         &self,
         waiter: &Arc<Waiter<PyConn>>,
         grant: Grant<PyConn>,
@@ -245,7 +245,7 @@ impl Inner {
 
     /// A wait ended by an error: leave the queue, and give back a grant that came at the
     /// last moment.
-    fn abandon(&self, py: Python<'_>, waiter: &Arc<Waiter<PyConn>>) {
+    pub(crate) fn abandon(&self, py: Python<'_>, waiter: &Arc<Waiter<PyConn>>) {
         match self.engine.cancel(waiter) {
             Some(Grant::Conn(conn, _)) => {
                 if let Some(retired) = self.engine.release(conn, true, Instant::now()) {
@@ -260,9 +260,20 @@ impl Inner {
     /// The `PoolTimeout` for `req`; while the server is down, or if a connect failed for
     /// the request, it says so and carries the last connect failure as its `__cause__`.
     fn timed_out(&self, py: Python<'_>, req: &Request<'_>) -> PyErr {
+        self.timeout_error(py, req.timeout, req.connect_failed)
+    }
+
+    /// The `PoolTimeout` of a checkout that waited `timeout`; `connect_failed`: a connect
+    /// made for it failed.
+    pub(crate) fn timeout_error(
+        &self,
+        py: Python<'_>,
+        timeout: Duration,
+        connect_failed: bool,
+    ) -> PyErr {
         self.engine.stats().timeouts.fetch_add(1, Relaxed);
-        let err = acquire_error(self.engine.timeout_error(req.timeout));
-        if let Some(cause) = self.connect_error_cause(py, req.connect_failed) {
+        let err = acquire_error(self.engine.timeout_error(timeout));
+        if let Some(cause) = self.connect_error_cause(py, connect_failed) {
             err.set_cause(py, Some(cause));
         }
         err

@@ -189,7 +189,12 @@ impl Inner {
     pub(crate) fn open(&self, py: Python<'_>, time_left: Duration) -> PyResult<(PyConn, Duration)> {
         let t0 = Instant::now();
         let obj = self.hooks.connect.call1(py, (time_left.as_secs_f64(),))?;
-        let took = t0.elapsed();
+        Ok((self.adopt(py, obj)?, t0.elapsed()))
+    }
+
+    /// What the pool keeps for a connection just opened (the asyncio pool opens its own):
+    /// the driver learned at the first, the socket and the status source read once.
+    pub(crate) fn adopt(&self, py: Python<'_>, obj: Py<PyAny>) -> PyResult<PyConn> {
         let driver = self.driver.get_or_try_init(py, || {
             Driver::learn(py, &self.hooks.driver_for, obj.bind(py))
         })?;
@@ -199,13 +204,12 @@ impl Inner {
             .and_then(|v| v.extract::<i32>(py))
             .unwrap_or(-1);
         let status_source = driver.status_source(py, obj.bind(py))?;
-        let conn = PyConn {
+        Ok(PyConn {
             status_source,
             watch: py.None(),
             obj,
             fd,
-        };
-        Ok((conn, took))
+        })
     }
 
     /// A connect with `slot` failed with `e`: asks the `transient` hook whether the failure

@@ -29,6 +29,11 @@ mod fork; // os.fork(): the child leaves the parent's connections alone
 mod leases; // connections in use, LeakWatch, a fork parent's connections
 mod maintainer; // Maintainer: the maintenance thread's handle
 
+// asyncio: AsyncPool's steps between awaited driver calls.
+mod aio; // AsyncWake (a queued task's future), the entry points
+mod aio_checkout; // AsyncCheckout: one async getconn, step by step
+mod aio_handles; // AsyncReturn, AsyncClose, AsyncPermit; async maintenance rounds
+
 // What the Django backends ask of the engine.
 mod statement; // changes_session: the statement hook's classifier
 
@@ -41,6 +46,15 @@ fn _lido(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<leases::LeakWatch>()?;
     m.add_class::<maintainer::Maintainer>()?;
     m.add_function(wrap_pyfunction!(exit::_interpreter_exiting, m)?)?;
+    m.add_class::<aio_checkout::AsyncCheckout>()?;
+    m.add_class::<aio_handles::AsyncClose>()?;
+    m.add_class::<aio_handles::AsyncReturn>()?;
+    m.add_class::<aio_handles::AsyncPermit>()?;
+    m.add_function(wrap_pyfunction!(aio::_aio_checkout, m)?)?;
+    m.add_function(wrap_pyfunction!(aio::_aio_putconn, m)?)?;
+    m.add_function(wrap_pyfunction!(aio::_aio_close, m)?)?;
+    m.add_function(wrap_pyfunction!(aio_handles::_aio_maintain, m)?)?;
+    m.add_function(wrap_pyfunction!(aio_handles::_aio_next_round, m)?)?;
     m.add_function(wrap_pyfunction!(statement::changes_session, m)?)?;
     m.add_class::<options::PoolOptions>()?;
     m.add("OPTIONS", options::option_table(py)?)?;

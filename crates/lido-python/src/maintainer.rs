@@ -111,7 +111,7 @@ fn open_idle(
 /// Seconds until the next round: a back-off after a failed open (the engine's pace while
 /// the server is taken to be down), else until the next connection is due for closing (at
 /// most a minute).
-fn next_run_in(inner: &Inner, failed: bool, next_due: Option<Instant>) -> f64 {
+pub(crate) fn next_run_in(inner: &Inner, failed: bool, next_due: Option<Instant>) -> f64 {
     if failed && inner.engine.server_down() {
         // The engine paces the probes while the server is down (at most one every 0.5 s):
         // look again at that pace, so min_size is refilled soon after the server is back.

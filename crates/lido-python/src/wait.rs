@@ -5,9 +5,9 @@
 //! given; it never knows how the caller waits. [`ParkThread`] parks the OS thread without
 //! the GIL. Under gevent, [`GreenletWait`](crate::green::GreenletWait) hands the engine a
 //! `Wake` that wakes the waiting greenlet through the hub, and waits by switching to the
-//! hub. An asyncio one would hand it
-//! a `Wake` that resolves a future through `call_soon_threadsafe`; since its wait is an
-//! await, a coroutine would drive getconn's steps (checkout.rs) in place of its loop.
+//! hub. Under asyncio, [`AsyncWake`](crate::aio::AsyncWake) resolves the future a task
+//! awaits; since that wait is an await, a coroutine drives getconn's steps
+//! ([`AsyncCheckout`](crate::aio_checkout::AsyncCheckout)) in place of its loop.
 
 use crate::exit::outside_section;
 use crate::leases::PyConn;
