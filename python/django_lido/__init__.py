@@ -3,6 +3,7 @@
 ``Pool`` works with any DB-API driver on its own; the Django database backends build on it.
 """
 
+from django_lido._green import BlockingDriverWarning
 from django_lido._lido import __version__
 from django_lido.drivers import Driver
 from django_lido.errors import (
@@ -17,6 +18,7 @@ from django_lido.pool import Pool
 from django_lido.threads import close_connection
 
 __all__ = [
+    "BlockingDriverWarning",
     "Driver",
     "Pool",
     "PoolClosed",
