@@ -1,0 +1,122 @@
+"""Django under a real ``gunicorn`` (harness/gunicorn_server.py) on the throwaway
+PostgreSQL: sync, gthread and gevent (psycopg2 + psycogreen) workers under bounded load, and
+``--preload``, where the master's import-time connection must not outlive the start.
+
+Each asserts no errors, server connections within the workers' budget (workers x
+``max_size``), and ``in_use`` 0 in every worker at its exit. gunicorn's own bounds (the
+start-up wait, the graceful stop) and the load's deadline are the watchdogs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django_helpers import LIDO_ENGINE, unique
+
+from harness.asgi_server import ServerConnections, drive
+from harness.gunicorn_server import TABLE_SQL, GunicornServer, write_project
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("gunicorn") is None, reason="gunicorn is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def table(pg: Any) -> Any:
+    pg.execute(TABLE_SQL)
+    return pg
+
+
+def entry(pg: Any, app: str, **pool: Any) -> dict[str, Any]:
+    params = pg._conn_params(dbname="postgres", tcp=False)
+    return {
+        "ENGINE": LIDO_ENGINE,
+        "NAME": "postgres",
+        "USER": params.get("user", ""),
+        "PASSWORD": params.get("password", ""),
+        "HOST": params["host"],
+        "PORT": params["port"],
+        "CONN_MAX_AGE": 0,
+        "OPTIONS": {"application_name": app, "pool": {"timeout": 10, **pool}},
+    }
+
+
+def _serve_and_load(
+    root: Path,
+    pg: Any,
+    app: str,
+    *,
+    budget: int,
+    requests: int,
+    concurrency: int,
+    **server: Any,
+) -> list[dict[str, Any]]:
+    """Serves, drives the load, stops; checks the load and the server connections and
+    returns the workers' exit statistics."""
+    gunicorn = GunicornServer(root, **server)
+    with ServerConnections(pg, app, interval=0.01) as seen:
+        gunicorn.start()
+        try:
+            load = drive(
+                gunicorn.port, ["/orm", "/slow"], requests=requests, concurrency=concurrency,
+                request_timeout=15, deadline=60,
+            )  # fmt: skip
+        finally:
+            code = gunicorn.stop()
+    print(load.summary(), f"peak server connections {seen.peak}")
+    assert code == 0, gunicorn.log_tail()
+    assert load.finished, load.summary()
+    assert load.ok == load.sent == requests, (load.summary(), load.errors, gunicorn.log_tail())
+    assert "Traceback" not in gunicorn.log_tail(1000), gunicorn.log_tail()
+    assert 1 <= seen.peak <= budget, seen.peak
+    stats = gunicorn.process_stats()
+    workers = server.get("workers", 1)
+    assert 1 <= len(stats) <= workers, stats
+    for process in stats:
+        assert len(process["pools"]) == 1, process
+        pool = process["pools"][0]
+        assert pool["in_use"] == 0 and pool["requests_timeouts"] == 0, process
+        assert pool["pool_size"] <= pool["pool_max"], process
+    return stats
+
+
+def test_sync_workers(table: Any, tmp_path: Path) -> None:
+    app = unique("lido_gunicorn_sync")
+    write_project(tmp_path, databases={"default": entry(table, app, max_size=2)})
+    _serve_and_load(
+        tmp_path, table, app, budget=2 * 2, requests=300, concurrency=8,
+        worker_class="sync", workers=2,
+    )  # fmt: skip
+
+
+def test_gthread_workers_share_a_pool_smaller_than_their_threads(
+    table: Any, tmp_path: Path
+) -> None:
+    app = unique("lido_gunicorn_gthread")
+    write_project(tmp_path, databases={"default": entry(table, app, max_size=3)})
+    stats = _serve_and_load(
+        tmp_path, table, app, budget=2 * 3, requests=400, concurrency=24,
+        worker_class="gthread", workers=2, threads=8,
+    )  # fmt: skip
+    # 8 threads per worker on 3 connections: some requests waited for a connection.
+    assert sum(p["pools"][0]["requests_queued"] for p in stats) > 0, stats
+
+
+def test_gevent_worker_with_psycopg2_and_psycogreen(table: Any, tmp_path: Path) -> None:
+    pytest.importorskip("gevent")
+    pytest.importorskip("psycopg2")
+    pytest.importorskip("psycogreen")
+    app = unique("lido_gunicorn_gevent2")
+    write_project(
+        tmp_path, databases={"default": entry(table, app, max_size=4)}, psycogreen=True,
+        hide_psycopg=True,
+    )  # fmt: skip
+    stats = _serve_and_load(
+        tmp_path, table, app, budget=4, requests=600, concurrency=30,
+        worker_class="gevent", workers=1, worker_connections=100,
+    )  # fmt: skip
+    assert stats[0]["pools"][0]["requests_queued"] > 0, stats
+    log = (tmp_path / "gunicorn.log").read_text()
+    assert "BlockingDriverWarning" not in log, log  # psycogreen made psycopg2 cooperative
