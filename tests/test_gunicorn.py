@@ -9,6 +9,10 @@ start-up wait, the graceful stop) and the load's deadline are the watchdogs."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +124,84 @@ def test_gevent_worker_with_psycopg2_and_psycogreen(table: Any, tmp_path: Path) 
     assert stats[0]["pools"][0]["requests_queued"] > 0, stats
     log = (tmp_path / "gunicorn.log").read_text()
     assert "BlockingDriverWarning" not in log, log  # psycogreen made psycopg2 cooperative
+
+
+def _count(pg: Any, app: str) -> int:
+    rows = pg.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,))
+    return int(rows[0][0])
+
+
+def test_preload_master_keeps_no_connection(table: Any, tmp_path: Path) -> None:
+    """``--preload``: the master imports the application, which runs a query and keeps
+    its connection (no request ends there to give it back); after it forks the workers it
+    keeps none, so at steady state the server has exactly the workers' connections (one
+    each: a sync worker serves one request at a time)."""
+    app = unique("lido_gunicorn_preload")
+    write_project(
+        tmp_path, databases={"default": entry(table, app, max_size=2)}, query_at_import=True
+    )
+    gunicorn = GunicornServer(tmp_path, worker_class="sync", workers=2, preload=True)
+    with gunicorn:
+        (imported,) = gunicorn.import_queries()
+        assert gunicorn.proc is not None and imported["pid"] == gunicorn.proc.pid
+        load = drive(gunicorn.port, ["/orm"], requests=100, concurrency=4, deadline=30)
+        assert load.ok == load.sent == 100, (load.summary(), gunicorn.log_tail())
+        # Steady state: the workers' connections, and nothing of the master's.
+        deadline = time.monotonic() + 10
+        while (n := _count(table, app)) != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        backends = table.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app,)
+        )
+        assert n == 2, (n, backends, gunicorn.log_tail())
+        assert imported["backend"] not in {b for (b,) in backends}, (imported, backends)
+        assert len(gunicorn.worker_pids()) == 2
+    assert "Traceback" not in gunicorn.log_tail(1000), gunicorn.log_tail()
+
+
+# A process with a filled pool (min_size 2) and one still filling forks; the child exits at
+# once. The parent then keeps no idle connection, does not fill min_size again, and still
+# serves.
+_FORKS = """
+import json, os, sys, time
+import psycopg
+from django_lido import Pool
+def make():
+    return Pool(lambda: psycopg.connect(sys.argv[1], application_name=sys.argv[2]),
+                min_size=2, max_size=3, timeout=5)
+filled = make()
+deadline = time.monotonic() + 10
+while filled.stats()["idle"] < 2 and time.monotonic() < deadline:
+    time.sleep(0.01)
+before = filled.stats()
+filling = make()  # its maintenance is opening two connections while the process forks
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+after = filled.stats()
+time.sleep(1.0)  # the maintenance would fill min_size within this
+later = [filled.stats(), filling.stats()]
+with filled.connection() as conn:
+    conn.execute("SELECT 1")
+served = filled.stats()
+print(json.dumps([before, after, later, served], default=str))
+filled.close()
+filling.close()
+"""
+
+
+def test_a_process_that_forks_keeps_no_idle_connections(pg: Any) -> None:
+    app = unique("lido_forks")
+    p = subprocess.run(
+        [sys.executable, "-c", _FORKS, pg.conninfo(), app],
+        capture_output=True, text=True, timeout=60, cwd="/",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    before, after, later, served = json.loads(p.stdout.strip().splitlines()[-1])
+    assert (before["idle"], before["pool_min"]) == (2, 2), before
+    assert (after["idle"], after["pool_size"], after["pool_min"]) == (0, 0, 0), after
+    for pool in later:
+        assert pool["pool_size"] == 0 and pool["pool_min"] == 0, pool
+    assert served["in_use"] == 0 and served["pool_size"] == 1, served
+    assert _count(pg, app) == 0  # the child never closed the parent's; the parent did
