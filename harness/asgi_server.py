@@ -360,11 +360,13 @@ def drive(
 
 class ServerConnections:
     """Samples, in a thread, how many server connections ``application_name`` has
-    (``pg_stat_activity``); ``peak`` is the most seen."""
+    (``pg_stat_activity``); ``peak`` is the most seen, ``samples`` every
+    ``(time.monotonic(), count)`` read."""
 
     def __init__(self, pg: Any, application_name: str, interval: float = 0.05) -> None:
         self.pg, self.app, self.interval = pg, application_name, interval
         self.peak = 0
+        self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -383,7 +385,9 @@ class ServerConnections:
                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
                     (self.app,),
                 ).fetchone()
-                self.peak = max(self.peak, int(n[0]) if n else 0)
+                count = int(n[0]) if n else 0
+                self.samples.append((time.monotonic(), count))
+                self.peak = max(self.peak, count)
                 self._stop.wait(self.interval)
 
     def __enter__(self) -> ServerConnections:
