@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument(
         "--gevent", action="store_true",
-        help="every process of the run calls gevent.monkey.patch_all() first",
+        help="every process of the run calls gevent.monkey.patch_all() first (with "
+        "--parallel 1: Django's parallel runner hangs in a patched process)",
     )  # fmt: skip
     parser.add_argument(
         "--database-url",
