@@ -311,9 +311,10 @@ def test_django_suite_under_gevent_no_regression(
 ) -> None:
     """The gevent worker model: every process patched by ``patch_all()`` first, on psycopg
     3 (gevent-aware), in one process (Django's parallel runner hangs in a patched process,
-    with the stock backend too). Two tests of ``basic`` (``asave`` with positional arguments) fail with stock
-    too: ``sync_to_async`` runs in a greenlet of the event loop's own thread, which Django
-    refuses (``SynchronousOnlyOperation``); compare() does not count them."""
+    with the stock backend too). With Django 5.2 two tests of ``basic`` (``asave`` with
+    positional arguments) fail with stock too: ``sync_to_async`` runs in a greenlet of the event
+    loop's own thread, which Django refuses (``SynchronousOnlyOperation``); compare() does
+    not count them."""
     pytest.importorskip("gevent")
     _need_driver("psycopg")
     _run_both(suite_pg, django_src, tmp_path, driver="psycopg", gevent=True)
