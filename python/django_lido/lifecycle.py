@@ -100,42 +100,40 @@ def keep_no_idle(pool: _ForkAware) -> None:
     that the fork does not wait for them."""
     if pool.closed:
         return
-    stats = pool.stats()
-    if stats["pool_min"]:
-        pool.resize(0, stats["pool_max"])
-    _close_idle(pool)
+    max_size = pool.stats()["pool_max"]
+    _close_idle(pool, max_size)
     if pool.stats()["opening"]:
         ref = weakref.ref(pool)
         threading.Thread(
-            target=_close_idle_once_opened, args=(ref,), name="lido-after-fork", daemon=True
-        ).start()
+            target=_close_idle_once_opened, args=(ref, max_size), name="lido-after-fork",
+            daemon=True,
+        ).start()  # fmt: skip
 
 
-def _close_idle(pool: _ForkAware) -> None:
-    taken = []
+def _close_idle(pool: _ForkAware, max_size: int) -> None:
+    """A resize to ``max_size`` 1 closes every idle connection while another is in use (its
+    statistics count them as closed by a resize); with none in use, this takes one first,
+    and closes it itself (it is counted as returned broken)."""
+    taken = None
+    stats = pool.stats()
+    if stats["idle"] and not stats["in_use"]:
+        with contextlib.suppress(PoolError):  # others took it: they are in use now
+            taken = pool.getconn(_TAKE_IDLE)
     try:
-        # Idle connections are handed out before any is opened; at most as many takes as
-        # there were idle ones, so a connection opened meanwhile is never closed here.
-        for _ in range(pool.stats()["idle"]):
-            if pool.stats()["idle"] == 0:
-                break
-            try:
-                conn = pool.getconn(_TAKE_IDLE)
-            except PoolError:  # other threads took them: they come back later
-                break
-            taken.append(conn)
-            conn.close()  # closed, it is discarded when it goes back
+        pool.resize(0, 1)
     finally:
-        for conn in taken:
-            pool.putconn(conn)
+        pool.resize(0, max_size)
+        if taken is not None:
+            taken.close()  # closed, it is discarded when it goes back
+            pool.putconn(taken)
 
 
-def _close_idle_once_opened(ref: weakref.ref[_ForkAware]) -> None:
+def _close_idle_once_opened(ref: weakref.ref[_ForkAware], max_size: int) -> None:
     deadline = time.monotonic() + _OPENING_WAIT
     while (pool := ref()) is not None and not pool.closed and time.monotonic() < deadline:
         if not pool.stats()["opening"]:
             with contextlib.suppress(Exception):
-                _close_idle(pool)
+                _close_idle(pool, max_size)
             return
         del pool
         time.sleep(0.01)
