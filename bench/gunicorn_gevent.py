@@ -3,9 +3,10 @@ django-db-geventpool and stock Django (CONN_MAX_AGE 0 and 60), in one run.
 
 Each run starts a fresh ``gunicorn -k gevent --workers 2`` (harness/gunicorn_server.py) on a
 throwaway PostgreSQL and drives ``/orm`` (three ORM queries) from 100 concurrent clients
-for ``--seconds``, from a cold start (no warm-up: the first connections are part of the
-run). The pools get ``--max-size`` connections per worker (``min_size`` equal, as Django's
-native pool is usually sized; django-db-geventpool: ``MAX_CONNS``). Printed per run and,
+(threads in ``--client-procs`` processes) for ``--seconds``, from a cold start (no
+warm-up: the first connections are part of the run). The pools get ``--max-size``
+connections per worker (``min_size`` equal, as Django's native pool is usually sized;
+django-db-geventpool: ``MAX_CONNS``). Printed per run and,
 over the ``--rounds`` (the variants interleaved, their order rotated each round), as the
 median with the range: requests/s, p50 and p99 latency, the peak of server connections
 (``pg_stat_activity`` by application_name, sampled every 10 ms) over the whole run and in
@@ -31,7 +32,7 @@ from typing import Any
 
 import _common  # noqa: F401  (puts the repository root, with harness/, on sys.path)
 
-from harness.asgi_server import ServerConnections, drive
+from harness.asgi_server import ServerConnections, drive_processes
 from harness.gunicorn_server import TABLE_SQL, GunicornServer, write_project
 from harness.servers import postgres_for_tests
 
@@ -99,7 +100,7 @@ class Result:
         )
 
 
-def run_one(pg: Any, label: str, make: Any, seconds: float, n: int) -> Result:
+def run_one(pg: Any, label: str, make: Any, seconds: float, n: int, client_procs: int) -> Result:
     root = Path(tempfile.mkdtemp(prefix="lido_gunicorn_bench_"))
     app = f"lido_bench_{label}_{n}".replace("-", "_")
     try:
@@ -111,9 +112,9 @@ def run_one(pg: Any, label: str, make: Any, seconds: float, n: int) -> Result:
             server.start()
             try:
                 start = time.monotonic()
-                load = drive(
+                load = drive_processes(
                     server.port, ["/orm"], requests=10**9, concurrency=CLIENTS,
-                    request_timeout=10, deadline=seconds,
+                    processes=client_procs, request_timeout=10, deadline=seconds,
                 )  # fmt: skip
             finally:
                 if server.stop() is None:
@@ -143,6 +144,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-size", type=int, default=10, help="connections per worker")
     ap.add_argument("--only", default="", help="comma-separated variant labels")
+    ap.add_argument(
+        "--client-procs", type=int, default=2, help="client processes sharing the 100 clients"
+    )
     args = ap.parse_args()
     chosen = variants(args.max_size)
     if args.only:
@@ -154,7 +158,7 @@ def main() -> None:
     print(
         f"gunicorn -k gevent --workers {WORKERS}, {CLIENTS} clients, /orm (3 ORM queries), "
         f"{args.max_size} connections per worker, {args.seconds:g} s per run from a cold "
-        f"start, {args.rounds} rounds interleaved",
+        f"start, {args.rounds} rounds interleaved, clients in {args.client_procs} processes",
         flush=True,
     )
     results: dict[str, list[Result]] = {label: [] for label in chosen}
@@ -167,7 +171,7 @@ def main() -> None:
             shift = r % len(labels)
             for label in labels[shift:] + labels[:shift]:
                 n += 1
-                res = run_one(pg, label, chosen[label][1], args.seconds, n)
+                res = run_one(pg, label, chosen[label][1], args.seconds, n, args.client_procs)
                 results[label].append(res)
                 print(f"  round {r + 1} {label:>10}: {res.line()}", flush=True)
     finally:

@@ -358,6 +358,51 @@ def drive(
     return load
 
 
+def drive_processes(
+    port: int,
+    paths: list[str],
+    *,
+    requests: int,
+    concurrency: int,
+    processes: int,
+    request_timeout: float = 10.0,
+    deadline: float = 60.0,
+) -> Load:
+    """``drive`` split over ``processes`` client processes (each ``concurrency / processes``
+    threads, its share of ``requests``), so that the clients' own GIL does not cap the load;
+    the results merged into one ``Load``."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as ex:
+        futures = [
+            ex.submit(
+                drive,
+                port,
+                paths,
+                requests=requests * n // concurrency,
+                concurrency=n,
+                request_timeout=request_timeout,
+                deadline=deadline,
+            )
+            for n in shares
+            if n
+        ]
+        parts = [f.result(timeout=deadline + request_timeout + 60) for f in futures]
+    load = Load()
+    for part in parts:
+        load.sent += part.sent
+        load.statuses.update(part.statuses)
+        load.timeouts += part.timeouts
+        load.other_errors += part.other_errors
+        load.errors.extend(part.errors[: 5 - len(load.errors)])
+        load.latencies.extend(part.latencies)
+        load.elapsed = max(load.elapsed, part.elapsed)
+        load.finished = load.finished and part.finished
+    return load
+
+
 class ServerConnections:
     """Samples, in a thread, how many server connections ``application_name`` has
     (``pg_stat_activity``); ``peak`` is the most seen, ``samples`` every
