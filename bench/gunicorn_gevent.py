@@ -33,6 +33,7 @@ from typing import Any
 import _common  # noqa: F401  (puts the repository root, with harness/, on sys.path)
 
 from harness.asgi_server import ServerConnections, drive_processes
+from harness.django_db import postgres_entry
 from harness.gunicorn_server import TABLE_SQL, GunicornServer, write_project
 from harness.servers import postgres_for_tests
 
@@ -41,17 +42,7 @@ CLIENTS = 100
 
 
 def _base(pg: Any, app: str, engine: str, age: int, options: dict[str, Any]) -> dict[str, Any]:
-    params = pg._conn_params(dbname="postgres", tcp=False)
-    return {
-        "ENGINE": engine,
-        "NAME": "postgres",
-        "USER": params.get("user", ""),
-        "PASSWORD": params.get("password", ""),
-        "HOST": params["host"],
-        "PORT": params["port"],
-        "CONN_MAX_AGE": age,
-        "OPTIONS": {"application_name": app, **options},
-    }
+    return postgres_entry(pg, engine=engine, app=app, conn_max_age=age, **options)
 
 
 def variants(size: int) -> dict[str, tuple[str | None, Any]]:

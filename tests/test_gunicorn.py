@@ -20,6 +20,7 @@ import pytest
 from django_helpers import LIDO_ENGINE, unique
 
 from harness.asgi_server import ServerConnections, drive
+from harness.django_db import postgres_entry
 from harness.gunicorn_server import TABLE_SQL, GunicornServer, write_project
 
 pytestmark = pytest.mark.skipif(
@@ -34,17 +35,7 @@ def table(pg: Any) -> Any:
 
 
 def entry(pg: Any, app: str, **pool: Any) -> dict[str, Any]:
-    params = pg._conn_params(dbname="postgres", tcp=False)
-    return {
-        "ENGINE": LIDO_ENGINE,
-        "NAME": "postgres",
-        "USER": params.get("user", ""),
-        "PASSWORD": params.get("password", ""),
-        "HOST": params["host"],
-        "PORT": params["port"],
-        "CONN_MAX_AGE": 0,
-        "OPTIONS": {"application_name": app, "pool": {"timeout": 10, **pool}},
-    }
+    return postgres_entry(pg, engine=LIDO_ENGINE, app=app, pool={"timeout": 10, **pool})
 
 
 def _serve_and_load(
