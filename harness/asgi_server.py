@@ -358,13 +358,60 @@ def drive(
     return load
 
 
+def drive_processes(
+    port: int,
+    paths: list[str],
+    *,
+    requests: int,
+    concurrency: int,
+    processes: int,
+    request_timeout: float = 10.0,
+    deadline: float = 60.0,
+) -> Load:
+    """``drive`` split over ``processes`` client processes (each ``concurrency / processes``
+    threads, its share of ``requests``), so that the clients' own GIL does not cap the load;
+    the results merged into one ``Load``."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as ex:
+        futures = [
+            ex.submit(
+                drive,
+                port,
+                paths,
+                requests=requests * n // concurrency,
+                concurrency=n,
+                request_timeout=request_timeout,
+                deadline=deadline,
+            )
+            for n in shares
+            if n
+        ]
+        parts = [f.result(timeout=deadline + request_timeout + 60) for f in futures]
+    load = Load()
+    for part in parts:
+        load.sent += part.sent
+        load.statuses.update(part.statuses)
+        load.timeouts += part.timeouts
+        load.other_errors += part.other_errors
+        load.errors.extend(part.errors[: 5 - len(load.errors)])
+        load.latencies.extend(part.latencies)
+        load.elapsed = max(load.elapsed, part.elapsed)
+        load.finished = load.finished and part.finished
+    return load
+
+
 class ServerConnections:
     """Samples, in a thread, how many server connections ``application_name`` has
-    (``pg_stat_activity``); ``peak`` is the most seen."""
+    (``pg_stat_activity``); ``peak`` is the most seen, ``samples`` every
+    ``(time.monotonic(), count)`` read."""
 
     def __init__(self, pg: Any, application_name: str, interval: float = 0.05) -> None:
         self.pg, self.app, self.interval = pg, application_name, interval
         self.peak = 0
+        self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -383,7 +430,9 @@ class ServerConnections:
                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
                     (self.app,),
                 ).fetchone()
-                self.peak = max(self.peak, int(n[0]) if n else 0)
+                count = int(n[0]) if n else 0
+                self.samples.append((time.monotonic(), count))
+                self.peak = max(self.peak, count)
                 self._stop.wait(self.interval)
 
     def __enter__(self) -> ServerConnections:

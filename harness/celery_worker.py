@@ -14,15 +14,15 @@ the ``stats()`` of every django_lido pool it has open (none for stock Django).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Self
+
+from harness.process import kill_group, terminate
 
 PACKAGE = "celeryproj"
 TABLE = "celery_item"
@@ -195,28 +195,13 @@ class CeleryWorker:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """Warm shutdown; returns the exit code (None if it had to be killed)."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                return None
-        self._proc = None
-        return proc.returncode
+        proc, self._proc = self._proc, None
+        return None if proc is None else terminate(proc, timeout)
 
     def kill(self) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        self._proc = None
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            kill_group(proc)
 
     def process_stats(self) -> list[dict[str, Any]]:
         """What each exited worker process wrote: ``{"pid", "pools": [stats, ...]}``."""

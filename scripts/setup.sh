@@ -35,6 +35,8 @@ DEV_REQS=(
   "redis>=6.4,<8"
   "gevent>=24"
   "eventlet>=0.36"
+  "psycogreen>=1.0.2"
+  "django-db-geventpool>=4.0"
 )
 # Python 3.13 runs the other supported Django (6.1, which needs Python >= 3.12).
 PY313_REQS=(
@@ -54,6 +56,7 @@ PY313_REQS=(
   "celery>=5.5,<6"
   "redis>=6.4,<8"
   "uvicorn>=0.30"
+  "psycogreen>=1.0.2"
 )
 
 as_root() {

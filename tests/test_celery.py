@@ -50,7 +50,9 @@ def _sessions(pg: Any, dbname: str) -> int:
     return int(rows[0][0])
 
 
-def _run(pg: Any, redis: RedisServer, pool: str, max_size: int) -> dict[str, Any]:
+def _run(
+    pg: Any, redis: RedisServer, pool: str, max_size: int, concurrency: int = CONCURRENCY
+) -> dict[str, Any]:
     if pg.execute("SHOW server_version_num")[0][0] < "140000":
         pytest.skip("pg_stat_database.sessions needs PostgreSQL 14")
     dbname = unique("celery")
@@ -64,18 +66,25 @@ def _run(pg: Any, redis: RedisServer, pool: str, max_size: int) -> dict[str, Any
         broker, backend = redis.broker_url(), redis.backend_url()
         config = write_project(directory, databases, broker, backend, apps=("django_lido",))
         before = _sessions(pg, dbname)
-        worker = CeleryWorker(directory, config, pool=pool, concurrency=CONCURRENCY)
-        with worker:
+        worker = CeleryWorker(directory, config, pool=pool, concurrency=concurrency)
+        worker.start()
+        try:
             start = time.monotonic()
             try:
                 results = run_tasks_in_subprocess(broker, backend, TASKS, timeout=TASKS_TIMEOUT)
             except Exception as exc:
                 raise AssertionError(f"{exc!r}\n{worker.log_tail()}") from exc
             elapsed = time.monotonic() - start
+        finally:
+            # A warm shutdown (SIGTERM) that does not end within its bound gives None.
+            exit_code = worker.stop()
+            if exit_code is None:
+                worker.kill()
         # The worker has stopped: every backend it had has exited and flushed its counters.
         return {
             "results": results,
             "elapsed": elapsed,
+            "exit": exit_code,
             "sessions": _sessions(pg, dbname) - before,
             "stats": worker.process_stats(),
             "log": worker.log_tail(100_000),
@@ -128,6 +137,7 @@ def test_close_pool_keeps_the_pool_only_when_celerys_fixup_calls_it(pg: Any) -> 
 
 def _check(run: dict[str, Any], processes: int, max_size: int) -> None:
     assert len(run["results"]) == TASKS, run["log"]
+    assert run["exit"] == 0, run["log"]  # SIGTERM ended the worker, within its bound
     assert "Traceback" not in run["log"], run["log"]
     assert run["sessions"] <= processes * max_size, (run["sessions"], run["log"])
     with_pools = [s for s in run["stats"] if s["pools"]]
@@ -150,3 +160,17 @@ def test_threads_pool_shares_one_pool(pg: Any, redis: RedisServer) -> None:
     run = _run(pg, redis, "threads", max_size=CONCURRENCY)
     _check(run, processes=1, max_size=CONCURRENCY)
     assert len({pid for pid, _ in run["results"]}) == 1
+
+
+def test_gevent_pool_shares_one_pool_among_more_greenlets_than_connections(
+    pg: Any, redis: RedisServer
+) -> None:
+    """-P gevent -c 16 on max_size 4: the greenlets wait for each other on the hub."""
+    if importlib.util.find_spec("gevent") is None:
+        pytest.skip("gevent is not installed")
+    run = _run(pg, redis, "gevent", max_size=CONCURRENCY, concurrency=16)
+    _check(run, processes=1, max_size=CONCURRENCY)
+    assert len({pid for pid, _ in run["results"]}) == 1
+    (process,) = [s for s in run["stats"] if s["pools"]]
+    pool = process["pools"][0]
+    assert pool["requests_timeouts"] == 0 and pool["requests_queued"] > 0, process

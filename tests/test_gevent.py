@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from harness.process import run_python_json
 from harness.servers import free_port
 
 pytest.importorskip("gevent")
@@ -55,15 +56,7 @@ PRELUDE = textwrap.dedent(
 def _run(pg: Any, body: str, watchdog: float = 30.0, patch: str = "") -> dict[str, Any]:
     script = PRELUDE.replace("monkey.patch_all()", f"monkey.patch_all({patch})")
     script += textwrap.dedent(body)
-    p = subprocess.run(
-        [sys.executable, "-c", script, pg.conninfo()],
-        capture_output=True,
-        text=True,
-        timeout=watchdog,  # a hang fails the test
-        cwd="/",
-    )
-    assert p.returncode == 0, p.stdout + p.stderr
-    result: dict[str, Any] = json.loads(p.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = run_python_json(script, pg.conninfo(), watchdog=watchdog)
     return result
 
 

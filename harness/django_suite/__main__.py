@@ -52,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument(
+        "--gevent", action="store_true",
+        help="every process of the run calls gevent.monkey.patch_all() first (with "
+        "--parallel 1: Django's parallel runner hangs in a patched process)",
+    )  # fmt: skip
+    parser.add_argument(
         "--database-url",
         help="use this server (postgresql:// or mysql:// URL) instead of a throwaway one",
     )
@@ -85,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = run_suite(
                 server, engine=engine, driver=driver, gis=args.gis, modules=args.modules,
                 parallel=args.parallel, pool_options=args.pool_options, log_dir=log_dir,
-                source=source, timeout=args.timeout,
+                source=source, timeout=args.timeout, gevent=args.gevent,
             )  # fmt: skip
             print(result.summary(), flush=True)
             results.append(result)

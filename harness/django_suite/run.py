@@ -26,6 +26,7 @@ from harness.django_suite.settings import (
     ENGINES,
     FORCE_PSYCOPG2_ENV,
     FORCE_PYMYSQL_ENV,
+    GEVENT_ENV,
     MYSQL_ENGINES,
     PREFLIGHT,
     SITECUSTOMIZE,
@@ -125,6 +126,7 @@ def run_suite(
     source: Path | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     extra_args: Sequence[str] = (),
+    gevent: bool = False,
 ) -> SuiteResult:
     """Run ``tests/runtests.py`` for ``modules`` with ``engine`` ("stock" or "lido") on
     ``driver`` and parse every test's outcome.
@@ -133,7 +135,8 @@ def run_suite(
     or "psycopg2", MariaDB/MySQL with "mysqlclient" (default) or "pymysql" (made Django's
     ``MySQLdb`` with ``pymysql.install_as_MySQLdb()``); ``gis`` is PostgreSQL's only.
     ``pool_options`` is ``OPTIONS["pool"]`` for our ENGINE (default ``{"max_size": 4}``).
-    The output goes to ``<log_dir>/<engine>-<driver>[-gis].log``.
+    ``gevent``: every process of the run calls ``gevent.monkey.patch_all()`` first.
+    The output goes to ``<log_dir>/<engine>-<driver>[-gis][-gevent].log``.
     """
     vendor = server_vendor(server)
     drivers = VENDOR_DRIVERS[vendor]
@@ -157,7 +160,7 @@ def run_suite(
     source = source or django_source()
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="lido-django-suite-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    label = f"{engine}/{driver}" + ("/gis" if gis else "")
+    label = f"{engine}/{driver}" + ("/gis" if gis else "") + ("/gevent" if gevent else "")
     log_path = log_dir / f"{label.replace('/', '-')}.log"
 
     options: dict[str, Any] = {}
@@ -179,6 +182,7 @@ def run_suite(
         env.pop("DJANGO_SETTINGS_MODULE", None)
         env[FORCE_PSYCOPG2_ENV] = "1" if driver == "psycopg2" else "0"
         env[FORCE_PYMYSQL_ENV] = "1" if driver == "pymysql" else "0"
+        env[GEVENT_ENV] = "1" if gevent else "0"
         if importlib.util.find_spec(DRIVER_MODULES[driver]) is None:
             raise RuntimeError(
                 f"driver {driver} requested but {DRIVER_MODULES[driver]} is not installed"

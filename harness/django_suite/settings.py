@@ -34,15 +34,21 @@ MYSQL_ENGINES = {"stock": "django.db.backends.mysql", "lido": "django_lido.backe
 DEFAULT_POOL_OPTIONS: dict[str, Any] = {"max_size": 4}
 FORCE_PSYCOPG2_ENV = "LIDO_FORCE_PSYCOPG2"
 FORCE_PYMYSQL_ENV = "LIDO_FORCE_PYMYSQL"
+GEVENT_ENV = "LIDO_GEVENT_PATCH_ALL"
 
 
 SITECUSTOMIZE = f"""\
 # Written by harness.django_suite: Django imports psycopg (3) when it can, so
 # hiding it is the only way to run Django on psycopg2 while psycopg is installed. Django's
-# MySQL backend imports MySQLdb, which PyMySQL can stand in for.
+# MySQL backend imports MySQLdb, which PyMySQL can stand in for. Under the gevent worker
+# model every process is patched first, as gunicorn -k gevent does.
 import os
 import sys
 
+if os.environ.get({GEVENT_ENV!r}) == "1":
+    from gevent import monkey
+
+    monkey.patch_all()
 if os.environ.get({FORCE_PSYCOPG2_ENV!r}) == "1":
     sys.modules["psycopg"] = None
 if os.environ.get({FORCE_PYMYSQL_ENV!r}) == "1":

@@ -4,6 +4,7 @@
 ``AsyncPool`` is its asyncio counterpart for async drivers (psycopg's ``AsyncConnection``).
 """
 
+from django_lido._green import BlockingDriverWarning
 from django_lido._lido import __version__
 from django_lido.aio import AsyncPool
 from django_lido.drivers import Driver
@@ -20,6 +21,7 @@ from django_lido.threads import close_connection
 
 __all__ = [
     "AsyncPool",
+    "BlockingDriverWarning",
     "Driver",
     "Pool",
     "PoolClosed",

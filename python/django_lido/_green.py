@@ -9,6 +9,7 @@ waiting greenlet switches to the hub meanwhile, so the other greenlets keep runn
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 # What mode() answers.
@@ -57,6 +58,43 @@ def mode() -> int:
             "celery -P gevent) or with real threads (gunicorn -k gthread, celery -P threads)"
         )
     return THREADS
+
+
+class BlockingDriverWarning(RuntimeWarning):
+    """A pool's driver blocks the whole process under gevent: while one greenlet waits on
+    the database, no other greenlet runs."""
+
+
+def check_driver(driver: str) -> None:
+    """Under gevent, warns (once per pool: called when the pool learns its driver) that
+    ``driver`` blocks the hub. It still works, one query at a time per process, so this
+    is a warning and not an error; ``warnings.filterwarnings("error",
+    category=BlockingDriverWarning)`` makes it one."""
+    if not _gevent_patched():
+        return
+    if driver == "mysqlclient":
+        advice = (
+            "mysqlclient is a C driver that gevent cannot make cooperative: under gevent "
+            "each query blocks every greenlet of the process. Use PyMySQL "
+            "(pymysql.install_as_MySQLdb() before Django loads), or a thread-based "
+            "worker (gunicorn -k gthread, celery -P threads)"
+        )
+    elif driver == "psycopg2" and not _psycopg2_is_green():
+        advice = (
+            "psycopg2 without a wait callback blocks every greenlet of the process while "
+            "it waits on the server. Call psycogreen.gevent.patch_psycopg() after "
+            "gevent's patch_all() (for gunicorn: in a post_fork hook or the WSGI module), "
+            "or use psycopg 3, which is gevent-aware"
+        )
+    else:
+        return
+    warnings.warn(advice, BlockingDriverWarning, stacklevel=2)
+
+
+def _psycopg2_is_green() -> bool:
+    import psycopg2.extensions
+
+    return psycopg2.extensions.get_wait_callback() is not None
 
 
 class GreenWake:

@@ -12,6 +12,7 @@ status flags of the last reply, which the client keeps: no round trip either.
 
 from __future__ import annotations
 
+from django_lido._green import check_driver
 from django_lido.drivers.base import (
     GENERIC,
     TX_ACTIVE,
@@ -45,10 +46,12 @@ def driver_for(conn: Conn) -> Driver:
     if root == "psycopg":
         return PSYCOPG
     if root == "psycopg2":
+        check_driver("psycopg2")
         return PSYCOPG2
     if root == "pymysql":
         return PYMYSQL
     if root == "MySQLdb":
+        check_driver("mysqlclient")
         return mysqlclient_driver()
     return GENERIC
 
