@@ -153,6 +153,12 @@ def assert_short_connect_matches_djangos(w: Any) -> None:
     assert ours.keys() == djangos.keys()
     # A deadline from the clock at connect: the same rule, a moment apart.
     theirs_at, ours_at = djangos.pop("close_at"), ours.pop("close_at")
+    # The pool's record of each checkout: one per checkout, on both paths.
+    assert (
+        type(djangos.pop("_lido_lease")).__name__
+        == type(ours.pop("_lido_lease")).__name__
+        == "Lease"
+    )
     assert (theirs_at is None) == (ours_at is None)
     assert theirs_at is None or 0 <= ours_at - theirs_at < 60
     differ = {k: (djangos[k], v) for k, v in ours.items() if djangos[k] != v}

@@ -121,7 +121,9 @@ def test_an_idle_transaction_is_reported_with_both_stacks(
     assert report["transaction_stack"][-1].endswith(" in begin_the_transaction")
     assert report["stack"][-1].endswith(" in take_the_connection")
     assert report["last_statement"].startswith("INSERT INTO lido_observe")
-    (logged,) = [r.getMessage() for r in caplog.records if "idle in a transaction" in r.getMessage()]
+    (logged,) = [
+        r.getMessage() for r in caplog.records if "idle in a transaction" in r.getMessage()
+    ]
     assert "in begin_the_transaction" in logged and "in take_the_connection" in logged
     assert "INSERT INTO lido_observe" in logged
     assert SECRET not in logged and SECRET not in str(report)

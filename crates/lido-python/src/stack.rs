@@ -36,7 +36,10 @@ pub(crate) struct Stack(Box<[(Py<PyAny>, c_int)]>);
 /// Whether a code object's frames are skipped, by its address. The entry keeps the code
 /// object alive, so its address is never another's. Touched only with the GIL held and no
 /// Python code run under the lock, so it is never contended.
-static KNOWN: Mutex<Option<HashMap<usize, (Py<PyAny>, bool)>>> = Mutex::new(None);
+static KNOWN: Mutex<Option<Known>> = Mutex::new(None);
+
+/// Code object address -> (the code object, whether its frames are skipped).
+type Known = HashMap<usize, (Py<PyAny>, bool)>;
 
 impl Stack {
     /// The calling thread's stack, at most `depth` frames; None when `depth` is 0.
@@ -111,11 +114,7 @@ fn line_of(code: &Bound<'_, PyAny>, lasti: c_int) -> PyResult<i64> {
 }
 
 /// Whether frames of `code` are skipped: django_lido's, Django's and contextlib's.
-fn skipped(
-    py: Python<'_>,
-    known: &mut HashMap<usize, (Py<PyAny>, bool)>,
-    code: &Py<PyAny>,
-) -> bool {
+fn skipped(py: Python<'_>, known: &mut Known, code: &Py<PyAny>) -> bool {
     let key = code.as_ptr() as usize;
     if let Some((_, skip)) = known.get(&key) {
         return *skip;
