@@ -104,8 +104,8 @@ impl Lease {
     }
 
     /// The statement begun last ended (`failed` if it raised), having given `rows` rows
-    /// (negative: unknown).
-    fn end(&self, py: Python<'_>, rows: i64, failed: bool) {
+    /// (the driver cursor's `rowcount`: unknown when negative or not an int).
+    fn end(&self, py: Python<'_>, rows: &Bound<'_, PyAny>, failed: bool) {
         let now = Instant::now();
         let (sql, took) = {
             let mut a = self.lent.activity.lock();
@@ -120,7 +120,7 @@ impl Lease {
         };
         if let Some(sql) = sql {
             if let Some(text) = statement_text(sql.bind(py)) {
-                let rows = u64::try_from(rows).ok();
+                let rows = rows.extract::<u64>().ok();
                 self.inner
                     .record_statement(text, self.dialect, took, rows, failed);
             }
