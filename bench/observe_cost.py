@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import _common  # noqa: F401  (puts the repository root, with harness/, on sys.path)
+import _common
 
 from harness.servers import PostgresServer
 
