@@ -5,7 +5,11 @@ holder's label comes from the request; against a real PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -170,3 +174,45 @@ def test_the_holder_label_is_the_request(dj: Any) -> None:
         request_finished.send(sender=WSGIHandler)  # gives it back too (CONN_MAX_AGE 0)
     assert threading.get_ident() not in labels
     assert pool.connections() == []
+
+
+CELERY_SCRIPT = """
+import json, sys
+import celery  # imported before Django is set up, as in a worker
+import django
+from django.conf import settings
+settings.configure(DATABASES={"default": json.loads(sys.argv[1])}, USE_TZ=False)
+django.setup()
+from celery.signals import task_postrun, task_prerun
+from django.db import connection
+
+class Task:
+    name = "shop.tasks.send_invoice"
+
+connection.pool  # the first pooled wrapper connects the label handlers
+task_prerun.send(sender=Task, task_id="1", task=Task(), args=(), kwargs={})
+connection.ensure_connection()
+during = connection.pool.connections()[0]["holder"]["label"]
+task_postrun.send(sender=Task, task_id="1", task=Task(), args=(), kwargs={}, retval=None)
+after = connection.pool.connections()[0]["holder"]["label"]
+connection.close()
+print(json.dumps([during, after]))
+"""
+
+
+def test_the_holder_label_is_the_celery_task(dj: Any) -> None:
+    pytest.importorskip("celery")
+    entry = database(dj, pool={"max_size": 1})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", CELERY_SCRIPT, json.dumps(entry)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [
+        "task shop.tasks.send_invoice",
+        None,
+    ]
