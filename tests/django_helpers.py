@@ -164,3 +164,18 @@ def assert_short_connect_matches_djangos(w: Any) -> None:
     differ = {k: (djangos[k], v) for k, v in ours.items() if djangos[k] != v}
     assert differ == {}, f"Django's connect() vs the short path: {differ}"
     assert created == [w, w]
+
+
+def child_python(script: str, *args: str) -> str:
+    """Runs ``script`` in a child Python with this one's import path (for what the test
+    process must not import, or must set up differently); returns its last line of output."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().splitlines()[-1]

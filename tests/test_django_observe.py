@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 from typing import Any
 
@@ -17,7 +14,7 @@ import pytest
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import DatabaseError, transaction
-from django_helpers import configure, database, global_alias, unique
+from django_helpers import child_python, configure, database, global_alias, unique
 from django_lido.labels import labels
 from helpers import eventually
 
@@ -203,16 +200,8 @@ print(json.dumps([during, after]))
 def test_the_holder_label_is_the_celery_task(dj: Any) -> None:
     pytest.importorskip("celery")
     entry = database(dj, pool={"max_size": 1})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run(
-        [sys.executable, "-c", CELERY_SCRIPT, json.dumps(entry)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [
+    out = child_python(CELERY_SCRIPT, json.dumps(entry))
+    assert json.loads(out) == [
         "task shop.tasks.send_invoice",
         None,
     ]
