@@ -94,12 +94,13 @@ impl Lease {
     /// state on the session (`changes_session`).
     fn begin(&self, sql: &Bound<'_, PyAny>) -> bool {
         let now = Instant::now();
-        {
+        let previous = {
             let mut a = self.lent.activity.lock();
             a.tracked = true;
             a.running_since = Some(now);
-            a.last_sql = Some(sql.clone().unbind());
-        }
+            a.last_sql.replace(sql.clone().unbind())
+        };
+        drop(previous); // outside the lock: freeing runs no code of ours under it
         statement_text(sql).is_none_or(|text| lido_core::changes_session(text, self.dialect))
     }
 
@@ -131,11 +132,14 @@ impl Lease {
     fn transaction(&self, py: Python<'_>, open: bool) {
         let stack = open.then(|| Stack::capture(py, self.inner.stack_depth));
         let now = Instant::now();
-        let mut a = self.lent.activity.lock();
-        a.tracked = true;
-        a.idle_reported = false;
-        a.idle_since = Some(now);
-        a.transaction = stack.map(|s| (now, s));
+        let previous = {
+            let mut a = self.lent.activity.lock();
+            a.tracked = true;
+            a.idle_reported = false;
+            a.idle_since = Some(now);
+            std::mem::replace(&mut a.transaction, stack.map(|s| (now, s)))
+        };
+        drop(previous);
     }
 }
 
@@ -173,10 +177,44 @@ pub(crate) fn stack_item<'py>(
     stack.map(|s| s.format(py)).transpose()
 }
 
-/// The last statement's shape, if one was seen.
-pub(crate) fn last_statement(py: Python<'_>, a: &Activity) -> Option<String> {
-    let sql = a.last_sql.as_ref()?;
-    shape_of(statement_text(sql.bind(py))?, a.dialect?)
+/// What [`Activity`] says, copied out of its lock: no Python code runs under that lock
+/// (formatting a stack could collect garbage, and a finalizer run a statement).
+pub(crate) struct Snapshot {
+    pub(crate) tracked: bool,
+    pub(crate) transaction: Option<(Instant, Option<Stack>)>,
+    pub(crate) last_sql: Option<Py<PyAny>>,
+    pub(crate) last_took: Option<Duration>,
+    pub(crate) running: bool,
+    pub(crate) dialect: Option<Dialect>,
+}
+
+impl Activity {
+    pub(crate) fn snapshot(&self, py: Python<'_>) -> Snapshot {
+        Snapshot {
+            tracked: self.tracked,
+            transaction: self
+                .transaction
+                .as_ref()
+                .map(|(at, s)| (*at, s.as_ref().map(|s| s.clone_ref(py)))),
+            last_sql: self.last_sql.as_ref().map(|s| s.clone_ref(py)),
+            last_took: self.last_took,
+            running: self.running_since.is_some(),
+            dialect: self.dialect,
+        }
+    }
+}
+
+impl Snapshot {
+    /// The last statement's shape, if one was seen.
+    pub(crate) fn last_statement(&self, py: Python<'_>) -> Option<String> {
+        let sql = self.last_sql.as_ref()?;
+        shape_of(statement_text(sql.bind(py))?, self.dialect?)
+    }
+
+    /// The stack that began the open transaction, if any.
+    pub(crate) fn transaction_stack(&self) -> Option<&Stack> {
+        self.transaction.as_ref().and_then(|(_, s)| s.as_ref())
+    }
 }
 
 impl Inner {
@@ -241,25 +279,25 @@ impl Inner {
         d.set_item(key::TAKEN_AT, epoch_of(l.taken, now))?;
         d.set_item(key::HOLDER, l.taker.describe(py)?)?;
         d.set_item(key::STACK, stack_item(py, l.taker.stack.as_ref())?)?;
-        let a = l.activity.lock();
-        let (in_tx, tx_for, tx_stack) = match (&a.transaction, a.tracked) {
-            (Some((since, stack)), _) => (
+        let a = l.activity.lock().snapshot(py);
+        let (in_tx, tx_for) = match (&a.transaction, a.tracked) {
+            (Some((since, _)), _) => (
                 Some(true),
                 Some(now.saturating_duration_since(*since).as_secs_f64()),
-                stack_item(py, stack.as_ref())?,
             ),
-            (None, true) => (Some(false), None, None),
-            (None, false) => (None, None, None),
+            (None, true) => (Some(false), None),
+            (None, false) => (None, None),
         };
+        let tx_stack = stack_item(py, a.transaction_stack())?;
         d.set_item(key::IN_TRANSACTION, in_tx)?;
         d.set_item(key::TRANSACTION_FOR, tx_for)?;
         d.set_item(key::TRANSACTION_STACK, tx_stack)?;
-        d.set_item(key::LAST_STATEMENT, last_statement(py, &a))?;
+        d.set_item(key::LAST_STATEMENT, a.last_statement(py))?;
         d.set_item(
             key::LAST_STATEMENT_SECONDS,
             a.last_took.map(|t| t.as_secs_f64()),
         )?;
-        d.set_item(key::STATEMENT_RUNNING, a.running_since.is_some())?;
+        d.set_item(key::STATEMENT_RUNNING, a.running)?;
         Ok(d)
     }
 }
