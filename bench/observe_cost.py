@@ -2,7 +2,8 @@
 each part on vs off in interleaved rounds (medians, and the range over rounds):
 
 1. checkout + return (``getconn``/``putconn`` of a plain ``Pool``) called 40 frames deep,
-   with stacks (``stack_depth=16``) vs without (``stack_depth=0``);
+   with stacks (``stack_depth=16``) vs without (``stack_depth=0``); and again below 30
+   frames of a skipped package (as Django's frames are, between a view and its checkout);
 2. the statement hook per statement (``cursor.execute()`` through Django's cursor wrapper
    on a driver cursor that does nothing, so only the Python side is timed): Django's own
    wrapper, the hook with ``query_stats=False`` and with ``query_stats=True``;
@@ -63,6 +64,17 @@ def deep(n: int, fn: Callable[[], float]) -> float:
     return deep(n - 1, fn) if n else fn()
 
 
+def _library_deep() -> Callable[[int, Callable[[], float]], float]:
+    """``deep`` compiled as if it were a file of django_lido's: frames the stack walk goes
+    past (as it goes past Django's between a view and the checkout), keeping none."""
+    import django_lido
+
+    src = "def library_deep(n, fn):\n    return library_deep(n - 1, fn) if n else fn()\n"
+    space: dict[str, Any] = {}
+    exec(compile(src, django_lido.__file__.replace("__init__.py", "_bench.py"), "exec"), space)
+    return space["library_deep"]  # type: ignore[no-any-return]
+
+
 def checkout_cost(server: PostgresServer, n: int, rounds: int) -> dict[str, list[float]]:
     import psycopg
     from django_lido import Pool
@@ -82,14 +94,16 @@ def checkout_cost(server: PostgresServer, n: int, rounds: int) -> dict[str, list
 
     for pool in pools.values():
         pool.putconn(pool.getconn())
-    try:
-        return interleaved(
-            {
-                f"stack_depth={d}": (lambda p=p: deep(40, lambda: cycles(p)))
-                for d, p in pools.items()
-            },
-            rounds,
+    library_deep = _library_deep()
+    cases: dict[str, Callable[[], float]] = {}
+    for d, p in pools.items():
+        cases[f"stack_depth={d}"] = lambda p=p: deep(40, lambda: cycles(p))
+        # 20 frames of the caller's, then 30 to walk past, then the checkout.
+        cases[f"stack_depth={d}, 30 library frames"] = lambda p=p: deep(
+            20, lambda: library_deep(30, lambda: cycles(p))
         )
+    try:
+        return interleaved(cases, rounds)
     finally:
         for pool in pools.values():
             pool.close()
@@ -281,8 +295,9 @@ def main() -> None:
         one = checkout_cost(server, int(20_000 * scale), rounds)
         for name, runs in one.items():
             print(summary(f"getconn+putconn, {name}", runs, "ns"))
-        on, off = (statistics.median(one[f"stack_depth={d}"]) for d in (16, 0))
-        print(f"{'  stack capture per checkout':<34} {on - off:+9.1f} ns")
+        for where in ("", ", 30 library frames"):
+            on, off = (statistics.median(one[f"stack_depth={d}{where}"]) for d in (16, 0))
+            print(f"{'  stack capture per checkout' + where:<34} {on - off:+9.1f} ns")
 
         configure(server)
         from django.db import connections
