@@ -84,9 +84,13 @@ def test_connections_lists_each_holder_with_its_stack(make_pool: Any) -> None:
         assert second["holder"]["label"] == "GET /orders/"
         assert before <= first["taken_at"] <= time.time()
         assert first["held_for"] >= 0
-        # No statement hook here (that is Django's): nothing is known of transactions.
-        assert first["in_transaction"] is None and first["last_statement"] is None
+        # No statement hook here (that is Django's): no statement is known, and of the
+        # transaction only what psycopg's status says, not since when.
+        assert first["in_transaction"] is False and first["last_statement"] is None
         assert first["statement_running"] is False
+        conn.execute("SELECT 1")  # psycopg begins a transaction
+        row = pool.connections()[0]
+        assert row["in_transaction"] is True and row["transaction_for"] is None
         assert first["stack"][-1].endswith(" in take_for_the_report")
         assert any(line.endswith("in test_connections_lists_each_holder_with_its_stack")
                    for line in first["stack"])  # fmt: skip

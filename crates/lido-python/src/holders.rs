@@ -1,6 +1,7 @@
 //! Who holds what: the record of each connection lent out ([`Lent`]), what the statement
 //! hook tells it through its Python handle ([`Lease`]), and `PoolCore.connections()`.
 
+use crate::driver::{TX_ACTIVE, TX_INERROR, TX_INTRANS};
 use crate::inner::Inner;
 use crate::leases::Taker;
 use crate::queries::shape_of;
@@ -249,17 +250,20 @@ impl Inner {
 
     /// `connections()`: one dict per connection lent out, oldest first.
     pub(crate) fn connections<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let mut lent: Vec<Arc<Lent>> = self
+        let mut lent: Vec<(Arc<Lent>, Option<Py<PyAny>>)> = self
             .leases
             .lock()
             .values()
-            .map(|h| Arc::clone(&h.payload.lent))
+            .map(|h| {
+                let source = h.payload.status_source.as_ref().map(|s| s.clone_ref(py));
+                (Arc::clone(&h.payload.lent), source)
+            })
             .collect();
-        lent.sort_by_key(|l| l.taken);
+        lent.sort_by_key(|(l, _)| l.taken);
         let now = Instant::now();
         let out = PyList::empty(py);
-        for l in lent {
-            out.append(self.describe_lent(py, &l, now)?)?;
+        for (l, source) in lent {
+            out.append(self.describe_lent(py, &l, source.as_ref(), now)?)?;
         }
         Ok(out)
     }
@@ -268,6 +272,7 @@ impl Inner {
         &self,
         py: Python<'py>,
         l: &Lent,
+        status_source: Option<&Py<PyAny>>,
         now: Instant,
     ) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
@@ -280,13 +285,18 @@ impl Inner {
         d.set_item(key::HOLDER, l.taker.describe(py)?)?;
         d.set_item(key::STACK, stack_item(py, l.taker.stack.as_ref())?)?;
         let a = l.activity.lock().snapshot(py);
+        // Without the statement hook, the driver's status where it can be read (psycopg):
+        // whether a transaction is open or a statement running, not since when.
+        let status = (!a.tracked)
+            .then(|| self.driver(py)?.status_in_use(py, status_source))
+            .flatten();
         let (in_tx, tx_for) = match (&a.transaction, a.tracked) {
             (Some((since, _)), _) => (
                 Some(true),
                 Some(now.saturating_duration_since(*since).as_secs_f64()),
             ),
             (None, true) => (Some(false), None),
-            (None, false) => (None, None),
+            (None, false) => (status.map(|s| s == TX_INTRANS || s == TX_INERROR), None),
         };
         let tx_stack = stack_item(py, a.transaction_stack())?;
         d.set_item(key::IN_TRANSACTION, in_tx)?;
@@ -297,7 +307,10 @@ impl Inner {
             key::LAST_STATEMENT_SECONDS,
             a.last_took.map(|t| t.as_secs_f64()),
         )?;
-        d.set_item(key::STATEMENT_RUNNING, a.running)?;
+        d.set_item(
+            key::STATEMENT_RUNNING,
+            a.running || status == Some(TX_ACTIVE),
+        )?;
         Ok(d)
     }
 }
