@@ -100,6 +100,26 @@ def test_a_statement_running_is_shown_as_running(dj: Any) -> None:
     assert seen[0]["last_statement"].startswith("SELECT pg_sleep(")
 
 
+def test_a_long_hold_is_logged_with_the_function_that_took_it(
+    dj: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = wrapper(dj, leak_threshold=0.2)
+    pool = w.pool
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        take_the_connection(w)
+        try:
+            eventually(
+                lambda: any(r["kind"] == "long_hold" for r in pool.reports()),
+                "the long hold is reported",
+                10,
+            )
+        finally:
+            w.close()
+    (held,) = [r.getMessage() for r in caplog.records if "has been held" in r.getMessage()]
+    assert "taken at:" in held and "in take_the_connection" in held
+    assert [r["kind"] for r in pool.reports()] == ["long_hold", "long_hold_returned"]
+
+
 def test_an_idle_transaction_is_reported_with_both_stacks(
     dj: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
