@@ -329,7 +329,8 @@ def django_cycle_cost(server: PostgresServer, rounds: int, quick: bool) -> dict[
                 subprocess.run(argv, env=env, check=True, capture_output=True, timeout=600)
                 for res in json.loads(out.read_text()):
                     name = f"({res['scenario']}) {'on' if on else 'off'}"
-                    results.setdefault(name, []).append(res["rate"])
+                    results.setdefault(f"{name} rate", []).append(res["rate"])
+                    results.setdefault(f"{name} client CPU", []).append(res["cpu_us"])
     return dict(sorted(results.items()))
 
 
@@ -383,10 +384,14 @@ def main() -> None:
         if not args.no_django_cycle:
             four = django_cycle_cost(server, 3 if args.quick else 5, args.quick)
             for name, runs in four.items():
-                print(summary(f"django_cycle lido-4 {name}", runs, "/s"))
+                unit = "/s" if name.endswith("rate") else "µs per cycle"
+                print(summary(f"django_cycle lido-4 {name}", runs, unit))
             for scn in ("b", "c"):
-                on, off = (statistics.median(four[f"({scn}) {h}"]) for h in ("on", "off"))
-                print(f"{'  (' + scn + ') rate on vs off':<34} {on / off - 1:+9.2%}")
+                for what in ("rate", "client CPU"):
+                    on, off = (
+                        statistics.median(four[f"({scn}) {h} {what}"]) for h in ("on", "off")
+                    )
+                    print(f"{'  (' + scn + ') ' + what + ' on vs off':<34} {on / off - 1:+9.2%}")
 
 
 if __name__ == "__main__":
