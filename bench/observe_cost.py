@@ -16,7 +16,9 @@ each part on vs off in interleaved rounds (medians, and the range over rounds):
    two statements, close_old_connections) and (c) (an ORM query with three joins, one
    checkout per query) for its "lido-4" variant, with the pool's observability on (the
    defaults) vs off, alternating whole django_cycle runs (one repetition each, in child
-   processes, against this run's server).
+   processes, against this run's server);
+5. the request cycle of 3 in instructions, counted by valgrind's callgrind in a child
+   process (repeatable on a busy machine, unlike time), everything on vs off.
 
 Run from the repo root after ./scripts/setup.sh (about three minutes):
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import shutil
 import statistics
 import sys
 import time
@@ -117,11 +120,11 @@ def checkout_cost(server: PostgresServer, n: int, rounds: int) -> dict[str, list
 # --- Django, for 2 and 3 ----------------------------------------------------------------------
 
 
-def configure(server: PostgresServer) -> None:
+def configure(params: dict[str, Any]) -> None:
+    """Django with three aliases of one database (``params``: the server's connection
+    parameters): "default" for set-up, "on" (the defaults) and "off" (``OFF``)."""
     import django
     from django.conf import settings
-
-    params = server._conn_params(dbname=None, tcp=False)
 
     def entry(pool: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -226,30 +229,25 @@ def _urls() -> list[Any]:
 urlpatterns: list[Any] = []
 
 
-def request_cost(requests: int, rounds: int) -> dict[str, list[float]]:
-    from django.core.handlers.wsgi import WSGIHandler
-    from django.core.signals import request_finished, request_started
-    from django_lido.backends import holders
+class Requests:
+    """Requests through Django's WSGI handler to the view, for alias "on" or "off"."""
 
-    handler = WSGIHandler()
-    status: list[str] = []
+    def __init__(self) -> None:
+        from django.core.handlers.wsgi import WSGIHandler
 
-    def start_response(s: str, headers: Any, exc_info: Any = None) -> Any:
-        status.append(s)
+        self.handler = WSGIHandler()
+        self.status: list[str] = []
+
+    def start_response(self, s: str, headers: Any, exc_info: Any = None) -> Any:
+        self.status.append(s)
         return lambda data: None
 
-    def environ(alias: str) -> dict[str, Any]:
-        return {
-            "REQUEST_METHOD": "GET",
-            "PATH_INFO": f"/{alias}/",
-            "SERVER_NAME": "bench",
-            "SERVER_PORT": "80",
-            "wsgi.input": io.BytesIO(),
-            "wsgi.url_scheme": "http",
-            "wsgi.errors": sys.stderr,
-        }
-
+    @staticmethod
     def labels(on: bool) -> None:
+        """The holder labels' signal handlers, connected or not."""
+        from django.core.signals import request_finished, request_started
+        from django_lido.backends import holders
+
         uid = "django_lido.labels"
         if on:
             request_started.connect(holders._request_started, dispatch_uid=uid)
@@ -258,27 +256,37 @@ def request_cost(requests: int, rounds: int) -> dict[str, list[float]]:
             request_started.disconnect(dispatch_uid=uid)
             request_finished.disconnect(dispatch_uid=uid)
 
+    def serve(self, alias: str, n: int) -> None:
+        self.labels(alias == "on")
+        env = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": f"/{alias}/",
+            "SERVER_NAME": "bench",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+        }
+        for _ in range(n):
+            env["wsgi.input"] = io.BytesIO()
+            response = self.handler(env, self.start_response)
+            response.close()  # request_finished
+        if self.status[-1] != "200 OK":
+            raise RuntimeError(f"the view answered {self.status[-1]}")
+        self.status.clear()
+
+
+def request_cost(requests: int, rounds: int) -> dict[str, list[float]]:
+    r = Requests()
     cpu: dict[str, list[float]] = {"on": [], "off": []}
 
     def cycle(alias: str) -> float:
-        labels(alias == "on")
-        env = environ(alias)
         t, c = time.perf_counter(), time.process_time()
-        for _ in range(requests):
-            env["wsgi.input"] = io.BytesIO()
-            response = handler(env, start_response)
-            response.close()  # request_finished
-        took = (time.perf_counter() - t) / requests * 1e6
+        r.serve(alias, requests)
         cpu[alias].append((time.process_time() - c) / requests * 1e6)
-        if status[-1] != "200 OK":
-            raise RuntimeError(f"the view answered {status[-1]}")
-        status.clear()
-        return took
+        return (time.perf_counter() - t) / requests * 1e6
 
     for alias in ("on", "off"):
-        cycle(alias)
-    cpu["on"].clear()
-    cpu["off"].clear()
+        r.serve(alias, requests)
     wall = interleaved({"everything on": lambda: cycle("on"),
                         "everything off": lambda: cycle("off")}, rounds)  # fmt: skip
     return {
@@ -286,6 +294,46 @@ def request_cost(requests: int, rounds: int) -> dict[str, list[float]]:
         "everything on (client CPU)": cpu["on"],
         "everything off (client CPU)": cpu["off"],
     }
+
+
+# --- 5. the request cycle in instructions (callgrind) ---------------------------------------------
+
+
+def setup_django(params: dict[str, Any]) -> None:
+    """Configured, the model defined and the view routed (the table made by the parent)."""
+    global ITEM
+    configure(params)
+    ITEM = define_model()
+    urlpatterns.extend(_urls())
+
+
+def child_requests(alias: str, n: int, params: str) -> None:
+    """Under callgrind: ``n`` requests after a warm-up (the parent takes the difference of
+    two counts, so start-up and warm-up cancel out)."""
+    import json
+
+    setup_django(json.loads(params))
+    r = Requests()
+    r.serve(alias, 20)
+    r.serve(alias, n)
+
+
+def instructions_per_request(params: dict[str, Any], alias: str) -> float:
+    import json
+    import os
+    import re
+    import subprocess
+
+    def count(n: int) -> int:
+        p = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+             __file__, "--child-requests", alias, str(n), json.dumps(params)],
+            capture_output=True, text=True, check=True, timeout=1200,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )  # fmt: skip
+        return int(re.search(r"Collected : (\d+)", p.stderr).group(1))  # type: ignore[union-attr]
+
+    return (count(220) - count(20)) / 200
 
 
 # --- 4. bench/django_cycle, lido-4 ---------------------------------------------------------------
@@ -338,10 +386,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer, shorter rounds: smoke figures")
     p.add_argument("--no-django-cycle", action="store_true", help="skip part 4")
+    p.add_argument("--no-instructions", action="store_true", help="skip part 5 (valgrind)")
+    p.add_argument("--child-requests", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     rounds = 5 if args.quick else 15
     scale = 0.2 if args.quick else 1.0
-    global ITEM
+    if args.child_requests:
+        alias, n, params = args.child_requests
+        child_requests(alias, int(n), params)
+        return
     with PostgresServer() as server:
         print(f"# {_common.machine_line()}; {_common.python_line()}")
         one = checkout_cost(server, int(20_000 * scale), rounds)
@@ -351,15 +404,14 @@ def main() -> None:
             on, off = (statistics.median(one[f"stack_depth={d}{where}"]) for d in (16, 0))
             print(f"{'  stack capture per checkout' + where:<34} {on - off:+9.1f} ns")
 
-        configure(server)
+        params = server._conn_params(dbname=None, tcp=False)
+        setup_django(params)
         from django.db import connections
 
-        ITEM = define_model()
         with connections["default"].schema_editor() as editor:
             editor.create_model(ITEM)
         ITEM.objects.bulk_create(ITEM(name=f"item {i}") for i in range(1, 101))
         connections["default"].close()
-        urlpatterns.extend(_urls())
 
         two = hook_cost(int(100_000 * scale), rounds)
         for name, runs in two.items():
@@ -392,6 +444,14 @@ def main() -> None:
                         statistics.median(four[f"({scn}) {h} {what}"]) for h in ("on", "off")
                     )
                     print(f"{'  (' + scn + ') ' + what + ' on vs off':<34} {on / off - 1:+9.2%}")
+
+        if not args.no_instructions and shutil.which("valgrind"):
+            counts = {alias: instructions_per_request(params, alias) for alias in ("on", "off")}
+            for alias, n in counts.items():
+                print(f"{'request, everything ' + alias + ' (callgrind)':<34} {n:9.0f} "
+                      "instructions")  # fmt: skip
+            on, off = counts["on"], counts["off"]
+            print(f"{'  instructions on vs off':<34} {on / off - 1:+9.2%} ({on - off:+.0f})")
 
 
 if __name__ == "__main__":
