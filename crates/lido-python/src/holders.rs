@@ -2,6 +2,8 @@
 //! hook tells it through its Python handle ([`Lease`]), and `PoolCore.connections()`.
 
 use crate::driver::{TX_ACTIVE, TX_INERROR, TX_INTRANS};
+use crate::errors::guarded;
+use crate::exit::Active;
 use crate::inner::Inner;
 use crate::leases::Taker;
 use crate::queries::shape_of;
@@ -83,27 +85,34 @@ pub struct Lease {
 impl Lease {
     /// A statement is about to be sent: it runs from now. Returns whether it may leave
     /// state on the session (`changes_session`).
-    fn begin(&self, sql: &Bound<'_, PyAny>) -> bool {
-        self.lent.statement_begun(sql);
-        statement_text(sql).is_none_or(|text| lido_core::changes_session(text, self.dialect))
+    fn begin(&self, py: Python<'_>, sql: &Bound<'_, PyAny>) -> PyResult<bool> {
+        guarded(py, "Lease.begin", || {
+            Ok(self.lent.statement_begun(sql, self.dialect))
+        })
     }
 
     /// The statement begun last ended (`failed` if it raised), having given `rows` rows
     /// (the driver cursor's `rowcount`: unknown when negative or not an int).
-    fn end(&self, py: Python<'_>, rows: &Bound<'_, PyAny>, failed: bool) {
-        self.lent
-            .statement_ended(py, &self.inner, self.dialect, rows, failed);
+    fn end(&self, py: Python<'_>, rows: &Bound<'_, PyAny>, failed: bool) -> PyResult<()> {
+        let (inner, dialect) = (&self.inner, self.dialect);
+        guarded(py, "Lease.end", || {
+            self.lent.statement_ended(py, inner, dialect, rows, failed)
+        })
     }
 
     /// The holder opened (`open`) or ended its transaction; its start keeps the stack.
-    fn transaction(&self, py: Python<'_>, open: bool) {
-        let stack = open.then(|| Stack::capture(py, self.inner.stack_depth));
-        self.lent.transaction(stack);
+    fn transaction(&self, py: Python<'_>, open: bool) -> PyResult<()> {
+        let _active = Active::enter(py); // a stack walk may run Python code (exit.rs)
+        let depth = self.inner.stack_depth;
+        guarded(py, "Lease.transaction", || {
+            self.lent.transaction(py, open, depth)
+        })
     }
 }
 
 impl Lent {
-    fn statement_begun(&self, sql: &Bound<'_, PyAny>) {
+    /// Whether `sql` may change the session, as `changes_session` says.
+    fn statement_begun(&self, sql: &Bound<'_, PyAny>, dialect: Dialect) -> bool {
         let now = Instant::now();
         let previous = {
             let mut a = self.activity.lock();
@@ -112,6 +121,7 @@ impl Lent {
             a.last_sql.replace(sql.clone().unbind())
         };
         drop(previous); // outside the lock: freeing runs no code of ours under it
+        statement_text(sql).is_none_or(|text| lido_core::changes_session(text, dialect))
     }
 
     /// Records the statement's time; into the pool's query statistics too.
@@ -122,12 +132,12 @@ impl Lent {
         dialect: Dialect,
         rows: &Bound<'_, PyAny>,
         failed: bool,
-    ) {
+    ) -> PyResult<()> {
         let now = Instant::now();
         let (sql, took) = {
             let mut a = self.activity.lock();
             let Some(since) = a.running_since.take() else {
-                return;
+                return Ok(());
             };
             let took = now.saturating_duration_since(since);
             a.last_took = Some(took);
@@ -139,10 +149,12 @@ impl Lent {
             let rows = rows.extract::<u64>().ok();
             inner.record_statement(text, dialect, took, rows, failed);
         }
+        Ok(())
     }
 
-    /// A transaction opened (`Some`, with the stack that opened it) or ended (`None`).
-    fn transaction(&self, opened: Option<Option<Stack>>) {
+    /// A transaction opened (with the stack that opened it, `depth` frames) or ended.
+    fn transaction(&self, py: Python<'_>, open: bool, depth: usize) -> PyResult<()> {
+        let opened = open.then(|| Stack::capture(py, depth));
         let now = Instant::now();
         let previous = {
             let mut a = self.activity.lock();
@@ -152,6 +164,7 @@ impl Lent {
             std::mem::replace(&mut a.transaction, opened.map(|s| (now, s)))
         };
         drop(previous);
+        Ok(())
     }
 }
 

@@ -134,6 +134,7 @@ impl PoolCore {
 
     /// One dict per connection lent out: holder, ages, transaction, last statement, stacks.
     fn connections<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let _active = Active::enter(py);
         guarded(py, "PoolCore.connections", || self.inner.connections(py))
     }
 
@@ -145,6 +146,7 @@ impl PoolCore {
         top: usize,
         order: &str,
     ) -> PyResult<Bound<'py, PyList>> {
+        let _active = Active::enter(py);
         guarded(py, "PoolCore.query_stats", || {
             self.inner.query_stats_list(py, top, order)
         })
