@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from django_lido import lifecycle
+from django_lido import lifecycle, reports
 from django_lido._lido import (
     AsyncCheckout,
     AsyncClose,
@@ -270,6 +270,7 @@ class AsyncPool(PoolCore):
 
     _loop: asyncio.AbstractEventLoop | None
     _io: _Io
+    _reports: reports.Ring
     _timeout: float
     _maintenance: threading.Thread | None
     _at_exit: _AtExit
@@ -297,8 +298,9 @@ class AsyncPool(PoolCore):
             sync_side,
             name=name,
             options=options,
-            **_reporting(name, options),
+            **_reporting(ring := reports.Ring(name, options)),
         )
+        self._reports = ring
         self._io = _Io(opener, check, reset, name)
         self._timeout = float(options["timeout"])
         self._loop = None
@@ -399,6 +401,11 @@ class AsyncPool(PoolCore):
             await self._io.close(r)
         else:
             await self._io.clean(r, conn)
+
+    def reports(self) -> list[dict[str, Any]]:
+        """The last reports this pool made (long holds, leaks, idle transactions), oldest
+        first, at most ``reports.KEPT``."""
+        return self._reports.list()
 
     @asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[Conn]:

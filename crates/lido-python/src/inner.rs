@@ -5,14 +5,16 @@ use crate::deadline;
 use crate::driver::{Driver, Hooks};
 use crate::errors::config_error;
 use crate::green::Mode;
-use crate::leases::{ByAddress, Held, PyConn, Taker};
+use crate::holders::Lent;
+use crate::leases::{ByAddress, Held, PyConn};
 use crate::permit::{Closing, Leftovers, PermitGuard};
-use lido_core::{probe_socket, Check, Engine, Pooled, Retired, Validated};
+use lido_core::{probe_socket, Check, Engine, Pooled, QueryStats, Retired, Validated};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A pool's shared state: the engine and what the binding keeps beside it. `PoolCore` and
@@ -40,11 +42,22 @@ pub(crate) struct Inner {
     pub(crate) forking: AtomicBool,
     /// Whether checkouts wait as threads or as greenlets (learned at the first one).
     pub(crate) mode: Mode,
+    /// Observability options (holders.rs, idle.rs), fixed for the pool's life.
+    pub(crate) stack_depth: usize,
+    pub(crate) idle_threshold: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+    /// Statements by shape (queries.rs); None with `query_stats=False`.
+    pub(crate) query_stats: Option<QueryStats>,
 }
 
 impl Inner {
     pub(crate) fn new(name: String, cfg: Validated, hooks: Hooks) -> Self {
         let (timeout, probe) = (cfg.timeout, cfg.probe);
+        let idle_threshold = cfg.idle_in_transaction_threshold.filter(|t| !t.is_zero());
+        let (stack_depth, idle_timeout) = (cfg.stack_depth, cfg.idle_in_transaction_timeout);
+        let query_stats = cfg
+            .query_stats
+            .then(|| QueryStats::new(cfg.query_stats_max_shapes));
         let engine = Engine::new(name, cfg);
         Inner {
             engine,
@@ -59,6 +72,10 @@ impl Inner {
             last_connect_error: Mutex::new(None),
             forking: AtomicBool::new(false),
             mode: Mode::new(),
+            stack_depth,
+            idle_threshold,
+            idle_timeout,
+            query_stats,
         }
     }
 
@@ -162,15 +179,21 @@ impl Inner {
 
     /// Gives a connection to the caller, keeping only a weak record of it.
     /// `queued_at` is when the request started, if it had to queue.
-    pub(crate) fn lend(&self, conn: Pooled<PyConn>, queued_at: Option<Instant>) -> Py<PyAny> {
+    pub(crate) fn lend(
+        &self,
+        py: Python<'_>,
+        conn: Pooled<PyConn>,
+        queued_at: Option<Instant>,
+    ) -> Py<PyAny> {
         let Pooled { payload, meta } = conn;
         let key = payload.obj.as_ptr() as usize;
+        let lent = Lent::new(py, meta.id, self.stack_depth, self.mode.known_green());
         let held = Pooled {
             payload: Held {
                 status_source: payload.status_source,
                 fd: payload.fd,
                 watch: payload.watch,
-                taker: Taker::current(),
+                lent: Arc::new(lent),
             },
             meta,
         };
