@@ -143,7 +143,7 @@ impl AsyncCheckout {
                         let arg = (obj, left.as_secs_f64()).into_pyobject(py)?;
                         return Ok((CHECK, arg.into_any().unbind()));
                     } else {
-                        return Ok((DONE, self.lend(conn)));
+                        return Ok((DONE, self.lend(py, conn)));
                     }
                 }
                 Checkout::Retire(retired) => match self.ask(Instant::now()) {
@@ -235,8 +235,8 @@ impl AsyncCheckout {
         self.advance(py, next)
     }
 
-    fn lend(&mut self, conn: Pooled<PyConn>) -> Py<PyAny> {
-        self.inner.lend(conn, self.queued.then_some(self.start))
+    fn lend(&mut self, py: Python<'_>, conn: Pooled<PyConn>) -> Py<PyAny> {
+        self.inner.lend(py, conn, self.queued.then_some(self.start))
     }
 
     fn timed_out(&self, py: Python<'_>) -> PyErr {
@@ -291,7 +291,7 @@ impl AsyncCheckout {
             return Err(out_of_order("checked"));
         };
         if ok {
-            return Ok((DONE, self.lend(conn)));
+            return Ok((DONE, self.lend(py, conn)));
         }
         match self.replace(py, conn)? {
             Ok(next) => self.advance(py, next),
@@ -313,7 +313,7 @@ impl AsyncCheckout {
             .engine
             .opened(slot.spend(), conn, Instant::now(), took)
         {
-            Ok(pooled) => Ok((DONE, self.lend(pooled))),
+            Ok(pooled) => Ok((DONE, self.lend(py, pooled))),
             Err(retired) => {
                 inner.retire(py, retired);
                 Err(PoolClosed::new_err(format!(
