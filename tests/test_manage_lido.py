@@ -20,9 +20,10 @@ import pytest
 from django_lido.observe import host, host_snapshot
 from observe_helpers import PoolChild, wait_for
 
+from harness import demo_site
 from harness.servers import free_port
 
-SITE_DIR = Path(__file__).resolve().parent.parent / "demo" / "django_site"
+SITE_DIR = demo_site.SITE_DIR
 SITE_DB = "lido_manage_site"
 
 
@@ -55,15 +56,7 @@ def lido(env: dict[str, str], *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def site_db(pg: Any) -> str:
-    with contextlib.suppress(Exception):
-        pg.execute(f"DROP DATABASE IF EXISTS {SITE_DB}")
-    pg.create_database(SITE_DB)
-    pg.execute(
-        "CREATE TABLE loadsite_item (id bigint PRIMARY KEY, name varchar(50) NOT NULL,"
-        " value integer NOT NULL);"
-        " INSERT INTO loadsite_item SELECT n, 'item ' || n, n FROM generate_series(1, 100) n",
-        dbname=SITE_DB,
-    )
+    demo_site.create_database(pg, SITE_DB)
     return SITE_DB
 
 
