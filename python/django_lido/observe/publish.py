@@ -172,37 +172,57 @@ _STARTED_AT = time.time()
 _HOST = socket.gethostname()
 
 
-def process_record(pools: Iterable[Any] | None = None) -> dict[str, Any]:
-    """This process's record: its pools and who it is."""
+def pool_records(pools: Iterable[Any] | None = None) -> list[dict[str, Any]]:
+    """The records of ``pools`` (default: this process's open pools)."""
     pools = open_pools() if pools is None else list(pools)
     targets = _targets()
+    return [pool_record(p, targets.get(id(p))) for p in pools]
+
+
+_self_start: tuple[int, int | None] = (0, None)
+
+
+def _own_start() -> int | None:
+    """This process's start time in ticks (cached; a forked child has its own)."""
+    global _self_start
     pid = os.getpid()
-    started = proc_start(pid)
+    if _self_start[0] != pid:
+        started = proc_start(pid)
+        _self_start = (pid, started[1] if started else None)
+    return _self_start[1]
+
+
+def process_record(pools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """This process's record: its pools (records from :func:`pool_records`, by default
+    of every open pool) and who it is."""
     return {
         "version": RECORD_VERSION,
-        "pid": pid,
+        "pid": os.getpid(),
         "argv0": sys.argv[0] if sys.argv else "",
         "title": _process_title(),
         "host": _HOST,
         "started_at": _STARTED_AT,
-        "proc_start": started[1] if started else None,
+        "proc_start": _own_start(),
         "written_at": time.time(),
-        "pools": [pool_record(p, targets.get(id(p))) for p in pools],
+        "pools": pool_records() if pools is None else pools,
     }
 
 
-def _fingerprint(record: dict[str, Any]) -> str:
-    """The record less what changes with the clock alone."""
-    pools = [
-        {
-            **p,
-            "connections": [
-                {k: v for k, v in c.items() if k not in _CLOCK_FIELDS} for c in p["connections"]
-            ],
-        }
-        for p in record["pools"]
-    ]
-    return json.dumps(pools, sort_keys=True, default=str)
+def _fingerprint(pools: list[dict[str, Any]]) -> str:
+    """The pools' records less what changes with the clock alone."""
+    return json.dumps(
+        [
+            {
+                **p,
+                "connections": [
+                    {k: v for k, v in c.items() if k not in _CLOCK_FIELDS} for c in p["connections"]
+                ],
+            }
+            for p in pools
+        ],
+        sort_keys=True,
+        default=str,
+    )
 
 
 def write_record(directory: Path, record: dict[str, Any]) -> Path:
@@ -237,6 +257,8 @@ class Publisher:
         self.interval = min(max(interval, MIN_INTERVAL), MAX_INTERVAL)
         self.pid = os.getpid()
         self.writes = 0
+        # CPU time the thread has used: what publishing costs the process.
+        self.cpu_seconds = 0.0
         self._stop = _allocate_lock()
         self._stop.acquire()
         self._dir: Path | None = None
@@ -279,14 +301,14 @@ class Publisher:
                 self.remove()
                 self._last = ""
             return False
-        record = process_record(pools)
-        fingerprint = _fingerprint(record)
+        records = pool_records(pools)
+        fingerprint = _fingerprint(records)
         now = time.monotonic()
         if not force and fingerprint == self._last and now - self._last_write < HEARTBEAT:
             return False
         if self._dir is None:
             self._dir = runtime_dir()
-        write_record(self._dir, record)
+        write_record(self._dir, process_record(records))
         self._last, self._last_write = fingerprint, now
         self.writes += 1
         return True
@@ -294,6 +316,7 @@ class Publisher:
     def _run(self) -> None:
         failures = 0
         while not self._stop.acquire(True, self.interval):
+            t0 = time.thread_time()
             try:
                 self.publish_once()
                 failures = 0
@@ -303,6 +326,7 @@ class Publisher:
                 # must not flood the log at every tick.
                 if failures == 1 or failures % 600 == 0:
                     logger.warning("could not publish this process's pools", exc_info=True)
+            self.cpu_seconds += time.thread_time() - t0
 
 
 def _join_real(t: _green.RealThread, timeout: float) -> None:
