@@ -59,6 +59,12 @@ def _short(text: str | None, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _process(title: str | None) -> str:
+    """A process title without the directories of its program."""
+    program, _, rest = (title or "").partition(" ")
+    return _short(f"{program.rsplit('/', 1)[-1]} {rest}", 32)
+
+
 def _who(holder: dict[str, Any] | None) -> str:
     if not holder:
         return "?"
@@ -79,7 +85,7 @@ def status_text(snap: dict[str, Any]) -> str:
         for p in r["pools"]:
             s = p["stats"]
             rows.append([
-                r["pid"], _short(r.get("title"), 32), p["name"], _db(p), s["pool_size"],
+                r["pid"], _process(r.get("title")), p["name"], _db(p), s["pool_size"],
                 s["idle"], s["in_use"], s["opening"], s["requests_waiting"], s["pool_max"],
                 s["requests_num"], s["requests_timeouts"], s["acquire_wait"]["p99_ms"],
                 s["usage"]["p99_ms"],
