@@ -120,17 +120,20 @@ def _targets() -> dict[int, tuple[str, str, str]]:
     databases = _setting("DATABASES") or {}
     out: dict[int, tuple[str, str, str]] = {}
     for target, pool in list(registry._pools.values()):
-        aliases = [
-            alias
-            for alias, s in databases.items()
-            if str(s.get("NAME") or "") in (target.database, target.database.removeprefix("test_"))
-            and str(s.get("HOST") or "") == target.host
-            and str(s.get("PORT") or "") == target.port
-        ]
-        # Pools are named "alias:database" unless the settings name them.
+        # Pools are named "alias:database" unless the settings name them; then the aliases
+        # with the pool's server and database are the best guess.
         prefix = pool.name.partition(":")[0]
-        if prefix in databases and prefix not in aliases:
-            aliases.insert(0, prefix)
+        if prefix in databases:
+            aliases = [prefix]
+        else:
+            aliases = [
+                alias
+                for alias, s in databases.items()
+                if str(s.get("NAME") or "")
+                in (target.database, target.database.removeprefix("test_"))
+                and str(s.get("HOST") or "") == target.host
+                and str(s.get("PORT") or "") == target.port
+            ]
         out[id(pool)] = (",".join(aliases), target.vendor, target.database)
     return out
 
