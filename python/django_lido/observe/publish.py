@@ -41,8 +41,9 @@ STALE = 30.0
 QUERIES_TOP = 50
 
 # Connection fields that change with the clock alone: left out of the change check (a reader
-# ages them by the record's age instead, see host.py).
-_CLOCK_FIELDS = ("held_for", "transaction_for", "last_statement_seconds")
+# ages them by the record's age instead, see host.py). ``taken_at`` is derived from the
+# monotonic clock at each call, so it jitters by microseconds.
+_CLOCK_FIELDS = ("held_for", "taken_at", "transaction_for", "last_statement_seconds")
 
 
 def _setting(name: str) -> Any:
@@ -218,21 +219,19 @@ def process_record(pools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     }
 
 
-def _fingerprint(pools: list[dict[str, Any]]) -> str:
-    """The pools' records less what changes with the clock alone."""
-    return json.dumps(
-        [
-            {
-                **p,
-                "connections": [
-                    {k: v for k, v in c.items() if k not in _CLOCK_FIELDS} for c in p["connections"]
-                ],
-            }
-            for p in pools
-        ],
-        sort_keys=True,
-        default=str,
-    )
+def _fingerprint(pools: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The pools' records less what changes with the clock alone, for ``==`` (cheaper than
+    serializing them)."""
+    return [
+        (
+            p["name"],
+            p["stats"],
+            [[v for k, v in c.items() if k not in _CLOCK_FIELDS] for c in p["connections"]],
+            p["queries"],
+            p["reports"],
+        )
+        for p in pools
+    ]
 
 
 def write_record(directory: Path, record: dict[str, Any]) -> Path:
@@ -272,7 +271,7 @@ class Publisher:
         self._stop = _allocate_lock()
         self._stop.acquire()
         self._dir: Path | None = None
-        self._last = ""
+        self._last: list[tuple[Any, ...]] | None = None
         self._last_write = 0.0
         self._thread: threading.Thread | _green.RealThread | None = None
 
@@ -307,9 +306,9 @@ class Publisher:
         Returns whether it wrote."""
         pools = open_pools()
         if not pools:
-            if self._last:
+            if self._last is not None:
                 self.remove()
-                self._last = ""
+                self._last = None
             return False
         records = pool_records(pools)
         fingerprint = _fingerprint(records)
