@@ -239,6 +239,7 @@ def test_a_forked_child_publishes_its_own_record(pg: Any, rundir: Path) -> None:
         from django_lido.observe import publish
         pool = Pool(sys.argv[1], name="pub-fork")
         d = publish.runtime_dir()
+        parent_started = publish.process_record([])["started_at"]
         pid = os.fork()
         if pid == 0:
             try:
@@ -248,7 +249,8 @@ def test_a_forked_child_publishes_its_own_record(pg: Any, rundir: Path) -> None:
                     if p.exists():
                         rec = json.loads(p.read_bytes())
                         if rec["pools"] and rec["pools"][0]["stats"]["in_use"] == 1:
-                            os._exit(0)
+                            # Its own start, not the parent's.
+                            os._exit(0 if rec["started_at"] > parent_started else 3)
                     time.sleep(0.05)
                 os._exit(1)
             except BaseException:

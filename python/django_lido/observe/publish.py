@@ -179,7 +179,6 @@ def pool_record(pool: Any, target: tuple[str, str, str] | None = None) -> dict[s
     }
 
 
-_STARTED_AT = time.time()
 _HOST = socket.gethostname()
 
 
@@ -190,30 +189,47 @@ def pool_records(pools: Iterable[Any] | None = None) -> list[dict[str, Any]]:
     return [pool_record(p, targets.get(id(p))) for p in pools]
 
 
-_self_start: tuple[int, int | None] = (0, None)
+_self_start: tuple[int, int | None, float] = (0, None, 0.0)
 
 
-def _own_start() -> int | None:
-    """This process's start time in ticks (cached; a forked child has its own)."""
+def _boot_time() -> float | None:
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _own_start() -> tuple[int | None, float]:
+    """This process's start: (clock ticks since boot, epoch seconds: within a second, as the
+    boot time is in whole seconds). Cached per pid, so a forked child finds its own."""
     global _self_start
     pid = os.getpid()
     if _self_start[0] != pid:
         started = proc_start(pid)
-        _self_start = (pid, started[1] if started else None)
-    return _self_start[1]
+        boot = _boot_time()
+        if started is not None and boot is not None:
+            _self_start = (pid, started[1], boot + started[1] / os.sysconf("SC_CLK_TCK"))
+        else:
+            _self_start = (pid, None, time.time())
+    return _self_start[1], _self_start[2]
 
 
 def process_record(pools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """This process's record: its pools (records from :func:`pool_records`, by default
     of every open pool) and who it is."""
+    ticks, started_at = _own_start()
     return {
         "version": RECORD_VERSION,
         "pid": os.getpid(),
         "argv0": sys.argv[0] if sys.argv else "",
         "title": _process_title(),
         "host": _HOST,
-        "started_at": _STARTED_AT,
-        "proc_start": _own_start(),
+        "started_at": started_at,
+        "proc_start": ticks,
         "written_at": time.time(),
         "pools": pool_records() if pools is None else pools,
     }
