@@ -201,6 +201,9 @@ def test_two_gunicorn_workers_in_one_status_and_a_killed_one_drops_out(
         text = lido(env, "queries", "--order", "count", "--limit", "3")
         assert text.splitlines()[0].split()[:3] == ["POOL", "COUNT", "ERRORS"]
         assert len(text.splitlines()) == 4
+        # Reset in every worker, by the other process's request.
+        assert "reset" in lido(env, "queries", "--reset", "--pool", pool_name)
+        wait_for(lambda: not json.loads(lido(env, "queries", "--json")), timeout=20, step=0.2)
 
         victim = min(pids)
         os.kill(victim, signal.SIGKILL)

@@ -149,6 +149,38 @@ def test_this_process_queries_are_read_live(pg: Any, rundir: Path) -> None:
     assert ours(host_snapshot(rundir)) == {}
 
 
+def test_a_reset_request_reaches_the_named_pools_once(pg: Any, rundir: Path) -> None:
+    configure(pg, default=database(pg))
+    wrappers = [global_alias(unique("pub_r"), database(pg, pool={"max_size": 1})) for _ in "ab"]
+    for w in wrappers:
+        with w.cursor() as cur:
+            cur.execute("SELECT 1")
+        w.close()
+    a, b = (w.pool for w in wrappers)
+    rundir.mkdir(mode=0o700)
+    publish.request_query_reset(rundir, a.name)  # older than the publisher: not for it
+    publish.stop()
+    pub = publish.Publisher()
+    try:
+        pub.publish_once()
+        assert a.query_stats() and b.query_stats()
+        time.sleep(0.01)  # a later modification time than the first request's
+        publish.request_query_reset(rundir, a.name)
+        pub.publish_once()
+        assert not a.query_stats() and b.query_stats()
+        with wrappers[0].cursor() as cur:
+            cur.execute("SELECT 1")
+        wrappers[0].close()
+        pub.publish_once()
+        assert a.query_stats(), "a request is taken once"
+        time.sleep(0.01)
+        publish.request_query_reset(rundir)
+        pub.publish_once()
+        assert not a.query_stats() and not b.query_stats()
+    finally:
+        pub.remove()
+
+
 def test_stale_records_and_reused_pids_are_dropped(rundir: Path) -> None:
     rundir.mkdir(mode=0o700)
     me = publish.process_record([])
