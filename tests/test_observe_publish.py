@@ -310,3 +310,31 @@ def test_publishing_can_be_turned_off(pg: Any, rundir: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "None"
     assert not rundir.exists() or not list(rundir.glob("*.json"))
+
+
+def test_an_unusable_directory_is_said_once_and_the_pool_works_on(pg: Any, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(
+            """
+            import logging, signal, sys, time
+            signal.alarm(50)
+            logging.basicConfig(level=logging.WARNING)
+            from django_lido import Pool
+            pool = Pool(sys.argv[1], name="pub-broken")
+            for _ in range(8):
+                with pool.connection() as conn:
+                    conn.execute("SELECT 1")
+                time.sleep(0.25)
+            print(pool.stats()["requests_num"])
+            pool.close()
+            """
+        ), pg.conninfo()],
+        env={**os.environ, "LIDO_RUNTIME_DIR": str(not_a_dir), "LIDO_PUBLISH_INTERVAL": "0.25"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "8"
+    assert out.stderr.count("could not publish this process's pools") == 1, out.stderr
+    assert "is not a directory" in out.stderr
