@@ -37,6 +37,9 @@ DEV_REQS=(
   "eventlet>=0.36"
   "psycogreen>=1.0.2"
   "django-db-geventpool>=4.0"
+  "prometheus_client>=0.20"
+  "opentelemetry-api>=1.25"
+  "opentelemetry-sdk>=1.25"
 )
 # Python 3.13 runs the other supported Django (6.1, which needs Python >= 3.12).
 PY313_REQS=(
@@ -57,6 +60,9 @@ PY313_REQS=(
   "redis>=6.4,<8"
   "uvicorn>=0.30"
   "psycogreen>=1.0.2"
+  "prometheus_client>=0.20"
+  "opentelemetry-api>=1.25"
+  "opentelemetry-sdk>=1.25"
 )
 
 as_root() {
