@@ -76,7 +76,8 @@ for t in holders:
 held.wait()
 full = pool.stats()
 gate.set()
-until(lambda: pool.stats()["opening"] == 0, "the gated connect")
+# Its slot is free once the close is done (a connection being closed counts in pool_size).
+until(lambda: (pool.stats()["opening"], pool.stats()["pool_size"]) == (0, 3), "the close")
 arrived = pool.stats()
 with psycopg.connect(dsn, autocommit=True) as watcher:  # the server's view, meanwhile
     deadline = time.monotonic() + 10
