@@ -170,3 +170,22 @@ fn a_closed_pool_is_left_alone() {
     assert!(e.keep_no_idle().is_empty());
     assert_eq!(after_fork(&e), 0);
 }
+
+#[test]
+fn a_waiter_sent_to_an_idle_connection_gets_the_freed_slot() {
+    let e = engine(0, 1);
+    let t = Instant::now();
+    let a = get(&e, t, 1);
+    let w = match e.checkout(t, wake).unwrap() {
+        Checkout::Wait(w) => w,
+        _ => panic!("the pool is full"),
+    };
+    // Returned within the holder's turn: it goes idle and the waiter is sent a Retry.
+    assert!(e.release_in_turn(a, true, t, Some(t)).is_none());
+    assert!(matches!(w.try_take(), Some(Grant::Retry)));
+    let retired = e.keep_no_idle();
+    assert!(matches!(e.retry(&w, t).unwrap(), Checkout::Wait(_)));
+    assert_eq!(close_all(&e, retired), [1]);
+    assert!(matches!(w.try_take(), Some(Grant::Open(_))));
+    assert_eq!(e.status().opening, 1);
+}
