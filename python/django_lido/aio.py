@@ -460,13 +460,19 @@ class _AtExit:
     """An AsyncPool as lifecycle.py sees it: closed at interpreter exit with the engine's
     sync close (no loop is left to await on then; psycopg's close is a ``PQfinish``), as
     ``Pool``s are. In a forked child it stays empty: its loop and maintenance thread are
-    the parent's."""
+    the parent's. In the parent it keeps no idle connections, as ``Pool``s do, closed
+    with the same sync close."""
 
     def __init__(self, pool: AsyncPool) -> None:
         self._pool = weakref.ref(pool)
 
     def _after_fork_in_child(self) -> None:
         pass
+
+    def _after_fork_in_parent(self) -> None:
+        pool = self._pool()
+        if pool is not None:
+            PoolCore._after_fork_in_parent(pool)
 
     def close(self, timeout: float = 1.0) -> None:
         pool = self._pool()

@@ -8,9 +8,11 @@ maintenance thread.
 
 A process that forks is taken for a master (gunicorn ``--preload``, a pre-forking server):
 it keeps no idle connections. In the parent, after each fork, the forking thread's Django
-connections outside a transaction go back, every pool closes its idle connections and its
-``min_size`` becomes 0, so the connections opened at import time do not sit idle in the
-master for the life of the server. Such a process still gets connections on demand.
+connections outside a transaction go back, and every pool closes its idle connections
+(and, as they arrive, those being opened to keep ``min_size``) and sets ``min_size`` to 0
+(the engine's ``keep_no_idle``), so the connections opened at import time do not sit idle
+in the master for the life of the server. Its ``max_size`` is left alone: such a process,
+and its other threads, still get connections on demand.
 """
 
 from __future__ import annotations
@@ -20,27 +22,18 @@ import contextlib
 import logging
 import os
 import sys
-import threading
-import time
 import weakref
-from typing import Any, Protocol
+from typing import Protocol
 
-from django_lido._lido import PoolError, _interpreter_exiting
+from django_lido._lido import _interpreter_exiting
 
 logger = logging.getLogger("django_lido.pool")
 
 
 class _ForkAware(Protocol):
     def _after_fork_in_child(self) -> None: ...
+    def _after_fork_in_parent(self) -> None: ...
     def close(self, timeout: float = ...) -> None: ...
-    def getconn(self, timeout: float | None = None) -> Any: ...
-    def putconn(self, conn: Any) -> None: ...
-    def resize(self, min_size: int, max_size: int) -> None: ...
-    def stats(self) -> dict[str, Any]: ...
-    @property
-    def closed(self) -> bool: ...
-    @property
-    def name(self) -> str: ...
 
 
 _pools: weakref.WeakSet[_ForkAware] = weakref.WeakSet()
@@ -64,11 +57,9 @@ def _after_in_parent() -> None:
         _give_back_django_connections()
     for pool in list(_pools):
         try:
-            keep_no_idle(pool)
+            pool._after_fork_in_parent()
         except Exception:
-            logger.warning(
-                "pool %r: closing idle connections after fork failed", pool.name, exc_info=True
-            )
+            logger.warning("%r: closing idle connections after fork failed", pool, exc_info=True)
 
 
 def _give_back_django_connections() -> None:
@@ -89,58 +80,6 @@ def _give_back_django_connections() -> None:
             and not wrapper.in_atomic_block
         ):
             wrapper.close()
-
-
-# Bounds the take of an idle connection (which may check it) in keep_no_idle.
-_TAKE_IDLE = 0.5
-# How long connects already under way at the fork are waited for, to close them too.
-_OPENING_WAIT = 30.0
-
-
-def keep_no_idle(pool: _ForkAware) -> None:
-    """Closes ``pool``'s idle connections and sets its ``min_size`` to 0 (connections in use
-    close as usual when they come back, after ``max_idle``). Connections being opened now
-    (the maintenance filling ``min_size``) are closed once open, by a short-lived thread, so
-    that the fork does not wait for them."""
-    if pool.closed:
-        return
-    max_size = pool.stats()["pool_max"]
-    _close_idle(pool, max_size)
-    if pool.stats()["opening"]:
-        ref = weakref.ref(pool)
-        threading.Thread(
-            target=_close_idle_once_opened, args=(ref, max_size), name="lido-after-fork",
-            daemon=True,
-        ).start()  # fmt: skip
-
-
-def _close_idle(pool: _ForkAware, max_size: int) -> None:
-    """A resize to ``max_size`` 1 closes every idle connection while another is in use (its
-    statistics count them as closed by a resize); with none in use, this takes one first,
-    and closes it itself (it is counted as returned broken)."""
-    taken = None
-    stats = pool.stats()
-    if stats["idle"] and not stats["in_use"]:
-        with contextlib.suppress(PoolError):  # others took it: they are in use now
-            taken = pool.getconn(_TAKE_IDLE)
-    try:
-        pool.resize(0, 1)
-    finally:
-        pool.resize(0, max_size)
-        if taken is not None:
-            taken.close()  # closed, it is discarded when it goes back
-            pool.putconn(taken)
-
-
-def _close_idle_once_opened(ref: weakref.ref[_ForkAware], max_size: int) -> None:
-    deadline = time.monotonic() + _OPENING_WAIT
-    while (pool := ref()) is not None and not pool.closed and time.monotonic() < deadline:
-        if not pool.stats()["opening"]:
-            with contextlib.suppress(Exception):
-                _close_idle(pool, max_size)
-            return
-        del pool
-        time.sleep(0.01)
 
 
 # At exit a maintenance thread still inside a connect is not waited for beyond this.

@@ -19,10 +19,13 @@ pub enum CloseReason {
     Resize,
     /// The pool was closed.
     PoolClosed,
+    /// Idle, or opened to be kept idle, when the process forked: the parent keeps no idle
+    /// connections ([`crate::Engine::keep_no_idle`]).
+    AfterFork,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::Lifetime,
         CloseReason::Idle,
         CloseReason::MaxUses,
@@ -30,6 +33,7 @@ impl CloseReason {
         CloseReason::CheckFailed,
         CloseReason::Resize,
         CloseReason::PoolClosed,
+        CloseReason::AfterFork,
     ];
 
     /// The name used in statistics (`closes_<name>`).
@@ -42,6 +46,7 @@ impl CloseReason {
             CloseReason::CheckFailed => "check_failed",
             CloseReason::Resize => "resize",
             CloseReason::PoolClosed => "pool_closed",
+            CloseReason::AfterFork => "after_fork",
         }
     }
 
@@ -106,6 +111,9 @@ pub struct OpenPermit {
     pub(crate) generation: u64,
     /// Given while the server was taken to be down: the one probing connect.
     pub(crate) probe: bool,
+    /// The engine's count of forks when given: one given before a fork opens a connection
+    /// that the pool does not keep idle ([`crate::Engine::keep_no_idle`]).
+    pub(crate) forks: u64,
 }
 
 impl OpenPermit {

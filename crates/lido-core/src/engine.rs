@@ -123,6 +123,9 @@ struct State<C> {
     maintenance_due: bool,
     /// The server is taken to be down (see [`Outage`]).
     outage: Option<Outage>,
+    /// Forks this process made ([`Engine::keep_no_idle`]): a connection opened to be kept
+    /// idle with a permit given before the latest one is not kept.
+    forks: u64,
 }
 
 impl<C> State<C> {
@@ -326,6 +329,7 @@ impl<C> State<C> {
         OpenPermit {
             generation: self.generation,
             probe,
+            forks: self.forks,
         }
     }
 
@@ -406,6 +410,7 @@ impl<C> Engine<C> {
                 maintainer: None,
                 maintenance_due: false,
                 outage: None,
+                forks: 0,
             }),
             stats: Stats::default(),
         }
@@ -651,7 +656,9 @@ impl<C> Engine<C> {
         Ok(conn)
     }
 
-    /// Records a connection opened by maintenance: it goes to the first waiter, or idle.
+    /// Records a connection opened by maintenance: it goes to the first waiter, or idle;
+    /// if the process forked while it was being opened, it goes to the first waiter, or is
+    /// handed back for closing ([`Engine::keep_no_idle`]).
     pub fn opened_idle(
         &self,
         permit: OpenPermit,
@@ -662,10 +669,14 @@ impl<C> Engine<C> {
         // One lock for the whole step, so that a close() cannot slip in between and leave
         // the connection idle in a closed pool. Nobody has used it yet: no use counted.
         let mut st = self.state.lock();
+        let before_fork = permit.forks != st.forks;
         let conn = match self.record_open(&mut st, permit, payload, now, took, 0) {
             Ok(conn) => conn,
             Err(retired) => return Some(retired),
         };
+        if before_fork && st.waiters.is_empty() {
+            return Some(st.retire(conn, CloseReason::AfterFork, &self.stats));
+        }
         let woken = st.serve_first_waiter(conn);
         let more = st.grant_opens();
         drop(st);
@@ -1065,6 +1076,29 @@ impl<C> Engine<C> {
     pub fn after_fork_in_parent(&self) {
         // SAFETY: locked by `before_fork` on this thread, and the guard was forgotten.
         unsafe { self.state.force_unlock() };
+    }
+
+    /// After `fork()`, in the parent, once the locks are released: a process that forks is
+    /// taken for a master that serves nothing itself (gunicorn `--preload`), and keeps no
+    /// idle connections. `min_size` becomes 0, every idle connection is handed back for
+    /// closing, and those being opened to be kept idle are handed back when they arrive,
+    /// unless a waiter takes them ([`Engine::opened_idle`]). `max_size` and the connections
+    /// in use are left as they are: the process still gets connections on demand, and
+    /// they close after `max_idle`. Each close counts as [`CloseReason::AfterFork`].
+    pub fn keep_no_idle(&self) -> Vec<Retired<C>> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Vec::new();
+        }
+        st.cfg.min_size = 0;
+        st.forks += 1;
+        let idle = std::mem::take(&mut st.idle);
+        let retired = idle
+            .into_iter()
+            .map(|conn| st.retire(conn, CloseReason::AfterFork, &self.stats))
+            .collect();
+        st.debug_check_retries();
+        retired
     }
 
     /// After `fork()`, in the child: starts a new generation with no connections. Returns

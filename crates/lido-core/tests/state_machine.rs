@@ -1,26 +1,11 @@
 //! Deterministic tests of the engine's decisions, with time passed in by hand.
 
+mod common;
+
+use common::{engine, get, wake};
 use lido_core::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn engine(cfg: Config) -> Engine<u32> {
-    Engine::new("t", cfg.validate().unwrap())
-}
-
-fn wake() -> Box<dyn Wake> {
-    Box::new(ThreadWake::current())
-}
-
-/// Checks out a connection, opening one with payload `p` if the engine asks.
-fn get(e: &Engine<u32>, now: Instant, p: u32) -> Pooled<u32> {
-    match e.checkout(now, wake).unwrap() {
-        Checkout::Ready(c, _) => c,
-        Checkout::Open(permit) => e.opened(permit, p, now, Duration::ZERO).unwrap(),
-        Checkout::Retire(_) => panic!("unexpected retire"),
-        Checkout::Wait(_) => panic!("unexpected wait"),
-    }
-}
 
 /// Checks out, expecting to queue: strictly in order with `turn` None.
 fn wait(e: &Engine<u32>, now: Instant, turn: Option<Instant>) -> Arc<Waiter<u32>> {

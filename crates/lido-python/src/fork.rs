@@ -8,10 +8,15 @@
 //! which other threads run Python) nor hold one of these locks while waiting for the GIL
 //! (the pool never does). What needs Python in the child (the parent's connections in use)
 //! is done by `PoolCore._after_fork_in_child`, from `os.register_at_fork`.
+//!
+//! In the parent, `PoolCore._after_fork_in_parent` (from `os.register_at_fork`, since the
+//! closes are driver calls) keeps no idle connections: a process that forks is taken for a
+//! master that serves nothing itself (gunicorn `--preload`; see `Engine::keep_no_idle`).
 
 use crate::exit;
 use crate::inner::Inner;
 use crate::leases::Held;
+use crate::permit::Leftovers;
 use lido_core::{release_in_child, Pooled};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
@@ -92,6 +97,14 @@ impl Inner {
         self.forking.store(false, SeqCst);
         for conn in idle {
             self.keep_foreign(conn.payload.obj, conn.payload.watch);
+        }
+    }
+
+    /// In the parent, from Python: closes the idle connections; `min_size` is 0 from now on,
+    /// and connections being opened to be kept idle are closed when they arrive.
+    pub(crate) fn keep_no_idle(&self, py: Python<'_>) {
+        for r in Leftovers::retired(&self.engine, self.engine.keep_no_idle()) {
+            self.retire(py, r);
         }
     }
 

@@ -180,6 +180,15 @@ impl PoolCore {
         })
     }
 
+    /// In the parent after a fork: keeps no idle connections (fork.rs).
+    fn _after_fork_in_parent(&self, py: Python<'_>) -> PyResult<()> {
+        let _active = Active::enter(py);
+        guarded(py, "PoolCore._after_fork_in_parent", || {
+            self.inner.keep_no_idle(py);
+            Ok(())
+        })
+    }
+
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         guarded(py, "PoolCore.__repr__", || Ok(self.inner.describe()))
     }
