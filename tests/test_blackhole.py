@@ -79,9 +79,7 @@ def test_a_connect_into_a_black_hole_ends_within_the_timeout(cut, pg_throwaway):
     pool.close()
 
 
-def test_idle_connections_behind_a_black_hole_are_not_checked_past_the_timeout(
-    cut, pg_throwaway
-):
+def test_idle_connections_behind_a_black_hole_are_not_checked_past_the_timeout(cut, pg_throwaway):
     pool = Pool(
         _conninfo(cut, pg_throwaway),
         max_size=4,

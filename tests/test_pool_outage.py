@@ -258,9 +258,7 @@ def test_mariadb_restart_costs_only_the_requests_on_the_killed_connections(
     assert first is not None and first < 1.0, f"first success {first} s after the restart"
 
 
-def test_maintenance_refills_min_size_soon_after_the_server_is_back(
-    pg_throwaway, counted_connects
-):
+def test_maintenance_refills_min_size_soon_after_the_server_is_back(pg_throwaway, counted_connects):
     from helpers import eventually
 
     pool = Pool(pg_throwaway.conninfo(tcp=True), min_size=2, max_size=4, name="refill")
