@@ -479,8 +479,8 @@ class _AtExit:
         if pool is None:
             return
         PoolCore.close(pool)
-        # Its maintenance thread leaves the engine's wait now, before finalization (a
-        # thread that takes the GIL back inside the binding then would abort the process).
+        # At exit (timeout 0) its maintenance thread, woken by the close, parks for good
+        # instead of taking the GIL back (the binding's exit.rs).
         t = pool._maintenance
         if t is not None and t is not threading.current_thread():
             t.join(timeout)

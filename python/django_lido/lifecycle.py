@@ -82,8 +82,9 @@ def _give_back_django_connections() -> None:
             wrapper.close()
 
 
-# At exit a maintenance thread still inside a connect is not waited for beyond this.
-_EXIT_JOIN = 0.1
+# At exit maintenance threads are not waited for: woken by the close, or back from a
+# connect, they park for good (the binding's exit.rs) instead of taking the GIL back.
+_EXIT_JOIN = 0.0
 
 
 def _close_all() -> None:

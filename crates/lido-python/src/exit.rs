@@ -187,13 +187,6 @@ pub(crate) fn outside_section<R>(wait: impl FnOnce() -> R) -> R {
     r
 }
 
-/// For a thread that waits outside any section: woken after exit began, it parks for good.
-pub(crate) fn park_forever_if_exiting() {
-    if must_park() {
-        park_forever();
-    }
-}
-
 /// Between the steps of a call that may run Python code several times: once exit has
 /// begun, stop with `PoolClosed` rather than start another driver call.
 pub(crate) fn check_not_exiting(name: &str) -> PyResult<()> {

@@ -1,7 +1,7 @@
 //! `Maintainer`: the maintenance thread's handle on a pool.
 
 use crate::errors::guarded;
-use crate::exit::{check_not_exiting, park_forever_if_exiting, Active};
+use crate::exit::{check_not_exiting, outside_section, Active};
 use crate::inner::Inner;
 use crate::leases::attach_leak_watch;
 use crate::permit::{Leftovers, PermitGuard};
@@ -24,16 +24,15 @@ impl Maintainer {
     /// Returns False once the pool is closed.
     #[pyo3(signature = (seconds, pause=false))]
     fn wait(&self, py: Python<'_>, seconds: f64, pause: bool) -> PyResult<bool> {
+        // A section, waiting outside it: woken once exit has begun (also by the exit
+        // handler's close of the pool), the thread parks for good rather than take the GIL
+        // back; woken before, exit waits for it to return to Python.
+        let _active = Active::enter(py);
         guarded(py, "Maintainer.wait", || {
             let inner = Arc::clone(&self.inner);
             let deadline = Instant::now() + Duration::from_secs_f64(seconds.clamp(0.0, 3600.0));
             Ok(py.detach(move || {
-                let open = inner.engine.wait_for_maintenance(deadline, pause);
-                // Closed: the exit handler is joining this thread before finalization; go on.
-                if open {
-                    park_forever_if_exiting();
-                }
-                open
+                outside_section(|| inner.engine.wait_for_maintenance(deadline, pause))
             }))
         })
     }
