@@ -11,6 +11,7 @@ and a long hold's stack on click. A screenshot is saved under the test's temp di
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -120,6 +121,20 @@ def text(driver: Any, element_id: str) -> str:
     return str(driver.find_element(By.ID, element_id).text)
 
 
+def click_first(driver: Any, css: str, timeout: float = 15.0) -> None:
+    """Clicks the first element matching ``css``, again if the page redrew it meanwhile
+    (the tables are redrawn at each poll)."""
+
+    def attempt() -> bool | None:
+        rows = driver.find_elements(By.CSS_SELECTOR, css)
+        if not rows:
+            return None
+        rows[0].click()
+        return True
+
+    wait_for(f"a click on {css}", attempt, timeout)
+
+
 def shown_detail(driver: Any) -> Any:
     def probe() -> Any:
         panel = driver.find_element(By.ID, "detail")
@@ -166,11 +181,7 @@ def test_staff_dashboard_renders_and_updates_live(
 
 
 def test_held_connection_shows_its_stack_on_click(browser: Any) -> None:
-    rows = wait_for(
-        "connection rows",
-        lambda: browser.find_elements(By.CSS_SELECTOR, "#connections tbody tr"),
-    )
-    rows[0].click()
+    click_first(browser, "#connections tbody tr")
     detail = shown_detail(browser)
     assert "Connection #" in detail.text
     stacks = detail.find_elements(By.CSS_SELECTOR, "pre.stack")
@@ -182,15 +193,10 @@ def test_held_connection_shows_its_stack_on_click(browser: Any) -> None:
 
 def test_long_hold_report_shows_its_stack_on_click(browser: Any) -> None:
     try:
-        rows = wait_for(
-            "a long-hold report",
-            lambda: browser.find_elements(By.CSS_SELECTOR, "#leaks tbody tr.kind-long_hold"),
-            timeout=10,
-        )
+        click_first(browser, "#leaks tbody tr.kind-long_hold", timeout=10)
     except AssertionError:
         pytest.skip("no long-hold reports in the snapshot: Seam B's pool.reports() (branch "
                     "holders) published by Seam C is missing")  # fmt: skip
-    rows[0].click()
     detail = shown_detail(browser)
     assert "held too long" in detail.text
     stack = detail.find_element(By.CSS_SELECTOR, "pre.stack")
@@ -199,9 +205,9 @@ def test_long_hold_report_shows_its_stack_on_click(browser: Any) -> None:
 
 def test_screenshot(browser: Any, tmp_path: Path) -> None:
     # Shown with connections held and, when there is one, a stack open.
-    rows = browser.find_elements(By.CSS_SELECTOR, "#connections tbody tr")
-    if rows and not browser.find_element(By.ID, "detail").is_displayed():
-        rows[0].click()
+    if not browser.find_element(By.ID, "detail").is_displayed():
+        with contextlib.suppress(AssertionError):
+            click_first(browser, "#connections tbody tr", timeout=3)
     time.sleep(1.5)  # two more polls: the charts have a few points
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(1400, max(1000, min(int(height) + 40, 4000)))

@@ -155,7 +155,7 @@
   function niceMax(v) {
     if (!(v > 0)) return 1;
     var p = Math.pow(10, Math.floor(Math.log10(v)));
-    var steps = [1, 2, 2.5, 5, 10];
+    var steps = [1, 2, 4, 8, 10]; // quarters stay round for the ticks
     for (var i = 0; i < steps.length; i++) if (steps[i] * p >= v) return steps[i] * p;
     return 10 * p;
   }
@@ -163,7 +163,7 @@
   // series: [{name, color, points: [[t, v]...], area, base, dash}]; x spans the history.
   function drawTimeChart(svg, series, opts) {
     while (svg.firstChild) svg.removeChild(svg.firstChild);
-    var W = 600, H = 180, L = 44, R = 8, T = 10, B = 22;
+    var W = 600, H = 180, L = 44, R = 8, T = 22, B = 22;
     var now = latest ? num(latest.taken_at) : Date.now() / 1000;
     var span = HISTORY * PERIOD_MS / 1000;
     var t0 = now - span;
@@ -203,10 +203,10 @@
     var lx = W - R;
     series.slice().reverse().forEach(function (s) {
       if (s.legend === false) return;
-      var label = svgEl("text", { x: lx, y: T + 10, class: "legend", "text-anchor": "end" }, s.name);
+      var label = svgEl("text", { x: lx, y: 12, class: "legend", "text-anchor": "end" }, s.name);
       svg.appendChild(label);
       lx -= 6.5 * s.name.length + 6;
-      svg.appendChild(svgEl("rect", { x: lx, y: T + 2, width: 8, height: 8, fill: s.color }));
+      svg.appendChild(svgEl("rect", { x: lx, y: 4, width: 8, height: 8, fill: s.color }));
       lx -= 10;
     });
   }
