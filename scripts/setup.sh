@@ -35,6 +35,9 @@ DEV_REQS=(
   "redis>=6.4,<8"
   "gevent>=24"
   "eventlet>=0.36"
+  "prometheus_client>=0.20"
+  "opentelemetry-api>=1.25"
+  "opentelemetry-sdk>=1.25"
   "selenium>=4.20"
 )
 # Python 3.13 runs the other supported Django (6.1, which needs Python >= 3.12).
@@ -55,6 +58,9 @@ PY313_REQS=(
   "celery>=5.5,<6"
   "redis>=6.4,<8"
   "uvicorn>=0.30"
+  "prometheus_client>=0.20"
+  "opentelemetry-api>=1.25"
+  "opentelemetry-sdk>=1.25"
 )
 
 as_root() {

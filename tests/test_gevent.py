@@ -6,7 +6,6 @@ A watchdog (the subprocess timeout) fails a hang."""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
@@ -16,11 +15,11 @@ import sys
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness import demo_site
 from harness.servers import free_port
 
 pytest.importorskip("gevent")
@@ -224,7 +223,7 @@ def test_maintenance_keeps_min_size_without_blocking_the_hub(pg: Any) -> None:
     assert r["closed"] < 1.5 and not r["alive"], r
 
 
-SITE_DIR = Path(__file__).resolve().parent.parent / "demo" / "django_site"
+SITE_DIR = demo_site.SITE_DIR
 SITE_DB = "lido_gevent_site"
 CLIENTS = 30
 REQUESTS = 20  # per client
@@ -249,15 +248,7 @@ def test_gunicorn_gevent_worker_serves_many_clients_on_a_small_pool(pg: Any) -> 
     (a transaction held 5 ms in one request of five) all answered, never more than 4
     server connections, none left in use."""
     pytest.importorskip("gunicorn")
-    with contextlib.suppress(Exception):
-        pg.execute(f"DROP DATABASE IF EXISTS {SITE_DB}")
-    pg.create_database(SITE_DB)
-    pg.execute(
-        "CREATE TABLE loadsite_item (id bigint PRIMARY KEY, name varchar(50) NOT NULL,"
-        " value integer NOT NULL);"
-        " INSERT INTO loadsite_item SELECT n, 'item ' || n, n FROM generate_series(1, 100) n",
-        dbname=SITE_DB,
-    )
+    demo_site.create_database(pg, SITE_DB)
     port = free_port()
     env = {
         **os.environ,

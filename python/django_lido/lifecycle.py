@@ -28,6 +28,10 @@ _pools: weakref.WeakSet[_ForkAware] = weakref.WeakSet()
 
 def register(pool: _ForkAware) -> None:
     _pools.add(pool)
+    # Publishing for the host's other processes (and metrics) start with the first pool.
+    from django_lido import observe
+
+    observe.pool_created()
 
 
 def _after_in_child() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from django_lido import _green, lifecycle
+from django_lido import _green, lifecycle, reports
 from django_lido._lido import Maintainer, PoolCore
 from django_lido.drivers import Conn, driver_for, transient_error
 from django_lido.errors import PoolClosed
@@ -58,11 +58,13 @@ class Pool(PoolCore):
 
     Returned connections are rolled back if a transaction is open or failed. A connection
     dropped by its holder without ``putconn()`` frees its slot and is logged as leaked; one
-    held longer than ``leak_threshold`` is logged once, with the thread that took it, and
-    again when it comes back.
+    held longer than ``leak_threshold`` is logged once, with the thread and the stack that
+    took it, and again when it comes back. ``connections()`` shows every connection lent
+    out, ``reports()`` the last reports made (see ``django_lido.reports``).
     """
 
     _maintenance: threading.Thread | _green.RealThread | None
+    _reports: reports.Ring
 
     def __new__(
         cls,
@@ -102,12 +104,12 @@ class Pool(PoolCore):
             name=name,
             check=check,
             reset=reset,
-            on_leak=_leak_logger(name),
+            on_report=(ring := reports.Ring(name, options)).report,
             on_error=_error_logger(name),
             transient=transient_error,
-            on_long_hold=_long_hold_logger(name, options["leak_threshold"]),
             options=options,
         )
+        self._reports = ring
         self._maintenance = None
         self._start_maintenance()
         lifecycle.register(self)
@@ -176,6 +178,11 @@ class Pool(PoolCore):
             conn.commit()
         finally:
             self.putconn(conn)
+
+    def reports(self) -> list[dict[str, Any]]:
+        """The last reports this pool made (long holds, leaks, idle transactions), oldest
+        first, at most ``reports.KEPT``."""
+        return self._reports.list()
 
     def __enter__(self) -> Pool:
         return self
@@ -254,53 +261,6 @@ def _psycopg_connect(conninfo: str) -> Callable[[float], Conn]:
         return conn
 
     return connect
-
-
-def _leak_logger(name: str) -> Callable[[int, float], None]:
-    def on_leak(conn_id: int, held_for: float) -> None:
-        logger.warning(
-            "pool %r: connection #%d was dropped by its holder after %.3f s without being "
-            "returned; its slot is free again (return connections with putconn() or use "
-            "pool.connection())",
-            name,
-            conn_id,
-            held_for,
-        )
-
-    return on_leak
-
-
-def _long_hold_logger(
-    name: str, threshold: float | None
-) -> Callable[[str, int, float, dict[str, Any]], None]:
-    def on_long_hold(event: str, conn_id: int, held_for: float, holder: dict[str, Any]) -> None:
-        thread = holder["thread"]
-        who = (
-            f"thread {thread!r}"
-            if thread is not None
-            else f"a thread that has ended (id {holder['thread_id']})"
-        )
-        if event == "held":
-            logger.warning(
-                "pool %r: connection #%d has been held for %.1f s by %s and is not returned "
-                "yet (leak_threshold=%s s); a connection kept for good is a leak",
-                name,
-                conn_id,
-                held_for,
-                who,
-                threshold,
-            )
-        else:
-            logger.warning(
-                "pool %r: connection #%d, reported as held past leak_threshold, came back "
-                "after %.1f s (taken by %s)",
-                name,
-                conn_id,
-                held_for,
-                who,
-            )
-
-    return on_long_hold
 
 
 def _error_logger(name: str) -> Callable[[str, BaseException], None]:

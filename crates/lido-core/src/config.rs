@@ -318,8 +318,26 @@ options! {
         "run the zero-round-trip socket probe at every checkout";
     leak_threshold: Option<Duration> = Some(Duration::from_secs(60)),
         Kind::Seconds { positive: false, max: DAY, zero: Some("no report"), none: Some("no report") },
-        "a connection held longer than this (still referenced) is logged with the thread that \
-         took it, once per checkout, and again when it comes back";
+        "a connection held longer than this (still referenced) is logged with the thread and \
+         the stack that took it, once per checkout, and again when it comes back";
+    stack_depth: usize = 16,
+        Kind::Count { min: 0, max: 256, zero: Some("no stacks") },
+        "frames of the caller's stack kept at each checkout and transaction start (code and \
+         offset, formatted only for a report), outside Django and django_lido";
+    idle_in_transaction_threshold: Option<Duration> = Some(Duration::from_secs(10)),
+        Kind::Seconds { positive: false, max: DAY, zero: Some("no report"), none: Some("no report") },
+        "a holder with a transaction open and no statement running for longer than this is \
+         logged with the stack that began the transaction and the last statement's shape";
+    idle_in_transaction_timeout: Option<Duration> = None,
+        Kind::Seconds { positive: true, max: DAY, zero: None, none: Some("never") },
+        "a transaction idle this long is ended: the socket is shut down, the server rolls \
+         back, and the connection is discarded when it comes back";
+    query_stats: bool = true,
+        Kind::Flag,
+        "count and time each statement by its shape (never its parameter values)";
+    query_stats_max_shapes: usize = 1000,
+        Kind::Count { min: 1, max: 100_000, zero: None },
+        "statement shapes tracked; statements of further shapes are counted together";
 }
 
 /// More connections than this in one process's pool is a configuration mistake: a server's

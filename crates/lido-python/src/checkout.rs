@@ -129,7 +129,7 @@ impl Inner {
         }
         if self.verify(py, conn.get(), check, req.deadline) {
             req.served();
-            return Ok(Step::Break(self.lend(conn.take(), req.queued_at)));
+            return Ok(Step::Break(self.lend(py, conn.take(), req.queued_at)));
         }
         let (retired, next) = self.engine.replace(
             conn.take(),
@@ -169,7 +169,7 @@ impl Inner {
         };
         let conn = attach_leak_watch(self, py, conn)?;
         match self.engine.opened(slot.spend(), conn, Instant::now(), took) {
-            Ok(pooled) => Ok(Step::Break(self.lend(pooled, req.queued_at))),
+            Ok(pooled) => Ok(Step::Break(self.lend(py, pooled, req.queued_at))),
             Err(retired) => {
                 self.retire(py, retired);
                 Err(PoolClosed::new_err(format!(
@@ -278,7 +278,9 @@ impl Inner {
             self.long_hold_ended(py, &held);
         }
         let held = InUseGuard::new(&self.engine, held);
-        let healthy = self.clean(py, &conn, held.get().payload.status_source.as_ref());
+        // A connection whose idle transaction the pool ended (idle.rs) is not reused.
+        let healthy = !held.get().payload.lent.ended()
+            && self.clean(py, &conn, held.get().payload.status_source.as_ref());
         let pooled = Held::rejoin(held.take(), conn.unbind());
         let owner = if self.mode.known_green() {
             current_greenlet(py)

@@ -14,8 +14,7 @@
 //! | `close` | driver | when the engine retires a connection, never for a fork parent's (`Inner::retire`) | (conn) -> ignored | reported to `on_error`; the slot is freed anyway |
 //! | `fileno` | driver | once per connection at open | (conn) -> the socket's fd | no socket probe for that connection |
 //! | `reset` | pool | at every return, after any rollback (`Inner::clean`) | (conn) -> ignored | reported to `on_error`; the connection is closed |
-//! | `on_leak` | pool | a lent connection was garbage-collected unreturned (`Inner::lost`) | (connection id, seconds held) -> ignored | printed as unraisable |
-//! | `on_long_hold` | pool | maintenance found a lent connection held longer than `leak_threshold` (once per hold, `Inner::review_holds`); then at its return (`Inner::long_hold_ended`) | (event `"held"` or `"returned"`, connection id, seconds held, holder: dict with `thread` (name, or None if it ended) and `thread_id`) -> ignored | printed as unraisable |
+//! | `on_report` | pool | a lent connection was garbage-collected unreturned (`Inner::lost`); maintenance found one held longer than `leak_threshold` (once per hold, `Inner::review_holds`), then at its return (`Inner::long_hold_ended`); maintenance found a transaction idle past `idle_in_transaction_threshold`, or ended one past `idle_in_transaction_timeout` (idle.rs) | (report: a dict, reports.rs) -> ignored | printed as unraisable |
 //! | `on_error` | pool | an error on a path with no caller to raise to: close, reset, maintenance opens (`Inner::report`) | (what, exception) -> ignored | printed as unraisable, as is the error itself without the hook |
 //!
 //! "pool" callbacks are `PoolCore`'s constructor arguments ([`Hooks`]); "driver" ones are
@@ -60,10 +59,8 @@ pub(crate) struct Hooks {
     /// exception -> whether a failed connect may succeed later; None: none may.
     pub(crate) transient: Option<Py<PyAny>>,
     pub(crate) reset: Option<Py<PyAny>>,
-    /// (connection id, seconds held) -> None; logs the leak.
-    pub(crate) on_leak: Option<Py<PyAny>>,
-    /// (event, connection id, seconds held, holder) -> None; logs a long hold.
-    pub(crate) on_long_hold: Option<Py<PyAny>>,
+    /// (report dict) -> None; logs a leak, a long hold, an idle transaction.
+    pub(crate) on_report: Option<Py<PyAny>>,
     /// (what, exception) -> None; logs an error swallowed on a background path.
     pub(crate) on_error: Option<Py<PyAny>>,
 }

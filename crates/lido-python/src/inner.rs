@@ -5,7 +5,8 @@ use crate::deadline;
 use crate::driver::{Driver, Hooks};
 use crate::errors::config_error;
 use crate::green::Mode;
-use crate::leases::{ByAddress, Held, PyConn, Taker};
+use crate::holders::Lent;
+use crate::leases::{ByAddress, Held, PyConn};
 use crate::permit::{Closing, Leftovers, PermitGuard};
 use lido_core::{probe_socket, Check, Engine, Pooled, Retired, Validated};
 use parking_lot::Mutex;
@@ -13,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A pool's shared state: the engine and what the binding keeps beside it. `PoolCore` and
@@ -40,11 +42,17 @@ pub(crate) struct Inner {
     pub(crate) forking: AtomicBool,
     /// Whether checkouts wait as threads or as greenlets (learned at the first one).
     pub(crate) mode: Mode,
+    /// Observability options (holders.rs, idle.rs), fixed for the pool's life.
+    pub(crate) stack_depth: usize,
+    pub(crate) idle_threshold: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 impl Inner {
     pub(crate) fn new(name: String, cfg: Validated, hooks: Hooks) -> Self {
         let (timeout, probe) = (cfg.timeout, cfg.probe);
+        let idle_threshold = cfg.idle_in_transaction_threshold.filter(|t| !t.is_zero());
+        let (stack_depth, idle_timeout) = (cfg.stack_depth, cfg.idle_in_transaction_timeout);
         let engine = Engine::new(name, cfg);
         Inner {
             engine,
@@ -59,6 +67,9 @@ impl Inner {
             last_connect_error: Mutex::new(None),
             forking: AtomicBool::new(false),
             mode: Mode::new(),
+            stack_depth,
+            idle_threshold,
+            idle_timeout,
         }
     }
 
@@ -162,15 +173,21 @@ impl Inner {
 
     /// Gives a connection to the caller, keeping only a weak record of it.
     /// `queued_at` is when the request started, if it had to queue.
-    pub(crate) fn lend(&self, conn: Pooled<PyConn>, queued_at: Option<Instant>) -> Py<PyAny> {
+    pub(crate) fn lend(
+        &self,
+        py: Python<'_>,
+        conn: Pooled<PyConn>,
+        queued_at: Option<Instant>,
+    ) -> Py<PyAny> {
         let Pooled { payload, meta } = conn;
         let key = payload.obj.as_ptr() as usize;
+        let lent = Lent::new(py, meta.id, self.stack_depth, self.mode.known_green());
         let held = Pooled {
             payload: Held {
                 status_source: payload.status_source,
                 fd: payload.fd,
                 watch: payload.watch,
-                taker: Taker::current(),
+                lent: Arc::new(lent),
             },
             meta,
         };

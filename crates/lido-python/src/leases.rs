@@ -3,7 +3,10 @@
 
 use crate::errors::guarded;
 use crate::exit::Active;
+use crate::holders::Lent;
 use crate::inner::Inner;
+use crate::reports::Report;
+use crate::stack::Stack;
 use lido_core::Pooled;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -13,7 +16,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::os::raw::c_ulong;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Hashes an object address: already unique, so a multiply spreads it well enough.
 #[derive(Default)]
@@ -55,8 +58,8 @@ pub(crate) struct Held {
     pub(crate) status_source: Option<Py<PyAny>>,
     pub(crate) fd: i32,
     pub(crate) watch: Py<PyAny>,
-    /// What took it, for the report of a long hold.
-    pub(crate) taker: Taker,
+    /// Who took it, where, and what they do with it (holders.rs).
+    pub(crate) lent: Arc<Lent>,
 }
 
 extern "C" {
@@ -64,26 +67,33 @@ extern "C" {
     fn PyThread_get_thread_ident() -> c_ulong;
 }
 
-/// What took a connection in use, recorded at checkout for the report of a long hold
-/// (`on_long_hold`'s `holder`): the thread, by its `threading.get_ident()`, named only
-/// when a report is made. The place for more (the stack that took it, for the
-/// observability work) is here and in [`Taker::describe`].
-#[derive(Clone, Copy, Debug)]
+/// What took a connection in use, recorded at checkout: the thread, by its
+/// `threading.get_ident()`, under gevent the greenlet, and the stack (stack.rs); named and
+/// formatted only when shown.
 pub(crate) struct Taker {
     thread: c_ulong,
+    greenlet: Option<Py<PyAny>>,
+    pub(crate) stack: Option<Stack>,
 }
 
 impl Taker {
-    /// The calling thread, which holds the GIL. A few nanoseconds: no Python call.
-    pub(crate) fn current() -> Taker {
+    /// The calling thread, which holds the GIL; `greenlet` under gevent. Without a stack,
+    /// a few nanoseconds: no Python call.
+    pub(crate) fn current(py: Python<'_>, depth: usize, greenlet: bool) -> Taker {
         // SAFETY: no arguments, no preconditions; callable with or without the GIL.
         let thread = unsafe { PyThread_get_thread_ident() };
-        Taker { thread }
+        Taker {
+            thread,
+            greenlet: greenlet.then(|| current_greenlet_object(py)).flatten(),
+            stack: Stack::capture(py, depth),
+        }
     }
 
-    /// `holder` for `on_long_hold`: `thread_id`, and `thread`, the thread's name, or None
-    /// once the thread has ended (or was not started by `threading`).
-    fn describe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    /// `holder` of `connections()` and reports: `thread_id`; `thread`, the thread's name,
+    /// or None once the thread has ended (or was not started by `threading`); `greenlet`,
+    /// the greenlet's name under gevent; `label`, what the thread (or greenlet) is doing
+    /// now where known: a request ("GET /path") or a Celery task (`django_lido.labels`).
+    pub(crate) fn describe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         d.set_item("thread_id", self.thread)?;
         let active = py.import("threading")?.getattr("_active")?;
@@ -92,8 +102,35 @@ impl Taker {
             t => Some(t.getattr("name")?),
         };
         d.set_item("thread", name)?;
+        let greenlet = match &self.greenlet {
+            Some(g) => Some(g.bind(py).getattr("name").map_or_else(
+                |_| format!("greenlet-{:x}", g.as_ptr() as usize),
+                |n| n.to_string(),
+            )),
+            None => None,
+        };
+        d.set_item("greenlet", greenlet)?;
+        // Keyed by `threading.get_ident()`: the greenlet's id when gevent patched threading.
+        let labels = py.import("django_lido.labels")?.getattr("labels")?;
+        let mut label = py.None().into_bound(py);
+        if let Some(g) = &self.greenlet {
+            label = labels.call_method1("get", (g.as_ptr() as usize,))?;
+        }
+        if label.is_none() {
+            label = labels.call_method1("get", (self.thread,))?;
+        }
+        d.set_item("label", label)?;
         Ok(d)
     }
+}
+
+/// The running greenlet (gevent), if greenlet can tell.
+fn current_greenlet_object(py: Python<'_>) -> Option<Py<PyAny>> {
+    py.import("greenlet")
+        .and_then(|m| m.getattr("getcurrent"))
+        .and_then(|f| f.call0())
+        .map(Bound::unbind)
+        .ok()
 }
 
 impl Held {
@@ -197,11 +234,13 @@ impl Inner {
     pub(crate) fn review_holds(&self, py: Python<'_>, now: Instant) -> Option<Instant> {
         let review = {
             let mut leases = self.leases.lock();
-            let held = leases.values_mut().map(|h| (h.payload.taker, &mut h.meta));
+            let held = leases
+                .values_mut()
+                .map(|h| (Arc::clone(&h.payload.lent), &mut h.meta));
             self.engine.review_holds(held, now)
         };
         for long in review.long {
-            self.report_hold(py, "held", long.id, long.held, &long.key);
+            self.report_lent(py, Report::LongHold, &long.key, long.held);
         }
         review.next_due
     }
@@ -209,19 +248,7 @@ impl Inner {
     /// A connection reported as held too long came back (`putconn`, with the lease ended).
     pub(crate) fn long_hold_ended(&self, py: Python<'_>, held: &Pooled<Held>) {
         let took = Instant::now().saturating_duration_since(held.meta.last_used);
-        self.report_hold(py, "returned", held.meta.id, took, &held.payload.taker);
-    }
-
-    fn report_hold(&self, py: Python<'_>, event: &str, id: u64, held: Duration, taker: &Taker) {
-        let Some(hook) = &self.hooks.on_long_hold else {
-            return;
-        };
-        let call = taker
-            .describe(py)
-            .and_then(|holder| hook.call1(py, (event, id, held.as_secs_f64(), holder)));
-        if let Err(e) = call {
-            e.write_unraisable(py, None);
-        }
+        self.report_lent(py, Report::LongHoldReturned, &held.payload.lent, took);
     }
 
     pub(crate) fn lost(&self, py: Python<'_>, key: usize) {
@@ -236,14 +263,8 @@ impl Inner {
         };
         let now = Instant::now();
         if self.engine.lost(&held.meta, now) {
-            if let Some(hook) = &self.hooks.on_leak {
-                let secs = now
-                    .saturating_duration_since(held.meta.last_used)
-                    .as_secs_f64();
-                if let Err(e) = hook.call1(py, (held.meta.id, secs)) {
-                    e.write_unraisable(py, None);
-                }
-            }
+            let held_for = now.saturating_duration_since(held.meta.last_used);
+            self.report_lent(py, Report::Leak, &held.payload.lent, held_for);
         }
     }
 }

@@ -32,6 +32,13 @@ mod maintainer; // Maintainer: the maintenance thread's handle
 // What the Django backends ask of the engine.
 mod statement; // changes_session: the statement hook's classifier
 
+// Observability: who holds what, their stacks, idle transactions, reports, query stats.
+mod holders; // Lent: each connection lent out; Lease: the statement hook's handle; connections()
+mod idle; // idle in transaction: reported, and ended by shutting the socket down
+mod queries; // query statistics by statement shape: query_stats(), reset_query_stats()
+mod reports; // the dicts given to on_report: long holds, leaks, idle transactions
+mod stack; // cheap stacks: (code, offset) pairs at checkout, formatted when shown
+
 use pyo3::prelude::*;
 
 #[pymodule]
@@ -39,6 +46,7 @@ fn _lido(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<pool::PoolCore>()?;
     m.add_class::<leases::LeakWatch>()?;
+    m.add_class::<holders::Lease>()?;
     m.add_class::<maintainer::Maintainer>()?;
     m.add_function(wrap_pyfunction!(exit::_interpreter_exiting, m)?)?;
     m.add_function(wrap_pyfunction!(statement::changes_session, m)?)?;

@@ -52,7 +52,13 @@ impl Maintainer {
             }
             let failed = open_all(&self.inner, py, plan.open);
             let hold_due = self.inner.review_holds(py, Instant::now());
-            let next_due = plan.next_due.into_iter().chain(hold_due).min();
+            let idle_due = self.inner.review_idle_transactions(py, Instant::now());
+            let next_due = plan
+                .next_due
+                .into_iter()
+                .chain(hold_due)
+                .chain(idle_due)
+                .min();
             Ok(Some((next_run_in(&self.inner, failed, next_due), failed)))
         })
     }

@@ -5,12 +5,13 @@ use crate::driver::Hooks;
 use crate::errors::guarded;
 use crate::exit::Active;
 use crate::green::{current_greenlet, GreenletWait};
+use crate::holders::Lease;
 use crate::inner::Inner;
 use crate::maintainer::Maintainer;
 use crate::options::{size_arg, timeout_arg, PoolOptions};
 use crate::wait::ParkThread;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +26,7 @@ impl PoolCore {
     #[new]
     #[pyo3(signature = (
         connect, driver_for, *, name, options,
-        check=None, reset=None, on_leak=None, on_error=None, transient=None,
-        on_long_hold=None,
+        check=None, reset=None, on_report=None, on_error=None, transient=None,
     ))]
     #[allow(clippy::too_many_arguments)] // the Python signature: one argument per hook
     fn new(
@@ -37,10 +37,9 @@ impl PoolCore {
         options: PyRef<'_, PoolOptions>,
         check: Option<Py<PyAny>>,
         reset: Option<Py<PyAny>>,
-        on_leak: Option<Py<PyAny>>,
+        on_report: Option<Py<PyAny>>,
         on_error: Option<Py<PyAny>>,
         transient: Option<Py<PyAny>>,
-        on_long_hold: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         guarded(py, "PoolCore()", || {
             let hooks = Hooks {
@@ -49,9 +48,8 @@ impl PoolCore {
                 check,
                 transient,
                 reset,
-                on_leak,
+                on_report,
                 on_error,
-                on_long_hold,
             };
             let inner = Arc::new(Inner::new(name, options.config.clone(), hooks));
             crate::fork::register(&inner);
@@ -132,6 +130,21 @@ impl PoolCore {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let _active = Active::enter(py);
         guarded(py, "PoolCore.stats", || self.inner.stats_dict(py))
+    }
+
+    /// One dict per connection lent out: holder, ages, transaction, last statement, stacks.
+    fn connections<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        guarded(py, "PoolCore.connections", || self.inner.connections(py))
+    }
+
+    /// The statement hook's handle on `conn`, if this pool lent it.
+    fn _lease(
+        &self,
+        py: Python<'_>,
+        conn: Bound<'_, PyAny>,
+        vendor: &str,
+    ) -> PyResult<Option<Lease>> {
+        guarded(py, "PoolCore._lease", || self.inner.lease_of(&conn, vendor))
     }
 
     /// In the forked child, after the fork handlers (fork.rs): the parent's connections in

@@ -32,6 +32,7 @@ from django.db.backends.signals import connection_created
 from django.utils.asyncio import async_unsafe
 
 from django_lido.backends.pool_options import CONSUMED_KEYS, PoolSettings, driver_options
+from django_lido._lido import Lease
 from django_lido.drivers import Conn
 from django_lido.errors import PoolTimeout
 from django_lido.pool import Pool
@@ -80,6 +81,9 @@ class FastConnectMixin(_Wrapper):
 
     # The pool the current connection came from; None for an unpooled connection.
     _lido_conn_pool: Pool | None = None
+    # The pool's record of the current connection, told of its statements and transactions
+    # (statements.py); None for an unpooled connection.
+    _lido_lease: Lease | None = None
 
     # Methods the short connect path does not call (``_lido_after_checkout`` stands in for
     # the first, a check that the settings are unchanged for the next two, the common case
@@ -173,6 +177,7 @@ class FastConnectMixin(_Wrapper):
             raise timeout_class(self._lido_timeout_bases())(*exc.args) from exc.__cause__
         self.connection = conn
         self._lido_conn_pool = pool
+        self._lido_lease = pool._lease(conn, self.lido_vendor)
         self._lido_after_checkout(conn)
         autocommit = settings_dict["AUTOCOMMIT"]
         if autocommit and not self.run_commit_hooks_on_set_autocommit_on:

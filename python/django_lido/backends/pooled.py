@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
 
-from django_lido.backends import pool_options, registry, thread_end
+from django_lido.backends import holders, pool_options, registry, thread_end
 from django_lido.backends.fast_connect import FastConnectMixin, timeout_class
 from django_lido.backends.pool_options import PoolSettings, pool_settings
 from django_lido.backends.session import hold_cursors_closed
@@ -120,6 +120,7 @@ class PooledDatabaseMixin(FastConnectMixin):
         super().__init__(*args, **kwargs)
         # The thread that makes a wrapper is the one Django gives it to.
         thread_end.watch(self)
+        holders.install()
 
     def _lido_registry_key(self, conn_params: dict[str, Any], settings: PoolSettings) -> Hashable:
         return (type(self).__module__, self._lido_key(conn_params), settings.pool_key())
@@ -186,6 +187,8 @@ class PooledDatabaseMixin(FastConnectMixin):
             # The cause, if any, is the last connect failure (the server is down).
             raise timeout_class(self._lido_timeout_bases())(*exc.args) from exc.__cause__
         self._lido_conn_pool = pool
+        if pool is not None:
+            self._lido_lease = pool._lease(conn, self.lido_vendor)
         return conn
 
     def _close(self) -> None:
@@ -208,7 +211,7 @@ class PooledDatabaseMixin(FastConnectMixin):
         # The connection is the pool's again: never usable through this wrapper. (putconn
         # raises only for a connection that is not the pool's; it handles driver errors.)
         self.connection = None
-        self._lido_conn_pool = None
+        self._lido_conn_pool = self._lido_lease = None
         pool.putconn(conn)
 
     def _lido_thread_ended(self) -> None:
@@ -219,8 +222,16 @@ class PooledDatabaseMixin(FastConnectMixin):
         if conn is None or pool is None or self.allow_thread_sharing:
             return
         self.connection = None
-        self._lido_conn_pool = None
+        self._lido_conn_pool = self._lido_lease = None
         pool.putconn(conn)
+
+    def _set_autocommit(self, autocommit: bool) -> None:
+        super()._set_autocommit(autocommit)
+        # A transaction begins (an outermost atomic block) or ends: the pool keeps when and
+        # where, for its idle-in-transaction report.
+        lease = self._lido_lease
+        if lease is not None:
+            lease.transaction(not autocommit)
 
     def make_cursor(self, cursor: Any) -> Any:
         # The statement hook (backends/statements.py): Django's cursor wrapper that also

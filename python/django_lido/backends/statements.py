@@ -7,7 +7,11 @@ of its class (``hooked``). Their ``_execute`` and ``_executemany``, the executor
 ``execute()``/``executemany()`` end in after any ``execute_wrapper`` of the user's, call
 ``statement_seen(db, sql)`` with the SQL about to be sent, then Django's own executor.
 
-``statement_seen`` is the one place that learns of statements; what it does today:
+``statement_seen`` is the one place that learns of statements. With the connection from a
+pool (``db._lido_lease``, the pool's record of it), the statement is timed: ``lease.begin``
+before it is sent (the statement is running; the classifier's answer comes back),
+``lease.end`` after (its time, ``rowcount`` and whether it raised go into the pool's query
+statistics by shape, and the lease's last statement: ``Pool.connections()``). Beside that,
 the engine's classifier (``changes_session``, in Rust: 15-200 ns) tells a statement that
 can leave state on the session beyond its transaction (``SET``, ``CREATE TEMP``,
 ``LISTEN``, advisory locks, ``PREPARE``, MySQL user variables...), and such a statement
@@ -25,19 +29,33 @@ from typing import TYPE_CHECKING, Any
 
 from django.db.backends.utils import CursorWrapper
 
-from django_lido._lido import changes_session
+from django_lido._lido import Lease, changes_session
 from django_lido.backends.session import mark_changed
 
 if TYPE_CHECKING:
     from django_lido.backends.pooled import PooledDatabaseMixin
 
 
-def statement_seen(db: PooledDatabaseMixin, sql: Any) -> None:
+def statement_seen(db: PooledDatabaseMixin, sql: Any) -> Lease | None:
     """Called with each statement's SQL before it is sent (``db.lido_vendor``, the dialect:
-    "postgresql" or "mysql"): marks a pooled connection whose session the statement may change.
-    (``HookedCursorWrapper`` makes the same call inline: a Python call less a statement.)"""
-    if changes_session(sql, db.lido_vendor):
+    "postgresql" or "mysql"): marks a pooled connection whose session the statement may
+    change, and returns the lease to tell when it ended (``statement_done``).
+    (``HookedCursorWrapper`` makes the same calls inline: a Python call less a statement.)"""
+    lease = db._lido_lease
+    if lease is None:
+        if changes_session(sql, db.lido_vendor):
+            _session_changed(db)
+    elif lease.begin(sql):
         _session_changed(db)
+    return lease
+
+
+def _rowcount(cursor: Any) -> int:
+    try:
+        n = cursor.rowcount
+    except Exception:  # a closed cursor, a driver without it
+        return -1
+    return n if type(n) is int else -1
 
 
 def _session_changed(db: PooledDatabaseMixin) -> None:
@@ -61,15 +79,33 @@ class HookedCursorWrapper(CursorWrapper):
     # the classifier).
     def _execute(self, sql: Any, params: Any, many: Any = None, context: Any = None) -> Any:
         db = self.db
-        if changes_session(sql, db.lido_vendor):  # statement_seen(db, sql), inline
+        lease = db._lido_lease  # statement_seen(db, sql), inline
+        if lease is None:
+            if changes_session(sql, db.lido_vendor):
+                _session_changed(db)
+            return _execute(self, sql, params, many, context)
+        if lease.begin(sql):
             _session_changed(db)
-        return _execute(self, sql, params, many, context)
+        try:
+            result = _execute(self, sql, params, many, context)
+        except BaseException:
+            lease.end(-1, True)
+            raise
+        lease.end(_rowcount(self.cursor), False)
+        return result
 
     def _executemany(self, sql: Any, param_list: Any, many: Any = None, context: Any = None) -> Any:
         db = self.db
-        if changes_session(sql, db.lido_vendor):
-            _session_changed(db)
-        return _executemany(self, sql, param_list, many, context)
+        lease = statement_seen(db, sql)
+        if lease is None:
+            return _executemany(self, sql, param_list, many, context)
+        try:
+            result = _executemany(self, sql, param_list, many, context)
+        except BaseException:
+            lease.end(-1, True)
+            raise
+        lease.end(_rowcount(self.cursor), False)
+        return result
 
     def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:
         _session_changed(self.db)
@@ -83,12 +119,28 @@ class _Hook:
     db: PooledDatabaseMixin
 
     def _execute(self, sql: Any, params: Any, *ignored_wrapper_args: Any) -> Any:
-        statement_seen(self.db, sql)
-        return super()._execute(sql, params, *ignored_wrapper_args)  # type: ignore[misc]
+        lease = statement_seen(self.db, sql)
+        if lease is None:
+            return super()._execute(sql, params, *ignored_wrapper_args)  # type: ignore[misc]
+        try:
+            result = super()._execute(sql, params, *ignored_wrapper_args)  # type: ignore[misc]
+        except BaseException:
+            lease.end(-1, True)
+            raise
+        lease.end(_rowcount(self.cursor), False)  # type: ignore[attr-defined]
+        return result
 
     def _executemany(self, sql: Any, param_list: Any, *ignored_wrapper_args: Any) -> Any:
-        statement_seen(self.db, sql)
-        return super()._executemany(sql, param_list, *ignored_wrapper_args)  # type: ignore[misc]
+        lease = statement_seen(self.db, sql)
+        if lease is None:
+            return super()._executemany(sql, param_list, *ignored_wrapper_args)  # type: ignore[misc]
+        try:
+            result = super()._executemany(sql, param_list, *ignored_wrapper_args)  # type: ignore[misc]
+        except BaseException:
+            lease.end(-1, True)
+            raise
+        lease.end(_rowcount(self.cursor), False)  # type: ignore[attr-defined]
+        return result
 
     def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:
         _session_changed(self.db)

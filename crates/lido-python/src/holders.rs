@@ -1,0 +1,261 @@
+//! Who holds what: the record of each connection lent out ([`Lent`]), what the statement
+//! hook tells it through its Python handle ([`Lease`]), and `PoolCore.connections()`.
+
+use crate::inner::Inner;
+use crate::leases::Taker;
+use crate::queries::shape_of;
+use crate::stack::Stack;
+use lido_core::Dialect;
+use parking_lot::Mutex;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// One connection lent out: made at checkout, shared by the pool's lease map and the
+/// statement hook's [`Lease`] handle.
+pub(crate) struct Lent {
+    pub(crate) id: u64,
+    pub(crate) taken: Instant,
+    pub(crate) taker: Taker,
+    pub(crate) activity: Mutex<Activity>,
+}
+
+/// What the statement hook (Django's) reports of a lent connection. Without the hook
+/// nothing is known of its transactions and statements.
+#[derive(Default)]
+pub(crate) struct Activity {
+    /// The hook has seen this lease: the transaction state below is known.
+    pub(crate) tracked: bool,
+    /// When the open transaction began (Django's `set_autocommit(False)`), and where.
+    pub(crate) transaction: Option<(Instant, Option<Stack>)>,
+    /// The last statement's SQL (only its shape is ever shown) and how long it took;
+    /// `running_since` while it runs.
+    pub(crate) last_sql: Option<Py<PyAny>>,
+    pub(crate) last_took: Option<Duration>,
+    pub(crate) running_since: Option<Instant>,
+    /// When the holder last did something: the transaction's start or a statement's end.
+    pub(crate) idle_since: Option<Instant>,
+    /// Reported as idle in transaction, in this idle spell.
+    pub(crate) idle_reported: bool,
+    /// Its idle transaction was ended (socket shut down): discarded when it comes back.
+    pub(crate) ended: bool,
+    /// The SQL dialect, once the hook has taken a handle (for the statement's shape).
+    pub(crate) dialect: Option<Dialect>,
+}
+
+impl Lent {
+    pub(crate) fn new(py: Python<'_>, id: u64, depth: usize, greenlet: bool) -> Lent {
+        Lent {
+            id,
+            taken: Instant::now(),
+            taker: Taker::current(py, depth, greenlet),
+            activity: Mutex::new(Activity::default()),
+        }
+    }
+
+    /// Whether the idle transaction was ended, so the connection must not be reused.
+    pub(crate) fn ended(&self) -> bool {
+        self.activity.lock().ended
+    }
+}
+
+/// An [`Instant`] as `time.time()` would have said then.
+pub(crate) fn epoch_of(at: Instant, now: Instant) -> f64 {
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    wall - now.saturating_duration_since(at).as_secs_f64()
+}
+
+/// The Python handle on a lent connection, for the Django backends' statement hook.
+#[pyclass(module = "django_lido._lido", frozen)]
+pub struct Lease {
+    pub(crate) lent: Arc<Lent>,
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) dialect: Dialect,
+}
+
+pub(crate) fn dialect_of(vendor: &str) -> PyResult<Dialect> {
+    match vendor {
+        "postgresql" => Ok(Dialect::Postgres),
+        "mysql" => Ok(Dialect::MySql),
+        _ => Err(PyValueError::new_err(format!(
+            "vendor must be 'postgresql' or 'mysql', not {vendor:?}"
+        ))),
+    }
+}
+
+#[pymethods]
+impl Lease {
+    /// A statement is about to be sent: it runs from now. Returns whether it may leave
+    /// state on the session (`changes_session`).
+    fn begin(&self, sql: &Bound<'_, PyAny>) -> bool {
+        let now = Instant::now();
+        {
+            let mut a = self.lent.activity.lock();
+            a.tracked = true;
+            a.running_since = Some(now);
+            a.last_sql = Some(sql.clone().unbind());
+        }
+        statement_text(sql).is_none_or(|text| lido_core::changes_session(text, self.dialect))
+    }
+
+    /// The statement begun last ended (`failed` if it raised), having given `rows` rows
+    /// (negative: unknown).
+    fn end(&self, py: Python<'_>, rows: i64, failed: bool) {
+        let now = Instant::now();
+        let (sql, took) = {
+            let mut a = self.lent.activity.lock();
+            let Some(since) = a.running_since.take() else {
+                return;
+            };
+            let took = now.saturating_duration_since(since);
+            a.last_took = Some(took);
+            a.idle_since = Some(now);
+            a.idle_reported = false;
+            (a.last_sql.as_ref().map(|s| s.clone_ref(py)), took)
+        };
+        if let Some(sql) = sql {
+            if let Some(text) = statement_text(sql.bind(py)) {
+                let rows = u64::try_from(rows).ok();
+                self.inner
+                    .record_statement(text, self.dialect, took, rows, failed);
+            }
+        }
+    }
+
+    /// The holder opened (`open`) or ended its transaction; its start keeps the stack.
+    fn transaction(&self, py: Python<'_>, open: bool) {
+        let stack = open.then(|| Stack::capture(py, self.inner.stack_depth));
+        let now = Instant::now();
+        let mut a = self.lent.activity.lock();
+        a.tracked = true;
+        a.idle_reported = false;
+        a.idle_since = Some(now);
+        a.transaction = stack.map(|s| (now, s));
+    }
+}
+
+/// A statement as text: a `str`, or UTF-8 `bytes`.
+pub(crate) fn statement_text<'a>(sql: &'a Bound<'_, PyAny>) -> Option<&'a str> {
+    if let Ok(s) = sql.cast::<PyString>() {
+        s.to_str().ok()
+    } else if let Ok(b) = sql.cast::<PyBytes>() {
+        std::str::from_utf8(b.as_bytes()).ok()
+    } else {
+        None
+    }
+}
+
+/// Keys of the dicts of `connections()` and of reports.
+mod key {
+    pub const ID: &str = "id";
+    pub const HELD_FOR: &str = "held_for";
+    pub const TAKEN_AT: &str = "taken_at";
+    pub const HOLDER: &str = "holder";
+    pub const IN_TRANSACTION: &str = "in_transaction";
+    pub const TRANSACTION_FOR: &str = "transaction_for";
+    pub const LAST_STATEMENT: &str = "last_statement";
+    pub const LAST_STATEMENT_SECONDS: &str = "last_statement_seconds";
+    pub const STATEMENT_RUNNING: &str = "statement_running";
+    pub const STACK: &str = "stack";
+    pub const TRANSACTION_STACK: &str = "transaction_stack";
+}
+
+/// A stack for a dict: its lines, or None when none was taken.
+pub(crate) fn stack_item<'py>(
+    py: Python<'py>,
+    stack: Option<&Stack>,
+) -> PyResult<Option<Bound<'py, PyList>>> {
+    stack.map(|s| s.format(py)).transpose()
+}
+
+/// The last statement's shape, if one was seen.
+pub(crate) fn last_statement(py: Python<'_>, a: &Activity) -> Option<String> {
+    let sql = a.last_sql.as_ref()?;
+    shape_of(statement_text(sql.bind(py))?, a.dialect?)
+}
+
+impl Inner {
+    /// The handle on `conn` for the statement hook, if this pool lent it; `vendor` is
+    /// Django's ("postgresql" or "mysql").
+    pub(crate) fn lease_of(
+        self: &Arc<Self>,
+        conn: &Bound<'_, PyAny>,
+        vendor: &str,
+    ) -> PyResult<Option<Lease>> {
+        let dialect = dialect_of(vendor)?;
+        let key = conn.as_ptr() as usize;
+        let Some(lent) = self
+            .leases
+            .lock()
+            .get(&key)
+            .map(|h| Arc::clone(&h.payload.lent))
+        else {
+            return Ok(None);
+        };
+        lent.activity.lock().dialect = Some(dialect);
+        Ok(Some(Lease {
+            lent,
+            inner: Arc::clone(self),
+            dialect,
+        }))
+    }
+
+    /// `connections()`: one dict per connection lent out, oldest first.
+    pub(crate) fn connections<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut lent: Vec<Arc<Lent>> = self
+            .leases
+            .lock()
+            .values()
+            .map(|h| Arc::clone(&h.payload.lent))
+            .collect();
+        lent.sort_by_key(|l| l.taken);
+        let now = Instant::now();
+        let out = PyList::empty(py);
+        for l in lent {
+            out.append(self.describe_lent(py, &l, now)?)?;
+        }
+        Ok(out)
+    }
+
+    fn describe_lent<'py>(
+        &self,
+        py: Python<'py>,
+        l: &Lent,
+        now: Instant,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item(key::ID, l.id)?;
+        d.set_item(
+            key::HELD_FOR,
+            now.saturating_duration_since(l.taken).as_secs_f64(),
+        )?;
+        d.set_item(key::TAKEN_AT, epoch_of(l.taken, now))?;
+        d.set_item(key::HOLDER, l.taker.describe(py)?)?;
+        d.set_item(key::STACK, stack_item(py, l.taker.stack.as_ref())?)?;
+        let a = l.activity.lock();
+        let (in_tx, tx_for, tx_stack) = match (&a.transaction, a.tracked) {
+            (Some((since, stack)), _) => (
+                Some(true),
+                Some(now.saturating_duration_since(*since).as_secs_f64()),
+                stack_item(py, stack.as_ref())?,
+            ),
+            (None, true) => (Some(false), None, None),
+            (None, false) => (None, None, None),
+        };
+        d.set_item(key::IN_TRANSACTION, in_tx)?;
+        d.set_item(key::TRANSACTION_FOR, tx_for)?;
+        d.set_item(key::TRANSACTION_STACK, tx_stack)?;
+        d.set_item(key::LAST_STATEMENT, last_statement(py, &a))?;
+        d.set_item(
+            key::LAST_STATEMENT_SECONDS,
+            a.last_took.map(|t| t.as_secs_f64()),
+        )?;
+        d.set_item(key::STATEMENT_RUNNING, a.running_since.is_some())?;
+        Ok(d)
+    }
+}

@@ -1,0 +1,154 @@
+//! Cheap stacks: at a checkout and at a transaction's start the caller's frames are kept as
+//! (code object, instruction offset) pairs, an increment of a reference count each; they
+//! become "file:line in function" only when a report or `connections()` shows them.
+//!
+//! The frames are walked with `PyEval_GetFrame` and `PyFrame_GetCode` (stable ABI) and
+//! `PyFrame_GetBack` and `PyFrame_GetLasti`, which are not in the limited API this abi3
+//! build compiles against but are exported, with these signatures, by every CPython the
+//! wheel supports (3.11 on): they are declared here. The limited API's alternatives cost
+//! more per frame: `f_back` as an attribute lookup, and `PyFrame_GetLineNumber`, which
+//! decodes the line table at capture time.
+//!
+//! Frames of django_lido, Django and contextlib are skipped (the caller wants the code that
+//! took the connection, not the ORM's way to it); if no other frame is found, the innermost
+//! frames are kept as they are.
+
+use parking_lot::Mutex;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString};
+use std::collections::HashMap;
+use std::os::raw::c_int;
+
+extern "C" {
+    fn PyFrame_GetBack(frame: *mut ffi::PyFrameObject) -> *mut ffi::PyFrameObject;
+    fn PyFrame_GetLasti(frame: *mut ffi::PyFrameObject) -> c_int;
+}
+
+/// Frames looked at, at most, for `stack_depth` frames outside the skipped packages.
+const MAX_WALK: usize = 512;
+/// Code objects whose skip decision is remembered; past this, decided at each sight.
+const MAX_KNOWN: usize = 16_384;
+
+/// A captured stack, innermost frame first.
+pub(crate) struct Stack(Box<[(Py<PyAny>, c_int)]>);
+
+/// Whether a code object's frames are skipped, by its address. The entry keeps the code
+/// object alive, so its address is never another's. Touched only with the GIL held and no
+/// Python code run under the lock, so it is never contended.
+static KNOWN: Mutex<Option<HashMap<usize, (Py<PyAny>, bool)>>> = Mutex::new(None);
+
+impl Stack {
+    /// The calling thread's stack, at most `depth` frames; None when `depth` is 0.
+    pub(crate) fn capture(py: Python<'_>, depth: usize) -> Option<Stack> {
+        if depth == 0 {
+            return None;
+        }
+        let mut kept: Vec<(Py<PyAny>, c_int)> = Vec::with_capacity(depth);
+        // The innermost frames, until one outside the skipped packages is found.
+        let mut fallback: Vec<(Py<PyAny>, c_int)> = Vec::new();
+        let mut known = KNOWN.lock();
+        let known = known.get_or_insert_with(HashMap::new);
+        // SAFETY: the GIL is held. PyEval_GetFrame's frame is borrowed and is given a
+        // reference of our own; PyFrame_GetBack and PyFrame_GetCode return new references,
+        // each released or moved into a `Py`.
+        unsafe {
+            let mut frame = ffi::PyEval_GetFrame();
+            if !frame.is_null() {
+                ffi::Py_IncRef(frame.cast());
+            }
+            let mut walked = 0;
+            while !frame.is_null() && kept.len() < depth && walked < MAX_WALK {
+                let code: Py<PyAny> = Py::from_owned_ptr(py, ffi::PyFrame_GetCode(frame).cast());
+                let lasti = PyFrame_GetLasti(frame);
+                if !skipped(py, known, &code) {
+                    kept.push((code, lasti));
+                } else if kept.is_empty() && fallback.len() < depth {
+                    fallback.push((code, lasti));
+                }
+                let back = PyFrame_GetBack(frame);
+                ffi::Py_DecRef(frame.cast());
+                frame = back;
+                walked += 1;
+            }
+            if !frame.is_null() {
+                ffi::Py_DecRef(frame.cast());
+            }
+        }
+        Some(Stack(
+            if kept.is_empty() { fallback } else { kept }.into_boxed_slice(),
+        ))
+    }
+
+    /// "file:line in function" for each frame, outermost first, innermost last.
+    pub(crate) fn format<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let lines = PyList::empty(py);
+        for (code, lasti) in self.0.iter().rev() {
+            let code = code.bind(py);
+            let file = code.getattr("co_filename")?;
+            let name = code.getattr("co_qualname")?;
+            let line = line_of(code, *lasti)?;
+            lines.append(format!("{file}:{line} in {name}"))?;
+        }
+        Ok(lines)
+    }
+}
+
+/// The line of the instruction at byte offset `lasti`, from `co_lines()`.
+fn line_of(code: &Bound<'_, PyAny>, lasti: c_int) -> PyResult<i64> {
+    let first: i64 = code.getattr("co_firstlineno")?.extract()?;
+    if lasti < 0 {
+        return Ok(first);
+    }
+    let at = i64::from(lasti);
+    for entry in code.call_method0("co_lines")?.try_iter()? {
+        let (start, end, line): (i64, i64, Option<i64>) = entry?.extract()?;
+        if start <= at && at < end {
+            return Ok(line.unwrap_or(first));
+        }
+    }
+    Ok(first)
+}
+
+/// Whether frames of `code` are skipped: django_lido's, Django's and contextlib's.
+fn skipped(
+    py: Python<'_>,
+    known: &mut HashMap<usize, (Py<PyAny>, bool)>,
+    code: &Py<PyAny>,
+) -> bool {
+    let key = code.as_ptr() as usize;
+    if let Some((_, skip)) = known.get(&key) {
+        return *skip;
+    }
+    let skip = decide(py, code.bind(py)).unwrap_or(false);
+    if known.len() < MAX_KNOWN {
+        known.insert(key, (code.clone_ref(py), skip));
+    }
+    skip
+}
+
+fn decide(py: Python<'_>, code: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let file = code.getattr("co_filename")?.cast_into::<PyString>()?;
+    let file = file.to_str()?;
+    let modules = py.import("sys")?.getattr("modules")?;
+    for package in ["django_lido", "django", "contextlib"] {
+        let Some(module) = modules.get_item(package).ok().filter(|m| !m.is_none()) else {
+            continue;
+        };
+        let Ok(path) = module.getattr("__file__") else {
+            continue;
+        };
+        let Ok(path) = path.extract::<String>() else {
+            continue;
+        };
+        // A package: its directory; a module: its file.
+        let prefix = match path.strip_suffix("__init__.py") {
+            Some(dir) => dir,
+            None => path.as_str(),
+        };
+        if file.starts_with(prefix) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

@@ -1,0 +1,420 @@
+"""Each process's pools, published for the other processes of the host.
+
+A process with pools writes one JSON record of all of them to ``runtime_dir()/<pid>.json``
+(a temporary file renamed over the old one, so a reader never sees half a record). A daemon
+thread started with the first pool builds the record every ``interval`` seconds and writes it
+when something changed, or at least every ``HEARTBEAT`` seconds so readers can tell a quiet
+process from a hung one. Checkouts never wait for it: it only calls the pools' read-only
+methods. Under gevent the thread is a real OS thread, so its sleeps and file writes do not
+run on (or block) the hub.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from django_lido import _green, lifecycle
+
+logger = logging.getLogger("django_lido.observe")
+
+RECORD_VERSION = 1
+# The thread's period is kept within these bounds: often enough for a live view, rarely
+# enough that an idle host costs nothing noticeable.
+MIN_INTERVAL = 0.25
+MAX_INTERVAL = 1.0
+DEFAULT_INTERVAL = 0.5
+# An unchanged record is rewritten this often; readers drop records older than STALE.
+HEARTBEAT = 5.0
+STALE = 30.0
+# Query rows per pool in a record.
+QUERIES_TOP = 50
+
+# Connection fields that change with the clock alone: left out of the change check (a reader
+# ages them by the record's age instead, see host.py).
+_CLOCK_FIELDS = ("held_for", "transaction_for", "last_statement_seconds")
+
+
+def _setting(name: str) -> Any:
+    """A Django setting if Django is configured (or about to be), else None."""
+    if "django.conf" not in sys.modules and "DJANGO_SETTINGS_MODULE" not in os.environ:
+        return None
+    try:
+        from django.conf import settings
+
+        return getattr(settings, name, None)
+    except Exception:  # ImproperlyConfigured, or settings failing to import: not ours to raise
+        return None
+
+
+def runtime_dir(create: bool = True) -> Path:
+    """Where the records live: the ``LIDO_RUNTIME_DIR`` Django setting or environment
+    variable, else ``$XDG_RUNTIME_DIR/django-lido``, else ``/tmp/django-lido-<uid>``.
+
+    With ``create``, the directory is made with mode 0700; one that exists must belong to
+    this user and not be a symbolic link (records hold code paths and statement shapes)."""
+    given = _setting("LIDO_RUNTIME_DIR") or os.environ.get("LIDO_RUNTIME_DIR")
+    if given:
+        path = Path(given)
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        path = Path(os.environ["XDG_RUNTIME_DIR"]) / "django-lido"
+    else:
+        path = Path(f"/tmp/django-lido-{os.getuid()}")
+    if create:
+        _make_private_dir(path)
+    return path
+
+
+def _make_private_dir(path: Path) -> None:
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    st = path.lstat()
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"{path} is not a directory")
+    if st.st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to uid {st.st_uid}, not to this user")
+    if st.st_mode & 0o077:
+        path.chmod(0o700)
+
+
+def proc_start(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of a process, from /proc; None if it
+    does not exist. The start time tells a process from a later one with the same pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # The command name is in parentheses and may contain anything, spaces included.
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return fields[0].decode(), int(fields[19])
+
+
+def _process_title() -> str:
+    """The process title as ``ps`` shows it (gunicorn and Celery rewrite theirs)."""
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return " ".join(sys.argv)
+    return raw.replace(b"\0", b" ").strip().decode(errors="replace")
+
+
+def _targets() -> dict[int, tuple[str, str, str]]:
+    """id(pool) -> (alias, vendor, database) for the pools of Django's backends."""
+    registry = sys.modules.get("django_lido.backends.registry")
+    if registry is None:
+        return {}
+    databases = _setting("DATABASES") or {}
+    out: dict[int, tuple[str, str, str]] = {}
+    for target, pool in list(registry._pools.values()):
+        aliases = [
+            alias
+            for alias, s in databases.items()
+            if str(s.get("NAME") or "") in (target.database, target.database.removeprefix("test_"))
+            and str(s.get("HOST") or "") == target.host
+            and str(s.get("PORT") or "") == target.port
+        ]
+        # Pools are named "alias:database" unless the settings name them.
+        prefix = pool.name.partition(":")[0]
+        if prefix in databases and prefix not in aliases:
+            aliases.insert(0, prefix)
+        out[id(pool)] = (",".join(aliases), target.vendor, target.database)
+    return out
+
+
+def _call(pool: object, method: str, *args: Any, **kwargs: Any) -> Any:
+    """A pool method that may not exist in this build (older bindings), or fail: None."""
+    fn: Callable[..., Any] | None = getattr(pool, method, None)
+    if fn is None:
+        return None
+    try:
+        return fn(*args, **kwargs)
+    except Exception:
+        logger.debug("pool %s() failed while publishing", method, exc_info=True)
+        return None
+
+
+def open_pools() -> list[Any]:
+    """This process's open pools, oldest first by name for a stable order."""
+    pools = [p for p in list(lifecycle._pools) if not getattr(p, "closed", True)]
+    pools.sort(key=lambda p: getattr(p, "name", ""))
+    return pools
+
+
+def pool_record(pool: Any, target: tuple[str, str, str] | None = None) -> dict[str, Any]:
+    alias, vendor, database = target or ("", "", "")
+    return {
+        "name": pool.name,
+        "alias": alias or None,
+        "vendor": vendor or None,
+        "database": database or None,
+        "stats": pool.stats(),
+        "connections": _call(pool, "connections") or [],
+        "queries": _call(pool, "query_stats", QUERIES_TOP) or [],
+        "reports": _call(pool, "reports") or [],
+    }
+
+
+_STARTED_AT = time.time()
+_HOST = socket.gethostname()
+
+
+def pool_records(pools: Iterable[Any] | None = None) -> list[dict[str, Any]]:
+    """The records of ``pools`` (default: this process's open pools)."""
+    pools = open_pools() if pools is None else list(pools)
+    targets = _targets()
+    return [pool_record(p, targets.get(id(p))) for p in pools]
+
+
+_self_start: tuple[int, int | None] = (0, None)
+
+
+def _own_start() -> int | None:
+    """This process's start time in ticks (cached; a forked child has its own)."""
+    global _self_start
+    pid = os.getpid()
+    if _self_start[0] != pid:
+        started = proc_start(pid)
+        _self_start = (pid, started[1] if started else None)
+    return _self_start[1]
+
+
+def process_record(pools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """This process's record: its pools (records from :func:`pool_records`, by default
+    of every open pool) and who it is."""
+    return {
+        "version": RECORD_VERSION,
+        "pid": os.getpid(),
+        "argv0": sys.argv[0] if sys.argv else "",
+        "title": _process_title(),
+        "host": _HOST,
+        "started_at": _STARTED_AT,
+        "proc_start": _own_start(),
+        "written_at": time.time(),
+        "pools": pool_records() if pools is None else pools,
+    }
+
+
+def _fingerprint(pools: list[dict[str, Any]]) -> str:
+    """The pools' records less what changes with the clock alone."""
+    return json.dumps(
+        [
+            {
+                **p,
+                "connections": [
+                    {k: v for k, v in c.items() if k not in _CLOCK_FIELDS} for c in p["connections"]
+                ],
+            }
+            for p in pools
+        ],
+        sort_keys=True,
+        default=str,
+    )
+
+
+def write_record(directory: Path, record: dict[str, Any]) -> Path:
+    """Writes ``record`` as ``<pid>.json`` in ``directory`` atomically (mode 0600)."""
+    final = directory / f"{record['pid']}.json"
+    tmp = directory / f".{record['pid']}.{threading.get_ident()}.tmp"
+    data = json.dumps(record, separators=(",", ":"), default=str).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+    return final
+
+
+def _allocate_lock() -> Any:
+    """A lock whose ``acquire(timeout=...)`` blocks the OS thread, gevent or not."""
+    if _green.threading_patched():
+        from gevent import monkey
+
+        return monkey.get_original("_thread", "allocate_lock")()
+    import _thread
+
+    return _thread.allocate_lock()
+
+
+class Publisher:
+    """The thread that keeps this process's record up to date."""
+
+    def __init__(self, interval: float = DEFAULT_INTERVAL) -> None:
+        self.interval = min(max(interval, MIN_INTERVAL), MAX_INTERVAL)
+        self.pid = os.getpid()
+        self.writes = 0
+        # CPU time the thread has used: what publishing costs the process.
+        self.cpu_seconds = 0.0
+        self._stop = _allocate_lock()
+        self._stop.acquire()
+        self._dir: Path | None = None
+        self._last = ""
+        self._last_write = 0.0
+        self._thread: threading.Thread | _green.RealThread | None = None
+
+    def start(self) -> None:
+        name = "lido-publish"
+        if _green.threading_patched():
+            self._thread = _green.real_thread(self._run, (), name)
+            return
+        t = threading.Thread(target=self._run, name=name, daemon=True)
+        t.start()
+        self._thread = t
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Ends the thread and removes this process's record."""
+        with contextlib.suppress(RuntimeError):  # released already
+            self._stop.release()
+        t = self._thread
+        if t is not None and t.is_alive() and t is not threading.current_thread():
+            if isinstance(t, threading.Thread):
+                t.join(timeout)
+            else:
+                _join_real(t, timeout)
+        self.remove()
+
+    def remove(self) -> None:
+        if self._dir is not None:
+            with contextlib.suppress(OSError):
+                (self._dir / f"{self.pid}.json").unlink()
+
+    def publish_once(self, force: bool = False) -> bool:
+        """Builds the record and writes it if it changed (or the heartbeat is due).
+        Returns whether it wrote."""
+        pools = open_pools()
+        if not pools:
+            if self._last:
+                self.remove()
+                self._last = ""
+            return False
+        records = pool_records(pools)
+        fingerprint = _fingerprint(records)
+        now = time.monotonic()
+        if not force and fingerprint == self._last and now - self._last_write < HEARTBEAT:
+            return False
+        if self._dir is None:
+            self._dir = runtime_dir()
+        write_record(self._dir, process_record(records))
+        self._last, self._last_write = fingerprint, now
+        self.writes += 1
+        return True
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.acquire(True, self.interval):
+            t0 = time.thread_time()
+            try:
+                self.publish_once()
+                failures = 0
+            except Exception:
+                failures += 1
+                # Said once, then again only now and then: a full or unwritable directory
+                # must not flood the log at every tick.
+                if failures == 1 or failures % 600 == 0:
+                    logger.warning("could not publish this process's pools", exc_info=True)
+            self.cpu_seconds += time.thread_time() - t0
+
+
+def _join_real(t: _green.RealThread, timeout: float) -> None:
+    # RealThread.join() sleeps on the hub; at exit or from a real thread, poll instead.
+    deadline = time.monotonic() + timeout
+    sleep = _real_sleep()
+    while t.is_alive() and time.monotonic() < deadline:
+        sleep(0.005)
+
+
+def _real_sleep() -> Callable[[float], None]:
+    if _green.threading_patched():
+        from gevent import monkey
+
+        sleep: Callable[[float], None] = monkey.get_original("time", "sleep")
+        return sleep
+    return time.sleep
+
+
+_lock = threading.Lock()
+_publisher: Publisher | None = None
+
+
+def flag(name: str) -> bool:
+    """A yes/no switch that is on unless the Django setting or environment variable
+    ``name`` says otherwise (False, "0", "false", "no", "off")."""
+    value = _setting(name)
+    if value is None:
+        value = os.environ.get(name, "1")
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off", "")
+    return bool(value)
+
+
+def _interval() -> float:
+    value = _setting("LIDO_PUBLISH_INTERVAL") or os.environ.get("LIDO_PUBLISH_INTERVAL")
+    try:
+        return float(value) if value is not None else DEFAULT_INTERVAL
+    except ValueError:
+        return DEFAULT_INTERVAL
+
+
+def ensure_started() -> Publisher | None:
+    """Starts this process's publisher unless it runs already or publishing is off
+    (``LIDO_PUBLISH = False``). Called for every new pool."""
+    global _publisher
+    if _publisher is not None and _publisher.pid == os.getpid():
+        return _publisher
+    with _lock:
+        if _publisher is not None and _publisher.pid == os.getpid():
+            return _publisher
+        if not flag("LIDO_PUBLISH"):
+            return None
+        p = Publisher(_interval())
+        try:
+            p.start()
+        except RuntimeError:  # no thread to be had: the pools work on, unpublished
+            logger.warning("could not start the publishing thread", exc_info=True)
+            return None
+        _publisher = p
+    return p
+
+
+def current() -> Publisher | None:
+    """The publisher of this process, if it runs."""
+    p = _publisher
+    return p if p is not None and p.pid == os.getpid() else None
+
+
+def stop() -> None:
+    """Stops publishing in this process and removes its record (``ensure_started()`` or
+    the next new pool starts it again)."""
+    global _publisher
+    with _lock:
+        p, _publisher = _publisher, None
+    if p is not None and p.pid == os.getpid():
+        p.stop()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's thread does not exist here, and the record is the parent's: start anew.
+    global _publisher, _lock
+    _lock = threading.Lock()
+    if _publisher is not None:
+        _publisher = None
+        if open_pools():
+            ensure_started()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(stop)

@@ -1,0 +1,226 @@
+"""``manage.py lido``: the demo site under gunicorn with two workers, both in one aggregated
+``status`` (and host_snapshot()); a killed worker drops out. The other views over child
+processes with pools."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django_lido.observe import host, host_snapshot
+from observe_helpers import PoolChild, wait_for
+
+from harness import demo_site
+from harness.servers import free_port
+
+SITE_DIR = demo_site.SITE_DIR
+SITE_DB = "lido_manage_site"
+
+
+def _site_env(pg: Any, rundir: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SITE_DIR), os.environ.get("PYTHONPATH", "")]),
+        "DJANGO_SETTINGS_MODULE": "loadsite.settings",
+        "LIDO_DEMO_DB_NAME": SITE_DB,
+        "LIDO_DEMO_DB_HOST": "127.0.0.1",
+        "LIDO_DEMO_DB_PORT": str(pg.port),
+        "LIDO_DEMO_DB_USER": pg.user,
+        "LIDO_DEMO_POOL_MAX_SIZE": "3",
+        "LIDO_RUNTIME_DIR": str(rundir),
+    }
+
+
+def lido(env: dict[str, str], *args: str) -> str:
+    """``manage.py lido ARGS`` (as ``python -m django``) in a fresh process."""
+    out = subprocess.run(
+        [sys.executable, "-m", "django", "lido", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def site_db(pg: Any) -> str:
+    demo_site.create_database(pg, SITE_DB)
+    return SITE_DB
+
+
+@contextlib.contextmanager
+def gunicorn(env: dict[str, str], workers: int) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    pytest.importorskip("gunicorn")
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "gunicorn", "--chdir", str(SITE_DIR),
+        "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+        "--timeout", "20", "--graceful-timeout", "5", "--log-level", "warning", "loadsite.wsgi",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: _answers(port) or proc.poll() is not None, timeout=30)
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        yield port, proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _answers(port: int) -> bool:
+    try:
+        _get(port, "/pool-stats")
+    except OSError:
+        return False
+    return True
+
+
+def _get(port: int, path: str) -> Any:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", path)
+        resp = c.getresponse()
+        body = resp.read()
+        assert resp.status == 200, (path, resp.status, body[:500])
+        return json.loads(body)
+    finally:
+        c.close()
+
+
+def _load_until(port: int, done: Any, timeout: float = 30.0) -> None:
+    """Four clients send /slow requests until ``done()`` (or ``timeout``): with sync workers
+    busy on one request each, every worker gets some."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def client(i: int) -> None:
+        n = 0
+        while not stop.is_set() and n < 2000:
+            try:
+                _get(port, f"/slow/{1 + (i * 31 + n) % 100}")
+            except BaseException as e:
+                errors.append(e)
+                return
+            n += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: done() or errors, timeout=timeout, step=0.1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+    assert not errors, errors[0]
+
+
+def test_two_gunicorn_workers_in_one_status_and_a_killed_one_drops_out(
+    pg: Any, site_db: str, tmp_path: Path
+) -> None:
+    rundir = tmp_path / "run"
+    env = _site_env(pg, rundir)
+    pool_name = f"default:{site_db}"
+    with gunicorn(env, workers=2) as (port, master):
+
+        def worker_pids() -> set[int]:
+            return {
+                r["pid"]
+                for r in host.read_records(rundir)
+                if any(p["name"] == pool_name for p in r["pools"])
+            }
+
+        _load_until(port, lambda: len(worker_pids()) >= 2)
+        pids = worker_pids()
+        assert len(pids) == 2 and master.pid not in pids
+
+        status = json.loads(lido(env, "status", "--json"))
+        assert {r["pid"] for r in status["processes"]} == pids
+        for r in status["processes"]:
+            assert "gunicorn" in r["title"]
+            (p,) = r["pools"]
+            assert p["alias"] == "default" and p["vendor"] == "postgresql"
+            assert p["stats"]["requests_num"] > 0
+        (total,) = status["pools"]
+        assert total["name"] == pool_name and total["processes"] == 2
+        assert total["max_size"] == 6
+        assert total["requests"] == sum(
+            r["pools"][0]["stats"]["requests_num"] for r in status["processes"]
+        )
+
+        text = lido(env, "status")
+        lines = text.splitlines()
+        assert lines[1].split()[:4] == ["PID", "PROCESS", "POOL", "DB"]
+        rows = {line.split()[0]: line for line in lines[2:]}
+        assert {str(pid) for pid in pids} | {"total"} == set(rows)
+        assert "2 processes" in rows["total"] and pool_name in rows["total"]
+
+        snap = host_snapshot(rundir)
+        assert {r["pid"] for r in snap["processes"]} == pids
+
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: victim not in {r["pid"] for r in host_snapshot(rundir)["processes"]})
+        status = json.loads(lido(env, "status", "--json"))
+        assert victim not in {r["pid"] for r in status["processes"]}
+        assert not (rundir / f"{victim}.json").exists()
+        assert max(pids) in {r["pid"] for r in status["processes"]}, "the other one stays"
+
+
+@pytest.fixture
+def site_env(pg: Any, site_db: str, tmp_path: Path) -> dict[str, str]:
+    rundir = tmp_path / "run"
+    rundir.mkdir(mode=0o700)
+    return _site_env(pg, rundir)
+
+
+def test_connections_queries_and_leaks_views(pg: Any, site_env: dict[str, str]) -> None:
+    rundir = Path(site_env["LIDO_RUNTIME_DIR"])
+    with PoolChild(pg.conninfo(), rundir, "views", held=2) as child:
+        text = lido(site_env, "connections")
+        snap = json.loads(lido(site_env, "connections", "--json"))
+        assert len([c for c in snap if c["pid"] == child.pid]) == len(
+            [c for c in host_snapshot(rundir)["connections"] if c["pid"] == child.pid]
+        )
+        if snap:
+            assert str(child.pid) in text
+        queries = lido(site_env, "queries", "--limit", "5")
+        assert queries.strip()
+        leaks = lido(site_env, "leaks")
+        assert leaks.strip()
+        status = lido(site_env, "status", "--pool", "views")
+        assert str(child.pid) in status and "total" in status
+        assert lido(site_env, "status", "--pool", "nothing-by-that-name").endswith(
+            f"no pools (records in {rundir})\n"
+        )
+
+
+def test_top_refreshes_a_bounded_number_of_times(pg: Any, site_env: dict[str, str]) -> None:
+    rundir = Path(site_env["LIDO_RUNTIME_DIR"])
+    with PoolChild(pg.conninfo(), rundir, "top", held=1) as child:
+        out = lido(site_env, "top", "--iterations", "3", "--interval", "0.1")
+        frames = [line for line in out.splitlines() if line.startswith("host ")]
+        assert len(frames) == 3
+        assert str(child.pid) in out
+        assert "\x1b[2J" not in out, "no screen clearing when the output is not a terminal"
+        jl = lido(site_env, "top", "--iterations", "2", "--interval", "0.1", "--json")
+        frames_json = [json.loads(line) for line in jl.splitlines() if line.strip()]
+        assert len(frames_json) == 2
+        assert any(p["name"] == "top" and p["in_use"] == 1 for p in frames_json[0]["pools"])

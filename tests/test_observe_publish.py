@@ -1,0 +1,235 @@
+"""Each process publishes its pools; host_snapshot() puts every live process's record
+together and forgets dead ones. Real pools on a throwaway PostgreSQL, real child processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django_lido import Pool
+from django_lido.observe import host, host_snapshot, publish
+from observe_helpers import PoolChild, wait_for
+
+
+@pytest.fixture
+def rundir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A runtime directory of this test's own, with this process's publisher restarted
+    into it."""
+    d = tmp_path / "run"
+    monkeypatch.setenv("LIDO_RUNTIME_DIR", str(d))
+    publish.stop()
+    yield d
+    publish.stop()
+
+
+def _records(d: Path) -> dict[int, dict[str, Any]]:
+    return {r["pid"]: r for r in host.read_records(d)}
+
+
+def test_a_pool_publishes_its_record_atomically_in_a_private_directory(
+    pg: Any, rundir: Path
+) -> None:
+    with Pool(pg.conninfo(), name="pub-basic", max_size=3) as pool:
+        assert publish.current() is not None, "the first pool starts the publisher"
+        conn = pool.getconn()
+        conn.execute("SELECT 1")
+        path = rundir / f"{os.getpid()}.json"
+
+        def published() -> dict[str, Any] | None:
+            if not path.exists():
+                return None
+            rec = json.loads(path.read_bytes())
+            pools = {p["name"]: p for p in rec["pools"]}
+            p = pools.get("pub-basic")
+            return rec if p is not None and p["stats"]["in_use"] == 1 else None
+
+        rec = wait_for(published)
+        assert rec["pid"] == os.getpid()
+        assert rec["host"] and rec["title"] and rec["written_at"] >= rec["started_at"]
+        assert rec["proc_start"] == publish.proc_start(os.getpid())[1]  # type: ignore[index]
+        (p,) = [p for p in rec["pools"] if p["name"] == "pub-basic"]
+        assert p["stats"]["pool_max"] == 3 and p["stats"]["requests_num"] == 1
+        assert stat.S_IMODE(rundir.stat().st_mode) == 0o700
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert [f.name for f in rundir.iterdir()] == [path.name], "no temporary file left"
+        pool.putconn(conn)
+    # No open pool left in the test's directory... unless other tests left theirs open.
+    publish.stop()
+    assert not path.exists(), "stopping removes the record"
+
+
+def test_a_record_is_rewritten_when_something_changes_or_at_the_heartbeat(
+    pg: Any, rundir: Path
+) -> None:
+    with Pool(pg.conninfo(), name="pub-change", max_size=2) as pool:
+        publish.stop()  # driven by hand below, not by the thread
+        pub = publish.Publisher()
+        try:
+            assert pub.publish_once(force=True)
+            assert not pub.publish_once(), "nothing changed: no write"
+            with pool.connection() as conn:
+                conn.execute("SELECT 1")
+            assert pub.publish_once(), "a checkout changed the statistics"
+            assert not pub.publish_once()
+            pub._last_write -= publish.HEARTBEAT
+            assert pub.publish_once(), "the heartbeat rewrites an unchanged record"
+            assert pub.writes == 3
+        finally:
+            pub.remove()
+
+
+def test_a_killed_process_record_disappears(pg: Any, rundir: Path) -> None:
+    rundir.mkdir(mode=0o700)
+    with (
+        PoolChild(pg.conninfo(), rundir, "pub-child", held=2) as a,
+        PoolChild(pg.conninfo(), rundir, "pub-child", held=1) as b,
+    ):
+        snap = host_snapshot(rundir)
+        pids = {r["pid"] for r in snap["processes"]}
+        assert {a.pid, b.pid} <= pids
+        (total,) = [t for t in snap["pools"] if t["name"] == "pub-child"]
+        assert total["processes"] == 2 and total["in_use"] == 3 and total["max_size"] == 8
+        a.kill()
+        snap = host_snapshot(rundir)
+        assert a.pid not in {r["pid"] for r in snap["processes"]}
+        assert not (rundir / f"{a.pid}.json").exists(), "the dead process's record is deleted"
+        (total,) = [t for t in snap["pools"] if t["name"] == "pub-child"]
+        assert total["processes"] == 1 and total["in_use"] == 1
+
+
+def test_stale_records_and_reused_pids_are_dropped(rundir: Path) -> None:
+    rundir.mkdir(mode=0o700)
+    me = publish.process_record([])
+    parent = os.getppid()
+    # A live process (our parent) whose record was not rewritten for too long.
+    stale = {**me, "pid": parent, "proc_start": None, "written_at": time.time() - 2 * publish.STALE}
+    publish.write_record(rundir, stale)
+    # A live pid whose record was written by an earlier process with that pid.
+    reused = {**me, "pid": parent, "proc_start": -1}
+    other = rundir / "other"
+    other.mkdir()
+    publish.write_record(other, reused)
+    assert host.read_records(rundir) == []
+    assert host.read_records(other) == []
+    assert not list(rundir.glob("*.json")) and not list(other.glob("*.json"))
+    # The same record, fresh and with the right start time, is kept.
+    fresh = {**me, "pid": parent, "proc_start": publish.proc_start(parent)[1]}  # type: ignore[index]
+    publish.write_record(rundir, fresh)
+    assert [r["pid"] for r in host.read_records(rundir)] == [parent]
+
+
+def test_runtime_dir_choice_and_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LIDO_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert publish.runtime_dir() == tmp_path / "django-lido"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert publish.runtime_dir(create=False) == Path(f"/tmp/django-lido-{os.getuid()}")
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    monkeypatch.setenv("LIDO_RUNTIME_DIR", str(tmp_path / "link"))
+    with pytest.raises(OSError, match="not a directory"):
+        publish.runtime_dir()
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)
+    monkeypatch.setenv("LIDO_RUNTIME_DIR", str(loose))
+    assert publish.runtime_dir() == loose
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o700
+
+
+def _run_child(script: str, pg: Any, rundir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LIDO_RUNTIME_DIR": str(rundir)}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), pg.conninfo()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_under_gevent_the_publisher_is_a_real_thread(pg: Any, rundir: Path) -> None:
+    """The main greenlet blocks the hub (a real sleep); the record still gets written, so
+    the publisher does not run on the hub."""
+    pytest.importorskip("gevent")
+    out = _run_child(
+        """
+        from gevent import monkey; monkey.patch_all()
+        import os, sys, signal
+        signal.alarm(50)
+        from django_lido import Pool, _green
+        from django_lido.observe import publish
+        sleep = monkey.get_original("time", "sleep")
+        pool = Pool(sys.argv[1], name="pub-gevent")
+        assert isinstance(publish.current()._thread, _green.RealThread)
+        path = publish.runtime_dir() / f"{os.getpid()}.json"
+        for _ in range(200):
+            if path.exists():
+                break
+            sleep(0.05)  # blocks the hub: no greenlet runs meanwhile
+        print("published" if path.exists() else "not published")
+        pool.close()
+        """,
+        pg,
+        rundir,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "published"
+
+
+def test_a_forked_child_publishes_its_own_record(pg: Any, rundir: Path) -> None:
+    out = _run_child(
+        """
+        import json, os, sys, signal, time
+        signal.alarm(50)
+        from django_lido import Pool
+        from django_lido.observe import publish
+        pool = Pool(sys.argv[1], name="pub-fork")
+        d = publish.runtime_dir()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                conn = pool.getconn()
+                for _ in range(200):
+                    p = d / f"{os.getpid()}.json"
+                    if p.exists():
+                        rec = json.loads(p.read_bytes())
+                        if rec["pools"] and rec["pools"][0]["stats"]["in_use"] == 1:
+                            os._exit(0)
+                    time.sleep(0.05)
+                os._exit(1)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), (d / f"{os.getpid()}.json").exists())
+        pool.close()
+        """,
+        pg,
+        rundir,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "True"], out.stdout + out.stderr
+
+
+def test_publishing_can_be_turned_off(pg: Any, rundir: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom django_lido import Pool\n"
+         "from django_lido.observe import publish\n"
+         "pool = Pool(sys.argv[1], name='pub-off')\nprint(publish.current())\npool.close()",
+         pg.conninfo()],
+        env={**os.environ, "LIDO_RUNTIME_DIR": str(rundir), "LIDO_PUBLISH": "off"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "None"
+    assert not rundir.exists() or not list(rundir.glob("*.json"))
