@@ -216,8 +216,11 @@ def test_long_hold_report_shows_its_stack_on_click(browser: Any) -> None:
     assert "hold_connection_for_dashboard" in stack.text
 
 
-def test_screenshot(browser: Any, tmp_path: Path) -> None:
+def test_screenshot(browser: Any, server: GunicornServer, tmp_path: Path) -> None:
     # Shown with connections held and, when there is one, a stack open.
+    if not browser.find_elements(By.ID, "detail"):
+        sign_in(browser, server, "staff")
+        wait_for("the dashboard to go live", lambda: text(browser, "status").startswith("live"))
     if not browser.find_element(By.ID, "detail").is_displayed():
         with contextlib.suppress(AssertionError):
             click_first(browser, "#connections tbody tr", timeout=3)

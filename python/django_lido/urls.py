@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.urls import path
 
 from django_lido import views
+from django_lido.observe import metrics
 
 app_name = "django_lido"
 
@@ -13,5 +14,5 @@ urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("snapshot.json", views.snapshot, name="snapshot"),
     path("actions/<slug:name>", views.action, name="action"),
-    path("metrics", views.metrics, name="metrics"),
+    path("metrics", metrics.metrics, name="metrics"),
 ]

@@ -5,7 +5,8 @@ about once a second; that view returns ``django_lido.observe.host.host_snapshot(
 live process of this host) cut down to the keys the page shows, so that a key added
 upstream with raw SQL in it cannot reach a browser unnoticed. Anonymous users are sent to
 ``settings.LOGIN_URL``; signed-in users who are not active staff get 403. Actions are POSTs
-with a CSRF token and act on the pools of the process that serves the request only.
+with a CSRF token and act on the pools of the process that serves the request only. The
+``metrics`` route of ``django_lido.urls`` is ``django_lido.observe.metrics.metrics``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ REPORT_KEYS = (
     "last_statement",
 )  # fmt: skip
 PROCESS_KEYS = ("pid", "title", "argv0", "host", "started_at", "written_at")
-POOL_KEYS = ("name", "alias", "vendor")
+POOL_KEYS = ("name", "alias", "vendor", "database")
 
 
 def staff_only(*, page: bool) -> Callable[[View], View]:
@@ -78,27 +79,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @never_cache
 @staff_only(page=False)
 def snapshot(request: HttpRequest) -> JsonResponse:
-    try:
-        from django_lido.observe.host import host_snapshot
-    except ImportError:  # TEMPORARY until Seam C (branch hosts) is merged
-        return JsonResponse(public_snapshot(_this_process()))
+    from django_lido.observe import host_snapshot
+
     return JsonResponse(public_snapshot(host_snapshot()))
-
-
-def _this_process() -> dict[str, Any]:  # TEMPORARY until Seam C is merged
-    import socket
-    import time
-
-    from django_lido.backends import registry
-
-    with registry._lock:
-        pools = [pool for _, pool in registry._pools.values()]
-    rec = {
-        "pid": os.getpid(),
-        "title": "this process",
-        "pools": [{"name": p.name, "stats": p.stats()} for p in pools],
-    }
-    return {"host": socket.gethostname(), "taken_at": time.time(), "processes": [rec]}
 
 
 def public_snapshot(snap: Mapping[str, Any]) -> dict[str, Any]:
@@ -181,17 +164,6 @@ def action(request: HttpRequest, name: str) -> JsonResponse:
 
 
 def _local_pool(name: str) -> Pool | None:
-    from django_lido.backends import registry
+    from django_lido.observe.publish import open_pools
 
-    with registry._lock:
-        pools = [pool for _, pool in registry._pools.values()]
-    return next((p for p in pools if p.name == name and not p.closed), None)
-
-
-def metrics(request: HttpRequest) -> HttpResponse:
-    """The Prometheus exposition of ``django_lido.observe.metrics`` (imported when asked,
-    so that the dashboard works without ``prometheus_client``)."""
-    from django_lido.observe import metrics as observe_metrics
-
-    response: HttpResponse = observe_metrics.metrics_view(request)
-    return response
+    return next((p for p in open_pools() if p.name == name), None)
