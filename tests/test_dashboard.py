@@ -79,6 +79,8 @@ out["plain_post"] = plain.post(
     "/lido/actions/resize", fields, HTTP_X_CSRFTOKEN=plain.cookies.get("csrftoken").value
     if plain.cookies.get("csrftoken") else "x"
 ).status_code
+r = anon.get("/lido/metrics")
+out["metrics"] = [r.status_code, r.content.decode(errors="replace")[:20000]]
 print("RESULT " + json.dumps(out))
 """
 
@@ -154,3 +156,10 @@ def test_templates_and_static_files_are_in_the_installed_wheel() -> None:
         "django_lido/views.py",
     ):
         assert name in files, name
+
+
+def test_metrics_route_serves_the_prometheus_exposition(seen: dict[str, Any]) -> None:
+    pytest.importorskip("prometheus_client")
+    status, body = seen["metrics"]
+    assert status == 200, body[:500]
+    assert "db_client_connection_count" in body
