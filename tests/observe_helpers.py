@@ -4,6 +4,7 @@ holds connections and publishes its record, until the test lets it go."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import subprocess
@@ -12,22 +13,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-# argv: conninfo, pool name, max_size, connections to hold. Ends when its stdin closes, or
-# after 60 s whatever happens (the alarm's default action ends the process).
+# argv: conninfo, pool name, max_size, connections to hold, more pool options as JSON. Ends
+# when its stdin closes, or after 60 s whatever happens (the alarm's default action ends it).
 _CHILD = """
-import signal, sys
+import json, signal, sys
 signal.alarm(60)
 from django_lido import Pool
 from django_lido.observe import publish
 
-pool = Pool(sys.argv[1], name=sys.argv[2], max_size=int(sys.argv[3]))
-held = [pool.getconn() for _ in range(int(sys.argv[4]))]
+pool = Pool(sys.argv[1], name=sys.argv[2], max_size=int(sys.argv[3]), **json.loads(sys.argv[5]))
+
+
+def take_in_the_child():
+    return [pool.getconn() for _ in range(int(sys.argv[4]))]
+
+
+held = take_in_the_child()
 for conn in held:
     conn.execute("SELECT 1")
 publish.current().publish_once(force=True)
 print("ready", flush=True)
 sys.stdin.read()
 """
+# The function of the child that takes its connections: the stacks name it.
+TAKER = "take_in_the_child"
 
 
 class PoolChild:
@@ -35,10 +44,17 @@ class PoolChild:
     ``runtime_dir``."""
 
     def __init__(
-        self, conninfo: str, runtime_dir: Path, name: str, max_size: int = 4, held: int = 1
+        self,
+        conninfo: str,
+        runtime_dir: Path,
+        name: str,
+        max_size: int = 4,
+        held: int = 1,
+        **options: Any,
     ) -> None:
         env = {**os.environ, "LIDO_RUNTIME_DIR": str(runtime_dir)}
-        argv = [sys.executable, "-c", _CHILD, conninfo, name, str(max_size), str(held)]
+        argv = [sys.executable, "-c", _CHILD, conninfo, name, str(max_size), str(held),
+                json.dumps(options)]  # fmt: skip
         self.proc = subprocess.Popen(
             argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from django_lido.observe import host, host_snapshot
-from observe_helpers import PoolChild, wait_for
+from observe_helpers import TAKER, PoolChild, wait_for
 
 from harness import demo_site
 from harness.servers import free_port
@@ -191,20 +191,32 @@ def site_env(pg: Any, site_db: str, tmp_path: Path) -> dict[str, str]:
     return _site_env(pg, rundir)
 
 
-def test_connections_queries_and_leaks_views(pg: Any, site_env: dict[str, str]) -> None:
+def test_connections_and_leaks_views(pg: Any, site_env: dict[str, str]) -> None:
+    """Another process's connections, with the stack that took them, and its long-hold
+    report (leak_threshold 0.3 s), as the command shows them."""
     rundir = Path(site_env["LIDO_RUNTIME_DIR"])
-    with PoolChild(pg.conninfo(), rundir, "views", held=2) as child:
-        text = lido(site_env, "connections")
-        snap = json.loads(lido(site_env, "connections", "--json"))
-        assert len([c for c in snap if c["pid"] == child.pid]) == len(
-            [c for c in host_snapshot(rundir)["connections"] if c["pid"] == child.pid]
-        )
-        if snap:
-            assert str(child.pid) in text
-        queries = lido(site_env, "queries", "--limit", "5")
-        assert queries.strip()
-        leaks = lido(site_env, "leaks")
-        assert leaks.strip()
+    with PoolChild(pg.conninfo(), rundir, "views", held=2, leak_threshold=0.3) as child:
+        rows = [c for c in json.loads(lido(site_env, "connections", "--json"))]
+        assert {c["pid"] for c in rows} == {child.pid}
+        assert len(rows) == 2
+        for c in rows:
+            assert c["pool"] == "views" and c["holder"]["thread"] == "MainThread"
+            assert any(TAKER in frame for frame in c["stack"]), c["stack"]
+        text = lido(site_env, "connections", "--stacks")
+        assert f"(pid {child.pid}) taken at:" in text and TAKER in text
+        assert "MainThread" in text
+
+        def reported() -> list[dict[str, Any]]:
+            return [e for e in host_snapshot(rundir)["leaks"] if e["kind"] == "long_hold"]
+
+        wait_for(lambda: len(reported()) == 2, timeout=20)
+        leaks = json.loads(lido(site_env, "leaks", "--json"))
+        assert {e["connection_id"] for e in leaks} == {c["id"] for c in rows}
+        assert all(e["pid"] == child.pid and e["seconds"] >= 0.3 for e in leaks)
+        text = lido(site_env, "leaks")
+        assert text.count(f"long_hold  pid {child.pid}  pool views") == 2
+        assert text.count(TAKER) >= 2
+
         status = lido(site_env, "status", "--pool", "views")
         assert str(child.pid) in status and "total" in status
         assert lido(site_env, "status", "--pool", "nothing-by-that-name").endswith(

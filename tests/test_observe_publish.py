@@ -106,6 +106,22 @@ def test_a_killed_process_record_disappears(pg: Any, rundir: Path) -> None:
         assert total["processes"] == 1 and total["in_use"] == 1
 
 
+def test_other_processes_connections_are_aged_to_the_time_of_the_read(
+    pg: Any, rundir: Path
+) -> None:
+    """A quiet process rewrites its record only at the heartbeat; the snapshot still gives
+    each connection's age at the time it is taken."""
+    rundir.mkdir(mode=0o700)
+    with PoolChild(pg.conninfo(), rundir, "pub-ages", held=1) as child:
+        for _ in range(2):
+            time.sleep(0.6)
+            snap = host_snapshot(rundir)
+            (c,) = [c for c in snap["connections"] if c["pid"] == child.pid]
+            assert c["pool"] == "pub-ages" and c["holder"]["thread"] == "MainThread"
+            assert c["held_for"] == pytest.approx(snap["taken_at"] - c["taken_at"], abs=0.05)
+            assert c["held_for"] > 0.5
+
+
 def test_stale_records_and_reused_pids_are_dropped(rundir: Path) -> None:
     rundir.mkdir(mode=0o700)
     me = publish.process_record([])

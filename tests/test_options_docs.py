@@ -70,6 +70,11 @@ def test_the_table_reaches_python_whole() -> None:
         "turn_length",
         "probe",
         "leak_threshold",
+        "stack_depth",
+        "idle_in_transaction_threshold",
+        "idle_in_transaction_timeout",
+        "query_stats",
+        "query_stats_max_shapes",
     ]
     assert PoolOptions().as_dict() == DEFAULTS
     for o in OPTIONS.values():

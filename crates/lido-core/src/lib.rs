@@ -29,6 +29,8 @@ pub mod conn;
 pub mod engine;
 pub mod error;
 pub mod liveness;
+pub mod queries;
+pub mod shape;
 pub mod statement;
 pub mod stats;
 pub mod wait;
@@ -43,6 +45,8 @@ pub use engine::{
 };
 pub use error::AcquireError;
 pub use liveness::{probe_socket, Liveness};
+pub use queries::{QueryOrder, QueryRow, QueryStats, OTHER_STATEMENTS};
+pub use shape::shape;
 pub use statement::{changes_session, Dialect};
 pub use stats::{Histogram, HistogramSummary, Stats};
 pub use wait::{Grant, ThreadWake, Waiter, Wake};

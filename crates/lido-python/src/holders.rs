@@ -197,7 +197,11 @@ impl Inner {
         else {
             return Ok(None);
         };
-        lent.activity.lock().dialect = Some(dialect);
+        {
+            let mut a = lent.activity.lock();
+            a.dialect = Some(dialect);
+            a.tracked = true;
+        }
         Ok(Some(Lease {
             lent,
             inner: Arc::clone(self),

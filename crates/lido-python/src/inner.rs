@@ -8,7 +8,7 @@ use crate::green::Mode;
 use crate::holders::Lent;
 use crate::leases::{ByAddress, Held, PyConn};
 use crate::permit::{Closing, Leftovers, PermitGuard};
-use lido_core::{probe_socket, Check, Engine, Pooled, Retired, Validated};
+use lido_core::{probe_socket, Check, Engine, Pooled, QueryStats, Retired, Validated};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) stack_depth: usize,
     pub(crate) idle_threshold: Option<Duration>,
     pub(crate) idle_timeout: Option<Duration>,
+    /// Statements by shape (queries.rs); None with `query_stats=False`.
+    pub(crate) query_stats: Option<QueryStats>,
 }
 
 impl Inner {
@@ -53,6 +55,9 @@ impl Inner {
         let (timeout, probe) = (cfg.timeout, cfg.probe);
         let idle_threshold = cfg.idle_in_transaction_threshold.filter(|t| !t.is_zero());
         let (stack_depth, idle_timeout) = (cfg.stack_depth, cfg.idle_in_transaction_timeout);
+        let query_stats = cfg
+            .query_stats
+            .then(|| QueryStats::new(cfg.query_stats_max_shapes));
         let engine = Engine::new(name, cfg);
         Inner {
             engine,
@@ -70,6 +75,7 @@ impl Inner {
             stack_depth,
             idle_threshold,
             idle_timeout,
+            query_stats,
         }
     }
 

@@ -137,6 +137,25 @@ impl PoolCore {
         guarded(py, "PoolCore.connections", || self.inner.connections(py))
     }
 
+    /// The `top` statement shapes by `order` ("total", "count", "mean" or "p99").
+    #[pyo3(signature = (top=20, order="total"))]
+    fn query_stats<'py>(
+        &self,
+        py: Python<'py>,
+        top: usize,
+        order: &str,
+    ) -> PyResult<Bound<'py, PyList>> {
+        guarded(py, "PoolCore.query_stats", || {
+            self.inner.query_stats_list(py, top, order)
+        })
+    }
+
+    fn reset_query_stats(&self, py: Python<'_>) -> PyResult<()> {
+        guarded(py, "PoolCore.reset_query_stats", || {
+            Ok(self.inner.reset_query_stats())
+        })
+    }
+
     /// The statement hook's handle on `conn`, if this pool lent it.
     fn _lease(
         &self,
@@ -152,6 +171,8 @@ impl PoolCore {
     fn _after_fork_in_child(&self, py: Python<'_>) -> PyResult<()> {
         guarded(py, "PoolCore._after_fork_in_child", || {
             self.inner.keep_parents_leases(py);
+            // The parent's statements are the parent's to report.
+            self.inner.reset_query_stats();
             Ok(())
         })
     }

@@ -148,8 +148,15 @@ def _call(pool: object, method: str, *args: Any, **kwargs: Any) -> Any:
 
 
 def open_pools() -> list[Any]:
-    """This process's open pools, oldest first by name for a stable order."""
-    pools = [p for p in list(lifecycle._pools) if not getattr(p, "closed", True)]
+    """This process's open pools, by name for a stable order."""
+    while True:
+        try:
+            # A pool made by another thread meanwhile ends the iteration of the weak set.
+            every = list(lifecycle._pools)
+            break
+        except RuntimeError:
+            continue
+    pools = [p for p in every if not getattr(p, "closed", True)]
     pools.sort(key=lambda p: getattr(p, "name", ""))
     return pools
 
