@@ -66,7 +66,8 @@
 
   function ago(epoch, now) {
     if (!epoch) return "–";
-    return seconds(Math.max(0, now - epoch)) + " ago";
+    var age = now - epoch;
+    return age < 0.1 ? "just now" : seconds(age) + " ago";
   }
 
   function colorOf(name) {
@@ -429,7 +430,14 @@
   function stackBlock(title, frames, missing) {
     var box = el("div", { cls: "stack-block" }, el("h3", { text: title }));
     if (frames && frames.length) {
-      box.appendChild(el("pre", { cls: "stack", text: frames.join("\n") }));
+      // The application's own frames stand out; the standard library's and installed
+      // packages' are dimmed.
+      var pre = el("pre", { cls: "stack" });
+      frames.forEach(function (f, i) {
+        var lib = /\/(site-packages|dist-packages)\/|\/lib\/python\d/.test(f);
+        pre.appendChild(el("span", { cls: lib ? "lib" : "app", text: f + (i < frames.length - 1 ? "\n" : "") }));
+      });
+      box.appendChild(pre);
     } else {
       box.appendChild(el("p", { cls: "empty", text: missing }));
     }
