@@ -172,8 +172,29 @@ def test_two_gunicorn_workers_in_one_status_and_a_killed_one_drops_out(
         assert {str(pid) for pid in pids} | {"total"} == set(rows)
         assert "2 processes" in rows["total"] and pool_name in rows["total"]
 
+        # (The test process's own pools, left by other tests, are in it too.)
         snap = host_snapshot(rundir)
-        assert {r["pid"] for r in snap["processes"]} == pids
+        assert {r["pid"] for r in snap["processes"] if r["pid"] != os.getpid()} == pids
+        (total,) = [t for t in snap["pools"] if t["name"] == pool_name]
+        assert total["processes"] == 2
+
+        # The statements of both workers, merged per shape; never a literal's value.
+        queries = json.loads(lido(env, "queries", "--json", "--limit", "50"))
+        by_shape = {q["shape"]: q for q in queries}
+        (sleep,) = [q for shape, q in by_shape.items() if "pg_sleep" in shape]
+        assert "0.005" not in sleep["shape"]
+        per_process = [
+            q["count"]
+            for r in status["processes"]
+            for q in r["pools"][0]["queries"]
+            if q["shape"] == sleep["shape"]
+        ]
+        assert len(per_process) == 2 and sleep["count"] >= sum(per_process)
+        assert sleep["processes"] == 2 and sleep["pool"] == pool_name
+        assert all(str(pk) not in q["shape"] for q in queries for pk in (31, 62, 93))
+        text = lido(env, "queries", "--order", "count", "--limit", "3")
+        assert text.splitlines()[0].split()[:3] == ["POOL", "COUNT", "ERRORS"]
+        assert len(text.splitlines()) == 4
 
         victim = min(pids)
         os.kill(victim, signal.SIGKILL)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django_helpers import configure, database, global_alias, unique
 from django_lido import Pool
 from django_lido.observe import host, host_snapshot, publish
 from observe_helpers import PoolChild, wait_for
@@ -73,8 +74,10 @@ def test_a_record_is_rewritten_when_something_changes_or_at_the_heartbeat(
     with Pool(pg.conninfo(), name="pub-change", max_size=2) as pool:
         publish.stop()  # driven by hand below, not by the thread
         pub = publish.Publisher()
+        held = pool.getconn()  # its age grows, and that alone is no change
         try:
             assert pub.publish_once(force=True)
+            time.sleep(0.01)
             assert not pub.publish_once(), "nothing changed: no write"
             with pool.connection() as conn:
                 conn.execute("SELECT 1")
@@ -84,6 +87,7 @@ def test_a_record_is_rewritten_when_something_changes_or_at_the_heartbeat(
             assert pub.publish_once(), "the heartbeat rewrites an unchanged record"
             assert pub.writes == 3
         finally:
+            pool.putconn(held)
             pub.remove()
 
 
@@ -120,6 +124,29 @@ def test_other_processes_connections_are_aged_to_the_time_of_the_read(
             assert c["pool"] == "pub-ages" and c["holder"]["thread"] == "MainThread"
             assert c["held_for"] == pytest.approx(snap["taken_at"] - c["taken_at"], abs=0.05)
             assert c["held_for"] > 0.5
+
+
+def test_this_process_queries_are_read_live(pg: Any, rundir: Path) -> None:
+    """The calling process's own pools go into the snapshot as they are now: statements just
+    run are there, and gone after reset_query_stats()."""
+    configure(pg, default=database(pg))
+    w = global_alias(unique("pub_q"), database(pg, pool={"max_size": 2}))
+    with w.cursor() as cur:
+        for n in range(3):
+            cur.execute("SELECT %s + 1", [n])
+            cur.execute("SELECT 4711 * 2")
+    pool = w.pool
+    w.close()
+
+    def ours(snap: dict[str, Any]) -> dict[str, int]:
+        return {q["shape"]: q["count"] for q in snap["queries"] if q["pool"] == pool.name}
+
+    shapes = ours(host_snapshot(rundir))
+    assert shapes == {"SELECT %s + ?": 3, "SELECT ? * ?": 3}, shapes
+    (t,) = [t for t in host_snapshot(rundir)["pools"] if t["name"] == pool.name]
+    assert t["alias"] == w.alias and t["vendor"] == "postgresql" and t["database"] == "postgres"
+    pool.reset_query_stats()
+    assert ours(host_snapshot(rundir)) == {}
 
 
 def test_stale_records_and_reused_pids_are_dropped(rundir: Path) -> None:
@@ -212,6 +239,7 @@ def test_a_forked_child_publishes_its_own_record(pg: Any, rundir: Path) -> None:
         from django_lido.observe import publish
         pool = Pool(sys.argv[1], name="pub-fork")
         d = publish.runtime_dir()
+        parent_started = publish.process_record([])["started_at"]
         pid = os.fork()
         if pid == 0:
             try:
@@ -221,7 +249,8 @@ def test_a_forked_child_publishes_its_own_record(pg: Any, rundir: Path) -> None:
                     if p.exists():
                         rec = json.loads(p.read_bytes())
                         if rec["pools"] and rec["pools"][0]["stats"]["in_use"] == 1:
-                            os._exit(0)
+                            # Its own start, not the parent's.
+                            os._exit(0 if rec["started_at"] > parent_started else 3)
                     time.sleep(0.05)
                 os._exit(1)
             except BaseException:

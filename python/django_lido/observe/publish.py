@@ -41,8 +41,9 @@ STALE = 30.0
 QUERIES_TOP = 50
 
 # Connection fields that change with the clock alone: left out of the change check (a reader
-# ages them by the record's age instead, see host.py).
-_CLOCK_FIELDS = ("held_for", "transaction_for", "last_statement_seconds")
+# ages them by the record's age instead, see host.py). ``taken_at`` is derived from the
+# monotonic clock at each call, so it jitters by microseconds.
+_CLOCK_FIELDS = ("held_for", "taken_at", "transaction_for", "last_statement_seconds")
 
 
 def _setting(name: str) -> Any:
@@ -120,17 +121,20 @@ def _targets() -> dict[int, tuple[str, str, str]]:
     databases = _setting("DATABASES") or {}
     out: dict[int, tuple[str, str, str]] = {}
     for target, pool in list(registry._pools.values()):
-        aliases = [
-            alias
-            for alias, s in databases.items()
-            if str(s.get("NAME") or "") in (target.database, target.database.removeprefix("test_"))
-            and str(s.get("HOST") or "") == target.host
-            and str(s.get("PORT") or "") == target.port
-        ]
-        # Pools are named "alias:database" unless the settings name them.
+        # Pools are named "alias:database" unless the settings name them; then the aliases
+        # with the pool's server and database are the best guess.
         prefix = pool.name.partition(":")[0]
-        if prefix in databases and prefix not in aliases:
-            aliases.insert(0, prefix)
+        if prefix in databases:
+            aliases = [prefix]
+        else:
+            aliases = [
+                alias
+                for alias, s in databases.items()
+                if str(s.get("NAME") or "")
+                in (target.database, target.database.removeprefix("test_"))
+                and str(s.get("HOST") or "") == target.host
+                and str(s.get("PORT") or "") == target.port
+            ]
         out[id(pool)] = (",".join(aliases), target.vendor, target.database)
     return out
 
@@ -175,7 +179,6 @@ def pool_record(pool: Any, target: tuple[str, str, str] | None = None) -> dict[s
     }
 
 
-_STARTED_AT = time.time()
 _HOST = socket.gethostname()
 
 
@@ -186,50 +189,65 @@ def pool_records(pools: Iterable[Any] | None = None) -> list[dict[str, Any]]:
     return [pool_record(p, targets.get(id(p))) for p in pools]
 
 
-_self_start: tuple[int, int | None] = (0, None)
+_self_start: tuple[int, int | None, float] = (0, None, 0.0)
 
 
-def _own_start() -> int | None:
-    """This process's start time in ticks (cached; a forked child has its own)."""
+def _boot_time() -> float | None:
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _own_start() -> tuple[int | None, float]:
+    """This process's start: (clock ticks since boot, epoch seconds: within a second, as the
+    boot time is in whole seconds). Cached per pid, so a forked child finds its own."""
     global _self_start
     pid = os.getpid()
     if _self_start[0] != pid:
         started = proc_start(pid)
-        _self_start = (pid, started[1] if started else None)
-    return _self_start[1]
+        boot = _boot_time()
+        if started is not None and boot is not None:
+            _self_start = (pid, started[1], boot + started[1] / os.sysconf("SC_CLK_TCK"))
+        else:
+            _self_start = (pid, None, time.time())
+    return _self_start[1], _self_start[2]
 
 
 def process_record(pools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """This process's record: its pools (records from :func:`pool_records`, by default
     of every open pool) and who it is."""
+    ticks, started_at = _own_start()
     return {
         "version": RECORD_VERSION,
         "pid": os.getpid(),
         "argv0": sys.argv[0] if sys.argv else "",
         "title": _process_title(),
         "host": _HOST,
-        "started_at": _STARTED_AT,
-        "proc_start": _own_start(),
+        "started_at": started_at,
+        "proc_start": ticks,
         "written_at": time.time(),
         "pools": pool_records() if pools is None else pools,
     }
 
 
-def _fingerprint(pools: list[dict[str, Any]]) -> str:
-    """The pools' records less what changes with the clock alone."""
-    return json.dumps(
-        [
-            {
-                **p,
-                "connections": [
-                    {k: v for k, v in c.items() if k not in _CLOCK_FIELDS} for c in p["connections"]
-                ],
-            }
-            for p in pools
-        ],
-        sort_keys=True,
-        default=str,
-    )
+def _fingerprint(pools: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The pools' records less what changes with the clock alone, for ``==`` (cheaper than
+    serializing them)."""
+    return [
+        (
+            p["name"],
+            p["stats"],
+            [[v for k, v in c.items() if k not in _CLOCK_FIELDS] for c in p["connections"]],
+            p["queries"],
+            p["reports"],
+        )
+        for p in pools
+    ]
 
 
 def write_record(directory: Path, record: dict[str, Any]) -> Path:
@@ -269,7 +287,7 @@ class Publisher:
         self._stop = _allocate_lock()
         self._stop.acquire()
         self._dir: Path | None = None
-        self._last = ""
+        self._last: list[tuple[Any, ...]] | None = None
         self._last_write = 0.0
         self._thread: threading.Thread | _green.RealThread | None = None
 
@@ -304,9 +322,9 @@ class Publisher:
         Returns whether it wrote."""
         pools = open_pools()
         if not pools:
-            if self._last:
+            if self._last is not None:
                 self.remove()
-                self._last = ""
+                self._last = None
             return False
         records = pool_records(pools)
         fingerprint = _fingerprint(records)
