@@ -81,6 +81,17 @@ out["plain_post"] = plain.post(
 ).status_code
 r = anon.get("/lido/metrics")
 out["metrics"] = [r.status_code, r.content.decode(errors="replace")[:20000]]
+from django_lido.views import public_snapshot
+out["filtered"] = public_snapshot({{
+    "host": "h", "taken_at": 1.0,
+    "connections": [{{"id": 1, "sql": "raw-1", "holder": {{"label": "GET /", "env": "raw-2"}}}}],
+    "queries": [{{"shape": "SELECT ?", "params": ["raw-3"]}}],
+    "leaks": [{{"kind": "leak", "stack": ["f.py:1 in g"], "locals": "raw-4"}}],
+    "processes": [{{"pid": 1, "environ": "raw-5", "pools": [{{
+        "name": "p", "connections": [{{"sql": "raw-6"}}],
+        "stats": {{"in_use": 1, "dsn": "raw-7", "usage": {{"p99_ms": 2.0}}}},
+    }}]}}],
+}})
 print("RESULT " + json.dumps(out))
 """
 
@@ -163,3 +174,14 @@ def test_metrics_route_serves_the_prometheus_exposition(seen: dict[str, Any]) ->
     status, body = seen["metrics"]
     assert status == 200, body[:500]
     assert "db_client_connection_count" in body
+
+
+def test_json_view_passes_on_only_the_keys_the_page_shows(seen: dict[str, Any]) -> None:
+    """A key added upstream (raw SQL, an environment) does not reach the browser."""
+    filtered = seen["filtered"]
+    assert "raw-" not in json.dumps(filtered)
+    assert filtered["connections"] == [{"id": 1, "holder": {"label": "GET /"}}]
+    assert filtered["queries"] == [{"shape": "SELECT ?"}]
+    assert filtered["leaks"][0]["stack"] == ["f.py:1 in g"]
+    (pool,) = filtered["processes"][0]["pools"]
+    assert pool == {"name": "p", "stats": {"in_use": 1, "usage": {"p99_ms": 2.0}}}
