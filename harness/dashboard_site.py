@@ -5,7 +5,8 @@ auth, sessions and the login page of ``django.contrib.auth.urls`` (a plain templ
 dashboard under ``/lido/``, static files served by ``staticfiles`` (``insecure``, as a test
 site may), and views that take connections: ``/hold?s=`` holds one inside ``atomic()``
 after a statement with a parameter value (``SECRET_PARAM``) that must never show up in the
-dashboard, and ``/pid`` answers the serving process's pid (after a query, so it has a pool).
+dashboard, ``/leak`` drops a connection taken from the pool, and ``/pid`` answers the
+serving process's pid (after a query, so it has a pool).
 ``prepare(root)`` migrates and makes the users ``staff`` and ``plain`` (password
 ``PASSWORD``). ``GunicornServer(root)`` serves it (``start()`` waits until it answers).
 Used by ``tests/test_dashboard.py`` and ``tests/test_dashboard_browser.py``.
@@ -84,14 +85,16 @@ urlpatterns = [
     re_path(r"^static/(?P<path>.*)$", serve, {"insecure": True}),
     path("hold", views.hold_connection_for_dashboard),
     path("pid", views.pid),
+    path("leak", views.leak_connection_for_dashboard),
 ]
 """
 
 _VIEWS = f"""\
+import gc
 import os
 import time
 
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.http import JsonResponse
 
 
@@ -107,6 +110,15 @@ def hold_connection_for_dashboard(request):
             )
             cur.fetchone()
         time.sleep(float(request.GET.get("s", "1")))
+    return JsonResponse({{"pid": os.getpid()}})
+
+
+def leak_connection_for_dashboard(request):
+    # Takes a connection straight from the pool and drops it without putconn(): the pool
+    # reports the leak with this function in the taking stack.
+    conn = connections["default"].pool.getconn()
+    del conn
+    gc.collect()
     return JsonResponse({{"pid": os.getpid()}})
 
 

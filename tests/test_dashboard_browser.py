@@ -71,7 +71,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15.0) ->
 def server(pg: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
     root = make_site(
         pg, tmp_path_factory.mktemp("dashsite"), dbname="lido_dash_browser",
-        pool={"max_size": 6, "leak_threshold": 1.0},
+        pool={"max_size": 6, "leak_threshold": 1.0, "idle_in_transaction_threshold": 2.0},
     )  # fmt: skip
     with GunicornServer(root, workers=2, threads=HOLDERS + 3) as srv:
         yield srv
@@ -225,6 +225,31 @@ def test_long_hold_report_shows_its_stack_on_click(browser: Any) -> None:
     assert "held too long" in detail.text
     stack = detail.find_element(By.CSS_SELECTOR, "pre.stack")
     assert "hold_connection_for_dashboard" in stack.text
+
+
+def test_idle_transaction_report_shows_both_stacks_on_click(browser: Any) -> None:
+    if not (HAS_HOST_SNAPSHOT and HAS_REPORTS):
+        pytest.skip("Pool.reports() (Seam B, branch holders) or its publishing (Seam C, "
+                    "branch hosts) is missing")  # fmt: skip
+    click_first(browser, "#leaks tbody tr.kind-idle_in_transaction")
+    detail = shown_detail(browser)
+    wait_for("the idle transaction's detail", lambda: "idle in transaction" in detail.text)
+    taken, began = detail.find_elements(By.CSS_SELECTOR, "pre.stack")
+    assert "hold_connection_for_dashboard" in taken.text
+    assert "hold_connection_for_dashboard" in began.text
+    assert "SELECT count(*) FROM auth_user" in detail.text  # the last statement's shape
+
+
+def test_leak_report_shows_its_stack_on_click(browser: Any, server: GunicornServer) -> None:
+    if not (HAS_HOST_SNAPSHOT and HAS_REPORTS):
+        pytest.skip("Pool.reports() (Seam B, branch holders) or its publishing (Seam C, "
+                    "branch hosts) is missing")  # fmt: skip
+    _get(server.port, "/leak")
+    click_first(browser, "#leaks tbody tr.kind-leak")
+    detail = shown_detail(browser)
+    wait_for("the leak's detail", lambda: "leaked" in detail.text)
+    stack = detail.find_element(By.CSS_SELECTOR, "pre.stack")
+    assert "leak_connection_for_dashboard" in stack.text
 
 
 def test_screenshot(browser: Any, server: GunicornServer, tmp_path: Path) -> None:
