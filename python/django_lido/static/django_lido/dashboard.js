@@ -571,7 +571,8 @@
   }
 
   function poll() {
-    if (paused) { setTimeout(poll, PERIOD_MS); return; }
+    // A tab in the background asks nothing of the server.
+    if (paused || document.hidden) { setTimeout(poll, PERIOD_MS); return; }
     fetch(SNAPSHOT_URL, { credentials: "same-origin", headers: { "Accept": "application/json" }, cache: "no-store" })
       .then(function (r) {
         if (r.status === 403) throw new Error("refused (403): signed out, or not staff");
