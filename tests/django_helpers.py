@@ -153,8 +153,29 @@ def assert_short_connect_matches_djangos(w: Any) -> None:
     assert ours.keys() == djangos.keys()
     # A deadline from the clock at connect: the same rule, a moment apart.
     theirs_at, ours_at = djangos.pop("close_at"), ours.pop("close_at")
+    # The pool's record of each checkout: one per checkout, on both paths.
+    assert (
+        type(djangos.pop("_lido_lease")).__name__
+        == type(ours.pop("_lido_lease")).__name__
+        == "Lease"
+    )
     assert (theirs_at is None) == (ours_at is None)
     assert theirs_at is None or 0 <= ours_at - theirs_at < 60
     differ = {k: (djangos[k], v) for k, v in ours.items() if djangos[k] != v}
     assert differ == {}, f"Django's connect() vs the short path: {differ}"
     assert created == [w, w]
+
+
+def child_python(script: str, *args: str) -> str:
+    """Runs ``script`` in a child Python with this one's import path (for what the test
+    process must not import, or must set up differently); returns its last line of output."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().splitlines()[-1]

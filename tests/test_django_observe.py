@@ -5,6 +5,7 @@ holder's label comes from the request; against a real PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import DatabaseError, transaction
-from django_helpers import configure, database, global_alias, unique
+from django_helpers import child_python, configure, database, global_alias, unique
 from django_lido.labels import labels
 from helpers import eventually
 
@@ -121,7 +122,9 @@ def test_an_idle_transaction_is_reported_with_both_stacks(
     assert report["transaction_stack"][-1].endswith(" in begin_the_transaction")
     assert report["stack"][-1].endswith(" in take_the_connection")
     assert report["last_statement"].startswith("INSERT INTO lido_observe")
-    (logged,) = [r.getMessage() for r in caplog.records if "idle in a transaction" in r.getMessage()]
+    (logged,) = [
+        r.getMessage() for r in caplog.records if "idle in a transaction" in r.getMessage()
+    ]
     assert "in begin_the_transaction" in logged and "in take_the_connection" in logged
     assert "INSERT INTO lido_observe" in logged
     assert SECRET not in logged and SECRET not in str(report)
@@ -168,3 +171,37 @@ def test_the_holder_label_is_the_request(dj: Any) -> None:
         request_finished.send(sender=WSGIHandler)  # gives it back too (CONN_MAX_AGE 0)
     assert threading.get_ident() not in labels
     assert pool.connections() == []
+
+
+CELERY_SCRIPT = """
+import json, sys
+import celery  # imported before Django is set up, as in a worker
+import django
+from django.conf import settings
+settings.configure(DATABASES={"default": json.loads(sys.argv[1])}, USE_TZ=False)
+django.setup()
+from celery.signals import task_postrun, task_prerun
+from django.db import connection
+
+class Task:
+    name = "shop.tasks.send_invoice"
+
+connection.pool  # the first pooled wrapper connects the label handlers
+task_prerun.send(sender=Task, task_id="1", task=Task(), args=(), kwargs={})
+connection.ensure_connection()
+during = connection.pool.connections()[0]["holder"]["label"]
+task_postrun.send(sender=Task, task_id="1", task=Task(), args=(), kwargs={}, retval=None)
+after = connection.pool.connections()[0]["holder"]["label"]
+connection.close()
+print(json.dumps([during, after]))
+"""
+
+
+def test_the_holder_label_is_the_celery_task(dj: Any) -> None:
+    pytest.importorskip("celery")
+    entry = database(dj, pool={"max_size": 1})
+    out = child_python(CELERY_SCRIPT, json.dumps(entry))
+    assert json.loads(out) == [
+        "task shop.tasks.send_invoice",
+        None,
+    ]

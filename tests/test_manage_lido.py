@@ -61,12 +61,16 @@ def site_db(pg: Any) -> str:
 
 
 @contextlib.contextmanager
-def gunicorn(env: dict[str, str], workers: int) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+def gunicorn(
+    env: dict[str, str], workers: int, worker_class: str = "sync"
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     pytest.importorskip("gunicorn")
+    if worker_class == "gevent":
+        pytest.importorskip("gevent")
     port = free_port()
     cmd = [
         sys.executable, "-m", "gunicorn", "--chdir", str(SITE_DIR),
-        "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+        "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "-k", worker_class,
         "--timeout", "20", "--graceful-timeout", "5", "--log-level", "warning", "loadsite.wsgi",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE)
@@ -132,13 +136,15 @@ def _load_until(port: int, done: Any, timeout: float = 30.0) -> None:
     assert not errors, errors[0]
 
 
+@pytest.mark.parametrize("worker_class", ["sync", "gevent"])
 def test_two_gunicorn_workers_in_one_status_and_a_killed_one_drops_out(
-    pg: Any, site_db: str, tmp_path: Path
+    pg: Any, site_db: str, tmp_path: Path, worker_class: str
 ) -> None:
+    """Sync workers, and gevent workers (where the publisher is a real OS thread)."""
     rundir = tmp_path / "run"
     env = _site_env(pg, rundir)
     pool_name = f"default:{site_db}"
-    with gunicorn(env, workers=2) as (port, master):
+    with gunicorn(env, workers=2, worker_class=worker_class) as (port, master):
 
         def worker_pids() -> set[int]:
             return {
@@ -195,6 +201,9 @@ def test_two_gunicorn_workers_in_one_status_and_a_killed_one_drops_out(
         text = lido(env, "queries", "--order", "count", "--limit", "3")
         assert text.splitlines()[0].split()[:3] == ["POOL", "COUNT", "ERRORS"]
         assert len(text.splitlines()) == 4
+        # Reset in every worker, by the other process's request.
+        assert "reset" in lido(env, "queries", "--reset", "--pool", pool_name)
+        wait_for(lambda: not json.loads(lido(env, "queries", "--json")), timeout=20, step=0.2)
 
         victim = min(pids)
         os.kill(victim, signal.SIGKILL)

@@ -149,6 +149,38 @@ def test_this_process_queries_are_read_live(pg: Any, rundir: Path) -> None:
     assert ours(host_snapshot(rundir)) == {}
 
 
+def test_a_reset_request_reaches_the_named_pools_once(pg: Any, rundir: Path) -> None:
+    configure(pg, default=database(pg))
+    wrappers = [global_alias(unique("pub_r"), database(pg, pool={"max_size": 1})) for _ in "ab"]
+    for w in wrappers:
+        with w.cursor() as cur:
+            cur.execute("SELECT 1")
+        w.close()
+    a, b = (w.pool for w in wrappers)
+    rundir.mkdir(mode=0o700)
+    publish.request_query_reset(rundir, a.name)  # older than the publisher: not for it
+    publish.stop()
+    pub = publish.Publisher()
+    try:
+        pub.publish_once()
+        assert a.query_stats() and b.query_stats()
+        time.sleep(0.01)  # a later modification time than the first request's
+        publish.request_query_reset(rundir, a.name)
+        pub.publish_once()
+        assert not a.query_stats() and b.query_stats()
+        with wrappers[0].cursor() as cur:
+            cur.execute("SELECT 1")
+        wrappers[0].close()
+        pub.publish_once()
+        assert a.query_stats(), "a request is taken once"
+        time.sleep(0.01)
+        publish.request_query_reset(rundir)
+        pub.publish_once()
+        assert not a.query_stats() and not b.query_stats()
+    finally:
+        pub.remove()
+
+
 def test_stale_records_and_reused_pids_are_dropped(rundir: Path) -> None:
     rundir.mkdir(mode=0o700)
     me = publish.process_record([])
@@ -278,3 +310,31 @@ def test_publishing_can_be_turned_off(pg: Any, rundir: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "None"
     assert not rundir.exists() or not list(rundir.glob("*.json"))
+
+
+def test_an_unusable_directory_is_said_once_and_the_pool_works_on(pg: Any, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(
+            """
+            import logging, signal, sys, time
+            signal.alarm(50)
+            logging.basicConfig(level=logging.WARNING)
+            from django_lido import Pool
+            pool = Pool(sys.argv[1], name="pub-broken")
+            for _ in range(8):
+                with pool.connection() as conn:
+                    conn.execute("SELECT 1")
+                time.sleep(0.25)
+            print(pool.stats()["requests_num"])
+            pool.close()
+            """
+        ), pg.conninfo()],
+        env={**os.environ, "LIDO_RUNTIME_DIR": str(not_a_dir), "LIDO_PUBLISH_INTERVAL": "0.25"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "8"
+    assert out.stderr.count("could not publish this process's pools") == 1, out.stderr
+    assert "is not a directory" in out.stderr

@@ -4,7 +4,10 @@ stack that took the connection, and ``Pool.reports()``; against a real PostgreSQ
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -81,9 +84,13 @@ def test_connections_lists_each_holder_with_its_stack(make_pool: Any) -> None:
         assert second["holder"]["label"] == "GET /orders/"
         assert before <= first["taken_at"] <= time.time()
         assert first["held_for"] >= 0
-        # No statement hook here (that is Django's): nothing is known of transactions.
-        assert first["in_transaction"] is None and first["last_statement"] is None
+        # No statement hook here (that is Django's): no statement is known, and of the
+        # transaction only what psycopg's status says, not since when.
+        assert first["in_transaction"] is False and first["last_statement"] is None
         assert first["statement_running"] is False
+        conn.execute("SELECT 1")  # psycopg begins a transaction
+        row = pool.connections()[0]
+        assert row["in_transaction"] is True and row["transaction_for"] is None
         assert first["stack"][-1].endswith(" in take_for_the_report")
         assert any(line.endswith("in test_connections_lists_each_holder_with_its_stack")
                    for line in first["stack"])  # fmt: skip
@@ -122,7 +129,7 @@ def test_a_long_hold_is_logged_with_the_stack_that_took_it(
         (held,) = messages(caplog, "has been held")
         assert "taken at:" in held and "in take_for_the_report" in held
         pool.putconn(conn)
-        (back,) = messages(caplog, "came back")
+        assert len(messages(caplog, "came back")) == 1
     kinds = [r["kind"] for r in pool.reports()]
     assert kinds == ["long_hold", "long_hold_returned"]
     first = pool.reports()[0]
@@ -156,3 +163,43 @@ def test_the_reports_ring_keeps_the_last_hundred(make_pool: Any) -> None:
     reports = pool.reports()
     assert len(reports) == 100 and all(r["kind"] == "leak" for r in reports)
     assert [r["at"] for r in reports] == sorted(r["at"] for r in reports)
+
+
+GEVENT_SCRIPT = """
+from gevent import monkey
+monkey.patch_all()
+import json, sys
+import gevent, psycopg
+from django_lido import Pool
+from django_lido.labels import set_label
+pool = Pool(lambda: psycopg.connect(sys.argv[1]), max_size=2)
+release = gevent.event.Event()
+def hold(label):
+    set_label(label)
+    conn = pool.getconn()
+    release.wait(10)
+    pool.putconn(conn)
+gs = [gevent.spawn(hold, "GET /a/"), gevent.spawn(hold, "GET /b/")]
+gs[0].name, gs[1].name = "g-alpha", "g-beta"
+gevent.sleep(0.2)
+rows = pool.connections()
+release.set()
+gevent.joinall(gs, timeout=10)
+print(json.dumps([[r["holder"]["greenlet"], r["holder"]["label"], r["stack"][-1]] for r in rows]))
+pool.close()
+"""
+
+
+def test_under_gevent_the_holder_is_the_greenlet(pg: Any) -> None:
+    pytest.importorskip("gevent")
+    p = subprocess.run(
+        [sys.executable, "-c", GEVENT_SCRIPT, pg.conninfo()],
+        capture_output=True,
+        text=True,
+        timeout=60,  # a hang fails the test
+        cwd="/",
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = sorted(json.loads(p.stdout.strip().splitlines()[-1]))
+    assert [r[:2] for r in rows] == [["g-alpha", "GET /a/"], ["g-beta", "GET /b/"]]
+    assert all(r[2].endswith(" in hold") for r in rows)

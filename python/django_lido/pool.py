@@ -208,8 +208,7 @@ def _takes_timeout(connect: Callable[..., Conn]) -> bool:
     # Only a parameter named so: ``**kwargs`` often goes on to the driver, which would
     # take ``timeout`` for a connection parameter.
     return any(
-        p.name == "timeout" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        for p in params
+        p.name == "timeout" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params
     )
 
 

@@ -25,8 +25,9 @@ use pyo3::types::PyString;
 
 /// libpq's PQtransactionStatus codes, the convention every driver hook maps to.
 const TX_IDLE: i64 = 0;
-const TX_INTRANS: i64 = 2;
-const TX_INERROR: i64 = 3;
+pub(crate) const TX_ACTIVE: i64 = 1;
+pub(crate) const TX_INTRANS: i64 = 2;
+pub(crate) const TX_INERROR: i64 = 3;
 
 /// How to read a returned connection's transaction status (libpq codes).
 enum TxStatus {
@@ -122,6 +123,18 @@ impl Driver {
         match code.and_then(|v| v.extract::<i64>()) {
             Ok(TX_IDLE) => Some(false),
             Ok(TX_INTRANS | TX_INERROR) => Some(true),
+            _ => None,
+        }
+    }
+
+    /// The status of a connection in use, read on its status source (without the
+    /// connection, which the pool does not hold while it is lent), for `connections()`:
+    /// None where the driver reads it through the connection, or does not know it.
+    pub(crate) fn status_in_use(&self, py: Python<'_>, source: Option<&Py<PyAny>>) -> Option<i64> {
+        match (&self.status, source) {
+            (TxStatus::Attr(_, attr), Some(source)) => {
+                source.bind(py).getattr(attr.bind(py)).ok()?.extract().ok()
+            }
             _ => None,
         }
     }

@@ -1,6 +1,7 @@
 //! Who holds what: the record of each connection lent out ([`Lent`]), what the statement
 //! hook tells it through its Python handle ([`Lease`]), and `PoolCore.connections()`.
 
+use crate::driver::{TX_ACTIVE, TX_INERROR, TX_INTRANS};
 use crate::inner::Inner;
 use crate::leases::Taker;
 use crate::queries::shape_of;
@@ -94,18 +95,19 @@ impl Lease {
     /// state on the session (`changes_session`).
     fn begin(&self, sql: &Bound<'_, PyAny>) -> bool {
         let now = Instant::now();
-        {
+        let previous = {
             let mut a = self.lent.activity.lock();
             a.tracked = true;
             a.running_since = Some(now);
-            a.last_sql = Some(sql.clone().unbind());
-        }
+            a.last_sql.replace(sql.clone().unbind())
+        };
+        drop(previous); // outside the lock: freeing runs no code of ours under it
         statement_text(sql).is_none_or(|text| lido_core::changes_session(text, self.dialect))
     }
 
     /// The statement begun last ended (`failed` if it raised), having given `rows` rows
-    /// (negative: unknown).
-    fn end(&self, py: Python<'_>, rows: i64, failed: bool) {
+    /// (the driver cursor's `rowcount`: unknown when negative or not an int).
+    fn end(&self, py: Python<'_>, rows: &Bound<'_, PyAny>, failed: bool) {
         let now = Instant::now();
         let (sql, took) = {
             let mut a = self.lent.activity.lock();
@@ -120,7 +122,7 @@ impl Lease {
         };
         if let Some(sql) = sql {
             if let Some(text) = statement_text(sql.bind(py)) {
-                let rows = u64::try_from(rows).ok();
+                let rows = rows.extract::<u64>().ok();
                 self.inner
                     .record_statement(text, self.dialect, took, rows, failed);
             }
@@ -131,11 +133,14 @@ impl Lease {
     fn transaction(&self, py: Python<'_>, open: bool) {
         let stack = open.then(|| Stack::capture(py, self.inner.stack_depth));
         let now = Instant::now();
-        let mut a = self.lent.activity.lock();
-        a.tracked = true;
-        a.idle_reported = false;
-        a.idle_since = Some(now);
-        a.transaction = stack.map(|s| (now, s));
+        let previous = {
+            let mut a = self.lent.activity.lock();
+            a.tracked = true;
+            a.idle_reported = false;
+            a.idle_since = Some(now);
+            std::mem::replace(&mut a.transaction, stack.map(|s| (now, s)))
+        };
+        drop(previous);
     }
 }
 
@@ -173,10 +178,44 @@ pub(crate) fn stack_item<'py>(
     stack.map(|s| s.format(py)).transpose()
 }
 
-/// The last statement's shape, if one was seen.
-pub(crate) fn last_statement(py: Python<'_>, a: &Activity) -> Option<String> {
-    let sql = a.last_sql.as_ref()?;
-    shape_of(statement_text(sql.bind(py))?, a.dialect?)
+/// What [`Activity`] says, copied out of its lock: no Python code runs under that lock
+/// (formatting a stack could collect garbage, and a finalizer run a statement).
+pub(crate) struct Snapshot {
+    pub(crate) tracked: bool,
+    pub(crate) transaction: Option<(Instant, Option<Stack>)>,
+    pub(crate) last_sql: Option<Py<PyAny>>,
+    pub(crate) last_took: Option<Duration>,
+    pub(crate) running: bool,
+    pub(crate) dialect: Option<Dialect>,
+}
+
+impl Activity {
+    pub(crate) fn snapshot(&self, py: Python<'_>) -> Snapshot {
+        Snapshot {
+            tracked: self.tracked,
+            transaction: self
+                .transaction
+                .as_ref()
+                .map(|(at, s)| (*at, s.as_ref().map(|s| s.clone_ref(py)))),
+            last_sql: self.last_sql.as_ref().map(|s| s.clone_ref(py)),
+            last_took: self.last_took,
+            running: self.running_since.is_some(),
+            dialect: self.dialect,
+        }
+    }
+}
+
+impl Snapshot {
+    /// The last statement's shape, if one was seen.
+    pub(crate) fn last_statement(&self, py: Python<'_>) -> Option<String> {
+        let sql = self.last_sql.as_ref()?;
+        shape_of(statement_text(sql.bind(py))?, self.dialect?)
+    }
+
+    /// The stack that began the open transaction, if any.
+    pub(crate) fn transaction_stack(&self) -> Option<&Stack> {
+        self.transaction.as_ref().and_then(|(_, s)| s.as_ref())
+    }
 }
 
 impl Inner {
@@ -211,17 +250,20 @@ impl Inner {
 
     /// `connections()`: one dict per connection lent out, oldest first.
     pub(crate) fn connections<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let mut lent: Vec<Arc<Lent>> = self
+        let mut lent: Vec<(Arc<Lent>, Option<Py<PyAny>>)> = self
             .leases
             .lock()
             .values()
-            .map(|h| Arc::clone(&h.payload.lent))
+            .map(|h| {
+                let source = h.payload.status_source.as_ref().map(|s| s.clone_ref(py));
+                (Arc::clone(&h.payload.lent), source)
+            })
             .collect();
-        lent.sort_by_key(|l| l.taken);
+        lent.sort_by_key(|(l, _)| l.taken);
         let now = Instant::now();
         let out = PyList::empty(py);
-        for l in lent {
-            out.append(self.describe_lent(py, &l, now)?)?;
+        for (l, source) in lent {
+            out.append(self.describe_lent(py, &l, source.as_ref(), now)?)?;
         }
         Ok(out)
     }
@@ -230,6 +272,7 @@ impl Inner {
         &self,
         py: Python<'py>,
         l: &Lent,
+        status_source: Option<&Py<PyAny>>,
         now: Instant,
     ) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
@@ -241,25 +284,33 @@ impl Inner {
         d.set_item(key::TAKEN_AT, epoch_of(l.taken, now))?;
         d.set_item(key::HOLDER, l.taker.describe(py)?)?;
         d.set_item(key::STACK, stack_item(py, l.taker.stack.as_ref())?)?;
-        let a = l.activity.lock();
-        let (in_tx, tx_for, tx_stack) = match (&a.transaction, a.tracked) {
-            (Some((since, stack)), _) => (
+        let a = l.activity.lock().snapshot(py);
+        // Without the statement hook, the driver's status where it can be read (psycopg):
+        // whether a transaction is open or a statement running, not since when.
+        let status = (!a.tracked)
+            .then(|| self.driver(py)?.status_in_use(py, status_source))
+            .flatten();
+        let (in_tx, tx_for) = match (&a.transaction, a.tracked) {
+            (Some((since, _)), _) => (
                 Some(true),
                 Some(now.saturating_duration_since(*since).as_secs_f64()),
-                stack_item(py, stack.as_ref())?,
             ),
-            (None, true) => (Some(false), None, None),
-            (None, false) => (None, None, None),
+            (None, true) => (Some(false), None),
+            (None, false) => (status.map(|s| s == TX_INTRANS || s == TX_INERROR), None),
         };
+        let tx_stack = stack_item(py, a.transaction_stack())?;
         d.set_item(key::IN_TRANSACTION, in_tx)?;
         d.set_item(key::TRANSACTION_FOR, tx_for)?;
         d.set_item(key::TRANSACTION_STACK, tx_stack)?;
-        d.set_item(key::LAST_STATEMENT, last_statement(py, &a))?;
+        d.set_item(key::LAST_STATEMENT, a.last_statement(py))?;
         d.set_item(
             key::LAST_STATEMENT_SECONDS,
             a.last_took.map(|t| t.as_secs_f64()),
         )?;
-        d.set_item(key::STATEMENT_RUNNING, a.running_since.is_some())?;
+        d.set_item(
+            key::STATEMENT_RUNNING,
+            a.running || status == Some(TX_ACTIVE),
+        )?;
         Ok(d)
     }
 }

@@ -102,13 +102,12 @@ impl Taker {
             t => Some(t.getattr("name")?),
         };
         d.set_item("thread", name)?;
-        let greenlet = match &self.greenlet {
-            Some(g) => Some(g.bind(py).getattr("name").map_or_else(
+        let greenlet = self.greenlet.as_ref().map(|g| {
+            g.bind(py).getattr("name").map_or_else(
                 |_| format!("greenlet-{:x}", g.as_ptr() as usize),
                 |n| n.to_string(),
-            )),
-            None => None,
-        };
+            )
+        });
         d.set_item("greenlet", greenlet)?;
         // Keyed by `threading.get_ident()`: the greenlet's id when gevent patched threading.
         let labels = py.import("django_lido.labels")?.getattr("labels")?;

@@ -152,7 +152,8 @@ impl PoolCore {
 
     fn reset_query_stats(&self, py: Python<'_>) -> PyResult<()> {
         guarded(py, "PoolCore.reset_query_stats", || {
-            Ok(self.inner.reset_query_stats())
+            self.inner.reset_query_stats();
+            Ok(())
         })
     }
 

@@ -1,7 +1,7 @@
 //! Reports of long holds, leaks and idle transactions: one dict each, given to the pool's
 //! `on_report` hook (the Python `Pool` logs it and keeps the last ones for `reports()`).
 
-use crate::holders::{epoch_of, last_statement, stack_item, Lent};
+use crate::holders::{epoch_of, stack_item, Lent};
 use crate::inner::Inner;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -64,9 +64,8 @@ fn report_dict<'py>(
     d.set_item("seconds", seconds.as_secs_f64())?;
     d.set_item("holder", lent.taker.describe(py)?)?;
     d.set_item("stack", stack_item(py, lent.taker.stack.as_ref())?)?;
-    let a = lent.activity.lock();
-    let tx_stack = a.transaction.as_ref().and_then(|(_, s)| s.as_ref());
-    d.set_item("transaction_stack", stack_item(py, tx_stack)?)?;
-    d.set_item("last_statement", last_statement(py, &a))?;
+    let a = lent.activity.lock().snapshot(py);
+    d.set_item("transaction_stack", stack_item(py, a.transaction_stack())?)?;
+    d.set_item("last_statement", a.last_statement(py))?;
     Ok(d)
 }

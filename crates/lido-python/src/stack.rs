@@ -13,7 +13,7 @@
 //! took the connection, not the ORM's way to it); if no other frame is found, the innermost
 //! frames are kept as they are.
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
@@ -33,10 +33,19 @@ const MAX_KNOWN: usize = 16_384;
 /// A captured stack, innermost frame first.
 pub(crate) struct Stack(Box<[(Py<PyAny>, c_int)]>);
 
+impl Stack {
+    pub(crate) fn clone_ref(&self, py: Python<'_>) -> Stack {
+        Stack(self.0.iter().map(|(c, i)| (c.clone_ref(py), *i)).collect())
+    }
+}
+
 /// Whether a code object's frames are skipped, by its address. The entry keeps the code
-/// object alive, so its address is never another's. Touched only with the GIL held and no
-/// Python code run under the lock, so it is never contended.
-static KNOWN: Mutex<Option<HashMap<usize, (Py<PyAny>, bool)>>> = Mutex::new(None);
+/// object alive, so its address is never another's. Touched only with the GIL held, and
+/// no Python code runs under the lock (see [`skipped`]), so it is never contended.
+static KNOWN: Mutex<Option<Known>> = Mutex::new(None);
+
+/// Code object address -> (the code object, whether its frames are skipped).
+type Known = HashMap<usize, (Py<PyAny>, bool)>;
 
 impl Stack {
     /// The calling thread's stack, at most `depth` frames; None when `depth` is 0.
@@ -48,7 +57,6 @@ impl Stack {
         // The innermost frames, until one outside the skipped packages is found.
         let mut fallback: Vec<(Py<PyAny>, c_int)> = Vec::new();
         let mut known = KNOWN.lock();
-        let known = known.get_or_insert_with(HashMap::new);
         // SAFETY: the GIL is held. PyEval_GetFrame's frame is borrowed and is given a
         // reference of our own; PyFrame_GetBack and PyFrame_GetCode return new references,
         // each released or moved into a `Py`.
@@ -61,7 +69,7 @@ impl Stack {
             while !frame.is_null() && kept.len() < depth && walked < MAX_WALK {
                 let code: Py<PyAny> = Py::from_owned_ptr(py, ffi::PyFrame_GetCode(frame).cast());
                 let lasti = PyFrame_GetLasti(frame);
-                if !skipped(py, known, &code) {
+                if !skipped(py, &mut known, &code) {
                     kept.push((code, lasti));
                 } else if kept.is_empty() && fallback.len() < depth {
                     fallback.push((code, lasti));
@@ -110,17 +118,16 @@ fn line_of(code: &Bound<'_, PyAny>, lasti: c_int) -> PyResult<i64> {
     Ok(first)
 }
 
-/// Whether frames of `code` are skipped: django_lido's, Django's and contextlib's.
-fn skipped(
-    py: Python<'_>,
-    known: &mut HashMap<usize, (Py<PyAny>, bool)>,
-    code: &Py<PyAny>,
-) -> bool {
+/// Whether frames of `code` are skipped: django_lido's, Django's and contextlib's. A code
+/// object not seen before is looked at with the lock released (that runs Python, which may
+/// collect garbage, and a finalizer take a connection and so capture a stack).
+fn skipped(py: Python<'_>, known: &mut MutexGuard<'_, Option<Known>>, code: &Py<PyAny>) -> bool {
     let key = code.as_ptr() as usize;
-    if let Some((_, skip)) = known.get(&key) {
+    if let Some((_, skip)) = known.as_ref().and_then(|k| k.get(&key)) {
         return *skip;
     }
-    let skip = decide(py, code.bind(py)).unwrap_or(false);
+    let skip = MutexGuard::unlocked(known, || decide(py, code.bind(py)).unwrap_or(false));
+    let known = known.get_or_insert_with(HashMap::new);
     if known.len() < MAX_KNOWN {
         known.insert(key, (code.clone_ref(py), skip));
     }

@@ -31,8 +31,8 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 from django.utils.asyncio import async_unsafe
 
-from django_lido.backends.pool_options import CONSUMED_KEYS, PoolSettings, driver_options
 from django_lido._lido import Lease
+from django_lido.backends.pool_options import CONSUMED_KEYS, PoolSettings, driver_options
 from django_lido.drivers import Conn
 from django_lido.errors import PoolTimeout
 from django_lido.pool import Pool
@@ -81,6 +81,7 @@ class FastConnectMixin(_Wrapper):
 
     # The pool the current connection came from; None for an unpooled connection.
     _lido_conn_pool: Pool | None = None
+    lido_vendor: str = ""
     # The pool's record of the current connection, told of its statements and transactions
     # (statements.py); None for an unpooled connection.
     _lido_lease: Lease | None = None

@@ -40,7 +40,7 @@ def install() -> None:
     request_started.connect(_request_started, dispatch_uid="django_lido.labels")
     request_finished.connect(_ended, dispatch_uid="django_lido.labels")
     if "celery" in sys.modules:
-        from celery import signals
+        from celery import signals  # type: ignore[import-untyped]
 
         signals.task_prerun.connect(_task_prerun, weak=False, dispatch_uid="django_lido.labels")
         signals.task_postrun.connect(_ended, weak=False, dispatch_uid="django_lido.labels")

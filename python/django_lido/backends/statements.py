@@ -50,14 +50,6 @@ def statement_seen(db: PooledDatabaseMixin, sql: Any) -> Lease | None:
     return lease
 
 
-def _rowcount(cursor: Any) -> int:
-    try:
-        n = cursor.rowcount
-    except Exception:  # a closed cursor, a driver without it
-        return -1
-    return n if type(n) is int else -1
-
-
 def _session_changed(db: PooledDatabaseMixin) -> None:
     if db._lido_conn_pool is not None and db.connection is not None:
         mark_changed(db.connection)
@@ -89,9 +81,9 @@ class HookedCursorWrapper(CursorWrapper):
         try:
             result = _execute(self, sql, params, many, context)
         except BaseException:
-            lease.end(-1, True)
+            lease.end(None, True)
             raise
-        lease.end(_rowcount(self.cursor), False)
+        lease.end(self.cursor.rowcount, False)
         return result
 
     def _executemany(self, sql: Any, param_list: Any, many: Any = None, context: Any = None) -> Any:
@@ -102,9 +94,9 @@ class HookedCursorWrapper(CursorWrapper):
         try:
             result = _executemany(self, sql, param_list, many, context)
         except BaseException:
-            lease.end(-1, True)
+            lease.end(None, True)
             raise
-        lease.end(_rowcount(self.cursor), False)
+        lease.end(self.cursor.rowcount, False)
         return result
 
     def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:
@@ -125,9 +117,9 @@ class _Hook:
         try:
             result = super()._execute(sql, params, *ignored_wrapper_args)  # type: ignore[misc]
         except BaseException:
-            lease.end(-1, True)
+            lease.end(None, True)
             raise
-        lease.end(_rowcount(self.cursor), False)  # type: ignore[attr-defined]
+        lease.end(self.cursor.rowcount, False)  # type: ignore[attr-defined]
         return result
 
     def _executemany(self, sql: Any, param_list: Any, *ignored_wrapper_args: Any) -> Any:
@@ -137,9 +129,9 @@ class _Hook:
         try:
             result = super()._executemany(sql, param_list, *ignored_wrapper_args)  # type: ignore[misc]
         except BaseException:
-            lease.end(-1, True)
+            lease.end(None, True)
             raise
-        lease.end(_rowcount(self.cursor), False)  # type: ignore[attr-defined]
+        lease.end(self.cursor.rowcount, False)  # type: ignore[attr-defined]
         return result
 
     def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:

@@ -250,18 +250,37 @@ def _fingerprint(pools: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     ]
 
 
-def write_record(directory: Path, record: dict[str, Any]) -> Path:
-    """Writes ``record`` as ``<pid>.json`` in ``directory`` atomically (mode 0600)."""
-    final = directory / f"{record['pid']}.json"
-    tmp = directory / f".{record['pid']}.{threading.get_ident()}.tmp"
-    data = json.dumps(record, separators=(",", ":"), default=str).encode()
+def _write_atomically(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` (mode 0600) through a temporary file renamed over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
-    os.replace(tmp, final)
+    os.replace(tmp, path)
+
+
+def write_record(directory: Path, record: dict[str, Any]) -> Path:
+    """Writes ``record`` as ``<pid>.json`` in ``directory`` atomically."""
+    final = directory / f"{record['pid']}.json"
+    _write_atomically(final, json.dumps(record, separators=(",", ":"), default=str).encode())
     return final
+
+
+# The file by which one process asks every other to reset their query statistics.
+RESET_REQUEST = "reset-queries.request"
+
+
+def request_query_reset(directory: Path | None = None, pool: str | None = None) -> None:
+    """Asks every process publishing to ``directory`` to reset the query statistics of its
+    pools (those named ``pool``, or all): each does at its next tick."""
+    directory = runtime_dir() if directory is None else directory
+    _write_atomically(
+        directory / RESET_REQUEST, json.dumps({"at": time.time(), "pool": pool}).encode()
+    )
 
 
 def _allocate_lock() -> Any:
@@ -289,6 +308,8 @@ class Publisher:
         self._dir: Path | None = None
         self._last: list[tuple[Any, ...]] | None = None
         self._last_write = 0.0
+        self.started = time.time()
+        self._reset_seen: int | None = None
         self._thread: threading.Thread | _green.RealThread | None = None
 
     def start(self) -> None:
@@ -326,17 +347,40 @@ class Publisher:
                 self.remove()
                 self._last = None
             return False
+        if self._dir is None:
+            self._dir = runtime_dir()
+        self._take_reset_request(pools)
         records = pool_records(pools)
         fingerprint = _fingerprint(records)
         now = time.monotonic()
         if not force and fingerprint == self._last and now - self._last_write < HEARTBEAT:
             return False
-        if self._dir is None:
-            self._dir = runtime_dir()
         write_record(self._dir, process_record(records))
         self._last, self._last_write = fingerprint, now
         self.writes += 1
         return True
+
+    def _take_reset_request(self, pools: list[Any]) -> None:
+        """Resets the query statistics of the pools named in a request newer than this
+        publisher (see :func:`request_query_reset`); one ``stat()`` when there is none."""
+        assert self._dir is not None
+        try:
+            mtime = (self._dir / RESET_REQUEST).stat().st_mtime_ns
+        except OSError:
+            return
+        if mtime == self._reset_seen:
+            return
+        self._reset_seen = mtime
+        try:
+            request = json.loads((self._dir / RESET_REQUEST).read_bytes())
+            at, name = float(request["at"]), request.get("pool")
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if at < self.started:
+            return
+        for pool in pools:
+            if name is None or pool.name == name:
+                _call(pool, "reset_query_stats")
 
     def _run(self) -> None:
         failures = 0

@@ -7,11 +7,12 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from django_lido.observe import host_snapshot
+from django_lido.observe import host_snapshot, publish, runtime_dir
 
 VIEWS = ("status", "connections", "queries", "leaks", "top")
 ORDERS: dict[str, Callable[[dict[str, Any]], float]] = {
@@ -188,6 +189,11 @@ class Command(BaseCommand):
         parser.add_argument("--limit", type=int, default=20, help="rows of queries/leaks/top")
         parser.add_argument("--order", choices=sorted(ORDERS), default="total")
         parser.add_argument("--stacks", action="store_true", help="connections: with stacks")
+        parser.add_argument(
+            "--reset",
+            action="store_true",
+            help="queries: every process resets its query statistics (of --pool, or all)",
+        )
         parser.add_argument("--interval", type=float, default=1.0, help="top: seconds")
         parser.add_argument(
             "--iterations", type=int, default=0, help="top: refreshes, then exit (0: until ^C)"
@@ -195,6 +201,14 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         view: str = opts["view"]
+        if view == "queries" and opts["reset"]:
+            directory = Path(opts["runtime_dir"]) if opts["runtime_dir"] else runtime_dir()
+            publish.request_query_reset(directory, opts["pool"])
+            self.stdout.write(
+                f"asked every process publishing in {directory} to reset its query "
+                "statistics; each does within a second"
+            )
+            return
         if view == "top":
             self._top(opts)
             return
