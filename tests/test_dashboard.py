@@ -79,6 +79,17 @@ out["plain_post"] = plain.post(
     "/lido/actions/resize", fields, HTTP_X_CSRFTOKEN=plain.cookies.get("csrftoken").value
     if plain.cookies.get("csrftoken") else "x"
 ).status_code
+# Statement statistics reset on every process: this one's publisher takes the request at
+# its next tick; the hold view's statement is gone from its pool's statistics then.
+from django_lido.observe.publish import open_pools
+hold_shape = lambda: [q for q in open_pools()[0].query_stats(100) if "OR username" in q["shape"]]
+out["shape_before_reset"] = bool(hold_shape())
+out["reset_no_token"] = staff.post("/lido/actions/reset_queries").status_code
+out["reset"] = staff.post("/lido/actions/reset_queries", HTTP_X_CSRFTOKEN=token).status_code
+deadline = time.monotonic() + 10
+while hold_shape() and time.monotonic() < deadline:
+    time.sleep(0.1)
+out["shape_after_reset"] = bool(hold_shape())
 r = anon.get("/lido/metrics")
 out["metrics"] = [r.status_code, r.content.decode(errors="replace")[:20000]]
 from django_lido.views import public_snapshot
@@ -155,6 +166,13 @@ def test_actions_are_post_with_csrf_for_this_process_only(seen: dict[str, Any]) 
     assert answer["stats"]["pool_max"] == 7
     assert seen["post_other_pid"] == 409
     assert seen["post_bad_size"] == 400
+    assert seen["reset_no_token"] == 403
+
+
+def test_reset_queries_action_resets_the_statistics(seen: dict[str, Any]) -> None:
+    assert seen["shape_before_reset"]
+    assert seen["reset"] == 200
+    assert not seen["shape_after_reset"]
 
 
 def test_templates_and_static_files_are_in_the_installed_wheel() -> None:

@@ -5,7 +5,7 @@ about once a second; that view returns ``django_lido.observe.host.host_snapshot(
 live process of this host) cut down to the keys the page shows, so that a key added
 upstream with raw SQL in it cannot reach a browser unnoticed. Anonymous users are sent to
 ``settings.LOGIN_URL``; signed-in users who are not active staff get 403. Actions are POSTs
-with a CSRF token and act on the pools of the process that serves the request only. The
+with a CSRF token; a resize acts on a pool of the process that serves the request. The
 ``metrics`` route of ``django_lido.urls`` is ``django_lido.observe.metrics.metrics``.
 """
 
@@ -135,8 +135,17 @@ def _numbers(d: Mapping[str, Any]) -> dict[str, Any]:
 @csrf_protect
 @staff_only(page=False)
 def action(request: HttpRequest, name: str) -> JsonResponse:
-    """``resize`` (``min_size``, ``max_size``) or ``reset_queries`` on the pool named
-    ``pool`` of process ``pid``, which must be the process serving this request."""
+    """``reset_queries``: every process of the host resets the statement statistics of the
+    pool named ``pool`` (of all its pools when none is named) at its next publishing tick.
+    ``resize`` (``min_size``, ``max_size``): the pool named ``pool`` of process ``pid``,
+    which must be the process serving this request (a process owns its pools)."""
+    from django_lido.observe.publish import request_query_reset
+
+    if name == "reset_queries":
+        request_query_reset(pool=request.POST.get("pool") or None)
+        return JsonResponse({"ok": True})
+    if name != "resize":
+        return JsonResponse({"error": f"unknown action {name!r}"}, status=404)
     pid = request.POST.get("pid", "")
     if pid != str(os.getpid()):
         return JsonResponse(
@@ -146,20 +155,10 @@ def action(request: HttpRequest, name: str) -> JsonResponse:
     pool = _local_pool(request.POST.get("pool", ""))
     if pool is None:
         return JsonResponse({"error": "no such pool in this process"}, status=404)
-    if name == "resize":
-        try:
-            min_size = int(request.POST["min_size"])
-            max_size = int(request.POST["max_size"])
-            pool.resize(min_size, max_size)
-        except (KeyError, ValueError, TypeError) as exc:
-            return JsonResponse({"error": f"resize: {exc}"}, status=400)
-    elif name == "reset_queries":
-        reset = getattr(pool, "reset_query_stats", None)
-        if reset is None:
-            return JsonResponse({"error": "this build keeps no query statistics"}, status=400)
-        reset()
-    else:
-        return JsonResponse({"error": f"unknown action {name!r}"}, status=404)
+    try:
+        pool.resize(int(request.POST["min_size"]), int(request.POST["max_size"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        return JsonResponse({"error": f"resize: {exc}"}, status=400)
     return JsonResponse({"ok": True, "stats": _numbers(pool.stats())})
 
 

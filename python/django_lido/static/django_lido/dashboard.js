@@ -509,7 +509,7 @@
     fact(facts, "connections opened", num(s.connections_num));
     fact(facts, "lost / leaked", num(s.connections_lost) + " / " + num(s.connections_leaked));
     if (!latest || row.pid !== latest.served_by) {
-      content.appendChild(el("p", { cls: "empty", text: "Actions apply to the process serving this page (pid " + (latest ? latest.served_by : "?") + ") only." }));
+      content.appendChild(el("p", { cls: "empty", text: "A resize applies to the process serving this page (pid " + (latest ? latest.served_by : "?") + ") only." }));
       return;
     }
     var min = el("input", { type: "number", min: "0", value: String(num(s.pool_min)), "aria-label": "min size" });
@@ -519,11 +519,7 @@
     resize.addEventListener("click", function () {
       post(body.dataset.resizeUrl, { pid: row.pid, pool: row.pool.name, min_size: min.value, max_size: max.value }, out);
     });
-    var reset = el("button", { type: "button", text: "Reset statement statistics" });
-    reset.addEventListener("click", function () {
-      post(body.dataset.resetUrl, { pid: row.pid, pool: row.pool.name }, out);
-    });
-    content.appendChild(el("div", { cls: "actions" }, "min ", min, " max ", max, " ", resize, " ", reset));
+    content.appendChild(el("div", { cls: "actions" }, "min ", min, " max ", max, " ", resize));
     content.appendChild(out);
   }
 
@@ -537,6 +533,7 @@
       return r.json().then(function (j) { return [r.status, j]; }, function () { return [r.status, {}]; });
     }).then(function (res) {
       out.textContent = res[0] === 200 ? "done" : "refused (" + res[0] + "): " + (res[1].error || "");
+      setTimeout(function () { out.textContent = ""; }, 5000);
     }, function (e) { out.textContent = "failed: " + e; });
   }
 
@@ -592,6 +589,9 @@
     selected = null;
     document.querySelectorAll("tr.selected").forEach(function (tr) { tr.classList.remove("selected"); });
     $("detail").hidden = true;
+  });
+  $("reset-queries").addEventListener("click", function () {
+    post(body.dataset.resetUrl, {}, $("reset-result"));
   });
   $("query-order").addEventListener("change", function () {
     queryOrder = this.value;
