@@ -272,3 +272,15 @@ def test_screenshot(browser: Any, server: GunicornServer, tmp_path: Path) -> Non
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, dest)
         print(f"copied to {dest}")
+
+
+def test_reset_statement_statistics_on_every_process(browser: Any) -> None:
+    def hold_shape_rows() -> list[Any]:
+        rows = browser.find_elements(By.CSS_SELECTOR, "#queries tbody td.sql")
+        return [r for r in rows if "OR username" in r.text]
+
+    wait_for("the hold view's statement among the top statements", hold_shape_rows)
+    browser.find_element(By.ID, "reset-queries").click()
+    wait_for("the reset to be accepted", lambda: text(browser, "reset-result") == "done")
+    # Both workers ran that statement; each drops it at its next publishing tick.
+    wait_for("the statement to leave the table", lambda: not hold_shape_rows())
