@@ -203,3 +203,19 @@ def test_json_view_passes_on_only_the_keys_the_page_shows(seen: dict[str, Any]) 
     assert filtered["leaks"][0]["stack"] == ["f.py:1 in g"]
     (pool,) = filtered["processes"][0]["pools"]
     assert pool == {"name": "p", "stats": {"in_use": 1, "usage": {"p99_ms": 2.0}}}
+
+
+def test_urls_import_without_the_auth_app() -> None:
+    """A project may mount ``django_lido.urls`` for the metrics alone, without auth."""
+    code = (
+        "import django; from django.conf import settings\n"
+        "settings.configure(INSTALLED_APPS=['django_lido'], ROOT_URLCONF='django_lido.urls')\n"
+        "django.setup()\n"
+        "from django.urls import reverse\n"
+        "print(reverse('metrics'), reverse('dashboard'))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["/metrics", "/"]

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import wraps
 from typing import Any
 
-from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -59,6 +58,10 @@ def staff_only(*, page: bool) -> Callable[[View], View]:
             if user.is_active and getattr(user, "is_staff", False):
                 return view(request, *args, **kwargs)
             if page and not user.is_authenticated:
+                # Imported here: django.contrib.auth.views loads auth's models, and
+                # django_lido.urls (the metrics route) must import without the auth app.
+                from django.contrib.auth.views import redirect_to_login
+
                 return redirect_to_login(request.get_full_path())
             raise PermissionDenied("django-lido's dashboard is for staff only")
 
