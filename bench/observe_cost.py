@@ -11,9 +11,14 @@ each part on vs off in interleaved rounds (medians, and the range over rounds):
    label and ``close_old_connections``; a view with four ORM statements, one of them in an
    ``atomic()`` block; ``request_finished``: the connection goes back), everything on (the
    defaults: stacks, query stats, idle-transaction review, long-hold review, labels) vs
-   everything off (``stack_depth=0``, ``query_stats=False``, no thresholds, no labels).
+   everything off (``stack_depth=0``, ``query_stats=False``, no thresholds, no labels);
+4. bench/django_cycle's scenarios (b) (16 threads on a pool of 4: close_old_connections,
+   two statements, close_old_connections) and (c) (an ORM query with three joins, one
+   checkout per query) for its "lido-4" variant, with the pool's observability on (the
+   defaults) vs off, alternating whole django_cycle runs (one repetition each, in child
+   processes, against this run's server).
 
-Run from the repo root after ./scripts/setup.sh (about a minute):
+Run from the repo root after ./scripts/setup.sh (about three minutes):
 
     .venv313/bin/python bench/observe_cost.py            # or .venv/bin/python
     .venv313/bin/python bench/observe_cost.py --quick    # a smoke run
@@ -283,9 +288,56 @@ def request_cost(requests: int, rounds: int) -> dict[str, list[float]]:
     }
 
 
+# --- 4. bench/django_cycle, lido-4 ---------------------------------------------------------------
+
+
+def django_cycle_cost(server: PostgresServer, rounds: int, quick: bool) -> dict[str, list[float]]:
+    """Rates of django_cycle's (b) and (c) for lido-4, on vs off, one whole run each."""
+    import json
+    import os
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent / "django_cycle"
+    conninfo = server.conninfo(dbname="postgres")
+    results: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "raw.json"
+        for r in range(rounds):
+            for on in (True, False) if r % 2 == 0 else (False, True):
+                env = dict(os.environ)
+                if not on:
+                    env["LIDO_BENCH_POOL_OPTIONS"] = json.dumps(OFF)
+                argv = [
+                    sys.executable,
+                    str(script),
+                    "--conninfo",
+                    conninfo,
+                    "--only",
+                    "lido-4",
+                    "--scenarios",
+                    "b,c",
+                    "--repeat",
+                    "1",
+                    "--no-write",
+                    "--json",
+                    str(out),
+                ]
+                if quick:
+                    argv.append("--quick")
+                subprocess.run(argv, env=env, check=True, capture_output=True, timeout=600)
+                for res in json.loads(out.read_text()):
+                    name = f"({res['scenario']}) {'on' if on else 'off'}"
+                    results.setdefault(f"{name} rate", []).append(res["rate"])
+                    results.setdefault(f"{name} client CPU", []).append(res["cpu_us"])
+    return dict(sorted(results.items()))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer, shorter rounds: smoke figures")
+    p.add_argument("--no-django-cycle", action="store_true", help="skip part 4")
     args = p.parse_args()
     rounds = 5 if args.quick else 15
     scale = 0.2 if args.quick else 1.0
@@ -326,6 +378,20 @@ def main() -> None:
         pool = connections["on"].pool
         print(f"query stats kept: {len(pool.query_stats(top=100))} shapes; "
               f"reports: {len(pool.reports())}")  # fmt: skip
+        for alias in ("default", "on", "off"):
+            connections[alias].close()
+
+        if not args.no_django_cycle:
+            four = django_cycle_cost(server, 3 if args.quick else 5, args.quick)
+            for name, runs in four.items():
+                unit = "/s" if name.endswith("rate") else "µs per cycle"
+                print(summary(f"django_cycle lido-4 {name}", runs, unit))
+            for scn in ("b", "c"):
+                for what in ("rate", "client CPU"):
+                    on, off = (
+                        statistics.median(four[f"({scn}) {h} {what}"]) for h in ("on", "off")
+                    )
+                    print(f"{'  (' + scn + ') ' + what + ' on vs off':<34} {on / off - 1:+9.2%}")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,10 @@ def wrapper(dj: Any, **pool: Any) -> Any:
     return w
 
 
+def wait_for_report(pool: Any, kind: str) -> None:
+    eventually(lambda: any(r["kind"] == kind for r in pool.reports()), f"a {kind} report", 10)
+
+
 def take_the_connection(w: Any) -> None:
     w.ensure_connection()
 
@@ -100,6 +104,22 @@ def test_a_statement_running_is_shown_as_running(dj: Any) -> None:
     assert seen[0]["last_statement"].startswith("SELECT pg_sleep(")
 
 
+def test_a_long_hold_is_logged_with_the_function_that_took_it(
+    dj: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = wrapper(dj, leak_threshold=0.2)
+    pool = w.pool
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        take_the_connection(w)
+        try:
+            wait_for_report(pool, "long_hold")
+        finally:
+            w.close()
+    (held,) = [r.getMessage() for r in caplog.records if "has been held" in r.getMessage()]
+    assert "taken at:" in held and "in take_the_connection" in held
+    assert [r["kind"] for r in pool.reports()] == ["long_hold", "long_hold_returned"]
+
+
 def test_an_idle_transaction_is_reported_with_both_stacks(
     dj: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -109,11 +129,7 @@ def test_an_idle_transaction_is_reported_with_both_stacks(
         take_the_connection(w)
         atomic = begin_the_transaction(w)
         try:
-            eventually(
-                lambda: any(r["kind"] == "idle_in_transaction" for r in pool.reports()),
-                "the idle transaction is reported",
-                10,
-            )
+            wait_for_report(pool, "idle_in_transaction")
         finally:
             atomic.__exit__(None, None, None)
             w.close()
@@ -139,11 +155,7 @@ def test_an_idle_transaction_is_ended_after_the_timeout(dj: Any) -> None:
     closed_before = pool.stats()["closes_broken"]
     atomic = begin_the_transaction(w)
     try:
-        eventually(
-            lambda: any(r["kind"] == "idle_transaction_ended" for r in pool.reports()),
-            "the idle transaction is ended",
-            10,
-        )
+        wait_for_report(pool, "idle_transaction_ended")
         with pytest.raises(DatabaseError), w.cursor() as cur:
             cur.execute("SELECT 1")
     finally:

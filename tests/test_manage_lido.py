@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import importlib.util
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django_helpers import database, unique
 from django_lido.observe import host, host_snapshot
 from observe_helpers import TAKER, PoolChild, wait_for
 
@@ -266,3 +268,67 @@ def test_top_refreshes_a_bounded_number_of_times(pg: Any, site_env: dict[str, st
         frames_json = [json.loads(line) for line in jl.splitlines() if line.strip()]
         assert len(frames_json) == 2
         assert any(p["name"] == "top" and p["in_use"] == 1 for p in frames_json[0]["pools"])
+
+
+def test_celery_prefork_processes_in_one_status(pg: Any, tmp_path: Path) -> None:
+    """celery -P prefork -c 2: the worker processes that ran tasks are in one status, and
+    the statements of all their tasks add up in one row per shape."""
+    for module in ("celery", "redis"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    from harness.celery_worker import (
+        CeleryWorker,
+        create_table_sql,
+        run_tasks_in_subprocess,
+        write_project,
+    )
+    from harness.redis import RedisServer
+
+    dbname = unique("lido_celery_obs")
+    pg.create_database(dbname)
+    pg.execute(create_table_sql(), dbname=dbname)
+    project, rundir = tmp_path / "project", tmp_path / "run"
+    tasks = 40
+    with RedisServer() as redis:
+        broker, backend = redis.broker_url(), redis.backend_url()
+        databases = {"default": database(pg, name=dbname, pool={"max_size": 2})}
+        config = write_project(project, databases, broker, backend, apps=("django_lido",))
+        env = {
+            **os.environ,
+            "LIDO_RUNTIME_DIR": str(rundir),
+            "LIDO_CELERY_CONFIG": str(config),
+            "DJANGO_SETTINGS_MODULE": "celeryproj.settings",
+            "PYTHONPATH": str(project),
+        }
+        worker = CeleryWorker(project, config, pool="prefork", concurrency=2)
+        # The worker's environment is this process's.
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("LIDO_RUNTIME_DIR", str(rundir))
+            worker.start()
+        try:
+            results = run_tasks_in_subprocess(broker, backend, tasks, timeout=60)
+            workers = {pid for pid, _ in results}
+
+            seen: list[Any] = []
+
+            def counted() -> dict[str, Any] | None:
+                """The ORM query's row, once every task's statement is in."""
+                queries = json.loads(lido(env, "queries", "--json", "--order", "count"))
+                seen[:] = [queries]
+                rows = [q for q in queries if "COUNT(*)" in q["shape"]]
+                return rows[0] if rows and rows[0]["count"] == tasks else None
+
+            try:
+                row = wait_for(counted, timeout=20, step=0.3)
+            except AssertionError as e:
+                raise AssertionError(f"{seen}\n{worker.log_tail()}") from e
+            assert row["processes"] == len(workers)
+            status = json.loads(lido(env, "status", "--json"))
+            pids = {r["pid"] for r in status["processes"] if r["pools"]}
+            assert pids == workers, (pids, workers)
+            assert all("celery" in r["title"] for r in status["processes"])
+            (total,) = status["pools"]
+            assert total["processes"] == len(workers) and total["requests"] >= tasks
+        finally:
+            if worker.stop() is None:
+                worker.kill()

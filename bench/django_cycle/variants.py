@@ -4,6 +4,8 @@ parent and children."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from typing import Any
 
 VENDORS = ("postgresql", "mysql")  # Django's vendor names, also the backends' module names
@@ -93,7 +95,7 @@ def database_settings(key: str, db: dict[str, str], vendor: str) -> dict[str, An
     elif kind == "lido":
         # Sized like the native pool above: opened ahead, min_size = max_size.
         entry["ENGINE"] = f"django_lido.backends.{vendor}"
-        entry["OPTIONS"] = {"pool": {"min_size": n, "max_size": n}}
+        entry["OPTIONS"] = {"pool": {"min_size": n, "max_size": n, **extra_pool_options()}}
     elif kind == "lido_noop":
         # One connection, which install_noop_engine() takes from the pool for good.
         entry["ENGINE"] = f"django_lido.backends.{vendor}"
@@ -105,6 +107,13 @@ def database_settings(key: str, db: dict[str, str], vendor: str) -> dict[str, An
             "pool": {"min_size": n, "max_size": n},
         }
     return entry
+
+
+def extra_pool_options() -> dict[str, Any]:
+    """More pool options for the "lido" variants, as JSON in LIDO_BENCH_POOL_OPTIONS
+    (bench/observe_cost.py runs them with its observability off this way)."""
+    raw = os.environ.get("LIDO_BENCH_POOL_OPTIONS")
+    return json.loads(raw) if raw else {}
 
 
 def scenario_variants(scenario: str, args: argparse.Namespace) -> list[str]:

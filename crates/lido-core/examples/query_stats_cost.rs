@@ -1,31 +1,21 @@
 //! What query statistics cost per statement, for statements as Django writes them:
 //! `cargo run --release -p lido-core --example query_stats_cost`. Prints the median of 7
-//! rounds (and the range) in ns, per statement kind: `shape()` alone, `record()` of a text
-//! seen before (the cache hit every statement but the first of its text takes) and
-//! `record()` of a text never seen (a cache miss: shaping, then a map lookup by shape).
+//! rounds (and the range) in ns, per statement kind: `shape()` alone; `record()` and
+//! `shape_of()` of a text seen before (the cache hit every statement but the first of its
+//! text takes); `record()` of a text never seen (a cache miss: shaping, then a map lookup
+//! by shape).
+
+#[path = "common/django_sql.rs"]
+mod django_sql;
 
 use lido_core::{shape, Dialect, QueryStats};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 const STATEMENTS: &[(&str, &str)] = &[
-    (
-        "pk lookup",
-        "SELECT \"auth_user\".\"id\", \"auth_user\".\"password\", \"auth_user\".\"last_login\", \
-         \"auth_user\".\"is_superuser\", \"auth_user\".\"username\", \"auth_user\".\"first_name\", \
-         \"auth_user\".\"last_name\", \"auth_user\".\"email\", \"auth_user\".\"is_staff\", \
-         \"auth_user\".\"is_active\", \"auth_user\".\"date_joined\" FROM \"auth_user\" \
-         WHERE \"auth_user\".\"id\" = %s LIMIT 21",
-    ),
-    (
-        "insert",
-        "INSERT INTO \"app_item\" (\"name\", \"created\", \"owner_id\") VALUES (%s, %s, %s) \
-         RETURNING \"app_item\".\"id\"",
-    ),
-    (
-        "update",
-        "UPDATE \"app_item\" SET \"name\" = %s WHERE \"app_item\".\"id\" = %s",
-    ),
+    ("pk lookup", django_sql::PK_LOOKUP),
+    ("insert", django_sql::INSERT),
+    ("update", django_sql::UPDATE),
     (
         "in list",
         "SELECT \"app_item\".\"id\", \"app_item\".\"name\" FROM \"app_item\" \
@@ -36,7 +26,7 @@ const STATEMENTS: &[(&str, &str)] = &[
         "SELECT name, count(*) FROM app_item WHERE created > '2026-01-01' AND kind = 3 \
          GROUP BY name ORDER BY 2 DESC LIMIT 10",
     ),
-    ("savepoint", "SAVEPOINT \"s140245_x1\""),
+    ("savepoint", django_sql::SAVEPOINT),
 ];
 
 /// Median, min and max ns per call of 7 rounds of `n` calls of `f`.
@@ -73,6 +63,10 @@ fn main() {
             stats.record(black_box(sql), Dialect::Postgres, elapsed, Some(1), false);
         });
         println!("{:>27} record() hit:  {hit:7.1} ({lo:.1}-{hi:.1})", "");
+        let (hit, lo, hi) = rounds(N, |_| {
+            black_box(stats.shape_of(black_box(sql), Dialect::Postgres));
+        });
+        println!("{:>27} shape_of() hit: {hit:5.1} ({lo:.1}-{hi:.1})", "");
 
         // Texts that differ in a trailing comment: each is new to the cache (so it is
         // shaped), and all have one shape. Made beforehand so the round times no formatting.

@@ -2,30 +2,19 @@
 //! `cargo run --release -p lido-core --example statement_cost`. Prints the median of 7
 //! rounds (and the range) in ns per statement, per statement kind.
 
+#[path = "common/django_sql.rs"]
+mod django_sql;
+
 use lido_core::{changes_session, Dialect};
 use std::hint::black_box;
 use std::time::Instant;
 
 const STATEMENTS: &[(&str, &str)] = &[
-    (
-        "pk lookup",
-        "SELECT \"auth_user\".\"id\", \"auth_user\".\"password\", \"auth_user\".\"last_login\", \
-         \"auth_user\".\"is_superuser\", \"auth_user\".\"username\", \"auth_user\".\"first_name\", \
-         \"auth_user\".\"last_name\", \"auth_user\".\"email\", \"auth_user\".\"is_staff\", \
-         \"auth_user\".\"is_active\", \"auth_user\".\"date_joined\" FROM \"auth_user\" \
-         WHERE \"auth_user\".\"id\" = %s LIMIT 21",
-    ),
-    (
-        "insert",
-        "INSERT INTO \"app_item\" (\"name\", \"created\", \"owner_id\") VALUES (%s, %s, %s) \
-         RETURNING \"app_item\".\"id\"",
-    ),
-    (
-        "update",
-        "UPDATE \"app_item\" SET \"name\" = %s WHERE \"app_item\".\"id\" = %s",
-    ),
+    ("pk lookup", django_sql::PK_LOOKUP),
+    ("insert", django_sql::INSERT),
+    ("update", django_sql::UPDATE),
     ("select 1", "select 1"),
-    ("savepoint", "SAVEPOINT \"s140245_x1\""),
+    ("savepoint", django_sql::SAVEPOINT),
     ("set", "SET search_path TO other"),
 ];
 

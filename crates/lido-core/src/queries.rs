@@ -2,14 +2,14 @@
 //! how often it failed and how many rows it touched.
 //!
 //! The caller times each statement and hands the time in ([`QueryStats::record`]); nothing
-//! here reads a clock. Statements are grouped by their [`shape`](crate::shape::shape), so no
-//! literal or parameter value is kept. Shaping costs a pass over the SQL, so the shape of
-//! each raw statement text is remembered by a 64-bit hash of that text: a statement seen
-//! before costs a hash and one map update under the lock.
+//! here reads a clock. Statements are grouped by their [`shape`], so no literal or
+//! parameter value is kept. Shaping costs a pass over the SQL, so the shape of each raw
+//! statement text is remembered by a 64-bit hash of that text: a statement seen before
+//! costs a hash and one map update under the lock.
 
 use crate::shape::shape;
 use crate::statement::Dialect;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -63,8 +63,9 @@ pub struct QueryRow {
     pub total: Duration,
     /// `total / count`.
     pub mean: Duration,
-    /// Median and 99th percentile, from the histogram (see [`QueryStats`] for their error).
+    /// Median, from the histogram (see [`QueryStats`] for its error).
     pub p50: Duration,
+    /// 99th percentile, from the histogram.
     pub p99: Duration,
     /// The longest run, exact.
     pub max: Duration,
@@ -79,13 +80,20 @@ pub struct QueryRow {
 /// within 6.25% of the true value for times in that range (shorter times count as 1 µs,
 /// longer ones as 73 minutes), and kept between the shape's exact minimum and maximum (so
 /// a shape that always takes the same time reports it exactly). Count, total, mean and
-/// maximum are exact.
+/// maximum are exact. A bucket that reaches 2^32 - 1 runs halves every bucket of its
+/// shape, which keeps the quantiles as they were, give or take one run per bucket.
 ///
-/// At most `max_shapes` shapes get a row of their own; the statements of any further shape
-/// are counted together in one row whose shape is [`OTHER_STATEMENTS`].
+/// At most `max_shapes` shapes get a row of their own (about 1.1 KiB each, most of it the
+/// histogram); the statements of any further shape are counted together in one row whose
+/// shape is [`OTHER_STATEMENTS`]. Up to `8 * max_shapes` raw statement texts (at least
+/// 1024, at most 65536) are remembered by hash, 16 bytes each; past that the memory starts
+/// over, so raw SQL with ever new literals in it costs a shaping per statement, not memory.
+/// Two texts whose hashes collide (a chance of about one in 2^64 per pair; the hash is
+/// seeded per process) would share the first one's row.
 ///
 /// One lock guards the maps and figures; it is held for a lookup and the update of one
-/// row, never while a statement is shaped.
+/// row (or the making of a new one), never while a statement is shaped; [`top`](Self::top)
+/// holds it to pick its rows and copy them, and works out their quantiles after it.
 pub struct QueryStats {
     max_shapes: usize,
     /// Seeds the hash of raw SQL, so that the texts whose hashes collide differ from
@@ -122,7 +130,8 @@ impl QueryStats {
     /// Statistics that keep at most `max_shapes` shapes apart.
     pub fn new(max_shapes: usize) -> Self {
         QueryStats {
-            max_shapes,
+            // Rows are numbered in u32.
+            max_shapes: max_shapes.min(u32::MAX as usize - 1),
             seed: RandomState::new().hash_one(0x6c69_646f_u64),
             inner: Mutex::new(Inner::default()),
         }
@@ -139,12 +148,31 @@ impl QueryStats {
         failed: bool,
     ) {
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = bucket_of(ns);
+        let (mut inner, at) = self.row_of(sql, dialect);
+        inner.rows[at as usize].add(ns, bucket, rows, failed);
+    }
+
+    /// The shape of `sql`, as [`shape`] makes it, from the same
+    /// memory of raw texts that [`record`](Self::record) uses: for a statement about to
+    /// run, whose shape is wanted before it is recorded. The shape gets its row (a row
+    /// without runs is not reported); a shape past `max_shapes` is shaped anew each time.
+    pub fn shape_of(&self, sql: &str, dialect: Dialect) -> Arc<str> {
+        let (inner, at) = self.row_of(sql, dialect);
+        if inner.other == Some(at) {
+            drop(inner);
+            return Arc::from(shape(sql, dialect));
+        }
+        Arc::clone(&inner.rows[at as usize].shape)
+    }
+
+    /// The lock, and the row of `sql` (shaped without the lock when its text is new).
+    fn row_of(&self, sql: &str, dialect: Dialect) -> (MutexGuard<'_, Inner>, u32) {
         let key = hash_bytes(sql.as_bytes(), self.seed ^ dialect_salt(dialect));
         {
-            let mut inner = self.inner.lock();
+            let inner = self.inner.lock();
             if let Some(&at) = inner.by_sql.get(&key) {
-                inner.rows[at as usize].add(ns, rows, failed);
-                return;
+                return (inner, at);
             }
         }
         let shaped = shape(sql, dialect);
@@ -155,7 +183,7 @@ impl QueryStats {
             inner.by_sql.clear();
         }
         inner.by_sql.insert(key, at);
-        inner.rows[at as usize].add(ns, rows, failed);
+        (inner, at)
     }
 
     /// The `n` rows first in `order` (largest first; ties by count, then shape).
@@ -166,16 +194,21 @@ impl QueryStats {
                 .rows
                 .iter()
                 .enumerate()
+                .filter(|(_, row)| row.count > 0)
                 .map(|(at, row)| (row.order_key(order), row.count, at as u32))
                 .collect();
-            keys.sort_unstable_by(|a, b| {
+            let first = |a: &(u64, u64, u32), b: &(u64, u64, u32)| {
                 (b.0, b.1).cmp(&(a.0, a.1)).then_with(|| {
                     inner.rows[a.2 as usize]
                         .shape
                         .cmp(&inner.rows[b.2 as usize].shape)
                 })
-            });
-            keys.truncate(n);
+            };
+            if n < keys.len() {
+                keys.select_nth_unstable_by(n, first);
+                keys.truncate(n);
+            }
+            keys.sort_unstable_by(first);
             keys.iter()
                 .map(|&(_, _, at)| inner.rows[at as usize].clone())
                 .collect()
@@ -190,13 +223,30 @@ impl QueryStats {
         drop(old);
     }
 
-    /// The number of rows: shapes kept apart, plus the row of other statements once used.
+    /// The number of rows [`top`](Self::top) can report: shapes kept apart that have
+    /// run, plus the row of other statements once used.
     pub fn len(&self) -> usize {
-        self.inner.lock().rows.len()
+        self.inner
+            .lock()
+            .rows
+            .iter()
+            .filter(|r| r.count > 0)
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl std::fmt::Debug for QueryStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // try_lock: a Debug print while the lock is held (in a panic message) must not hang.
+        let rows = self.inner.try_lock().map(|inner| inner.rows.len());
+        f.debug_struct("QueryStats")
+            .field("max_shapes", &self.max_shapes)
+            .field("rows", &rows)
+            .finish_non_exhaustive()
     }
 }
 
@@ -250,7 +300,7 @@ impl Inner {
 }
 
 impl Row {
-    fn add(&mut self, ns: u64, rows: Option<u64>, failed: bool) {
+    fn add(&mut self, ns: u64, bucket: usize, rows: Option<u64>, failed: bool) {
         self.count += 1;
         self.errors += u64::from(failed);
         self.total_ns = self.total_ns.saturating_add(ns);
@@ -259,7 +309,7 @@ impl Row {
         if let Some(n) = rows {
             self.rows = Some(self.rows.unwrap_or(0).saturating_add(n));
         }
-        self.times.add(ns);
+        self.times.add(bucket);
     }
 
     fn order_key(&self, order: QueryOrder) -> u64 {
@@ -298,11 +348,18 @@ const BUCKETS: usize = (HIGH_POW - LOW_POW) as usize * SUB;
 /// Counts of times per bucket. When a bucket would overflow, all are halved: the
 /// quantiles, which are ratios, stay as they were.
 #[derive(Clone)]
-struct Buckets([u32; BUCKETS]);
+struct Buckets {
+    counts: [u32; BUCKETS],
+    /// The counts' sum.
+    total: u64,
+}
 
 impl Default for Buckets {
     fn default() -> Self {
-        Buckets([0; BUCKETS])
+        Buckets {
+            counts: [0; BUCKETS],
+            total: 0,
+        }
     }
 }
 
@@ -322,36 +379,57 @@ fn bucket_middle(i: usize) -> u64 {
 }
 
 impl Buckets {
-    fn add(&mut self, ns: u64) {
-        let at = bucket_of(ns);
-        if self.0[at] == u32::MAX {
-            for count in &mut self.0 {
+    /// Counts one time in bucket `at` (from [`bucket_of`], worked out before the lock).
+    fn add(&mut self, at: usize) {
+        if self.counts[at] == u32::MAX {
+            self.total = 0;
+            for count in &mut self.counts {
                 // Rounded up: a lone slow run stays visible.
                 *count = count.div_ceil(2);
+                self.total += u64::from(*count);
             }
         }
-        self.0[at] += 1;
+        self.counts[at] += 1;
+        self.total += 1;
     }
 
-    /// The `q` quantile in ns, kept within the exact minimum and maximum.
+    /// The `q` quantile in ns, kept within the exact minimum and maximum. A high quantile
+    /// is found from the top, starting at the maximum's bucket: a few buckets read, not
+    /// all (ordering every shape by p99 reads them under the lock).
     fn quantile_ns(&self, q: f64, min_ns: u64, max_ns: u64) -> u64 {
-        let total: u64 = self.0.iter().map(|&c| u64::from(c)).sum();
-        if total == 0 {
+        if self.total == 0 {
             return 0;
         }
-        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, &c) in self.0.iter().enumerate() {
-            seen += u64::from(c);
-            if seen >= rank {
-                return bucket_middle(i).clamp(min_ns.min(max_ns), max_ns);
+        let rank = ((self.total as f64 * q).ceil() as u64).clamp(1, self.total);
+        let bucket = if q > 0.5 {
+            // The highest bucket with at most `total - rank` counts above it.
+            let allowed_above = self.total - rank;
+            let mut above = 0;
+            let mut at = bucket_of(max_ns);
+            loop {
+                above += u64::from(self.counts[at]);
+                if above > allowed_above || at == 0 {
+                    break at;
+                }
+                at -= 1;
             }
-        }
-        max_ns
+        } else {
+            let mut seen = 0;
+            let mut at = 0;
+            loop {
+                seen += u64::from(self.counts[at]);
+                if seen >= rank || at == BUCKETS - 1 {
+                    break at;
+                }
+                at += 1;
+            }
+        };
+        bucket_middle(bucket).clamp(min_ns.min(max_ns), max_ns)
     }
 }
 
-/// A 64-bit hash of `bytes`, 16 bytes per multiplication (a folded 128-bit product).
+/// A 64-bit hash of `bytes`, 16 bytes per multiplication (a folded 128-bit product), in two
+/// independent chains so that the multiplications overlap.
 fn hash_bytes(bytes: &[u8], seed: u64) -> u64 {
     const K0: u64 = 0xa076_1d64_78bd_642f;
     const K1: u64 = 0xe703_7ed1_a0b4_28db;
@@ -363,9 +441,21 @@ fn hash_bytes(bytes: &[u8], seed: u64) -> u64 {
     let len = bytes.len();
     // Both factors depend on the seed, so that no input known in advance zeroes one.
     let s1 = fold(seed ^ K0, K1);
+    let s2 = fold(seed ^ K1, K0);
     let mut h = seed ^ (len as u64).wrapping_mul(K1);
-    let mut at = 0;
-    while at + 16 <= len {
+    let mut h2 = s1 ^ s2;
+    let blocks = bytes.chunks_exact(32);
+    let mut at = len - blocks.remainder().len();
+    for block in blocks {
+        // Fixed-size pieces of a chunk: no bounds checks in the loop.
+        let w = |k: usize| u64::from_le_bytes(block[k..k + 8].try_into().unwrap());
+        h = fold(w(0) ^ s1, w(8) ^ h);
+        h2 = fold(w(16) ^ s2, w(24) ^ h2);
+    }
+    if len >= 32 {
+        h = fold(h ^ s2, h2 ^ K0);
+    }
+    if at + 16 <= len {
         h = fold(word(at) ^ s1, word(at + 8) ^ h);
         at += 16;
     }
@@ -411,6 +501,7 @@ type PassThrough = BuildHasherDefault<PassThroughHasher>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shape::tests::Rng;
     use Dialect::Postgres;
 
     const MS: Duration = Duration::from_millis(1);
@@ -486,6 +577,41 @@ mod tests {
     }
 
     #[test]
+    fn shape_of_shares_the_memory_of_texts() {
+        let stats = QueryStats::new(1);
+        let first = stats.shape_of("SELECT 1", Postgres);
+        assert_eq!(&*first, "SELECT ?");
+        // A shape not yet run is not reported.
+        assert!(stats.is_empty());
+        assert!(stats.top(5, QueryOrder::Count).is_empty());
+        stats.record("SELECT 1", Postgres, MS, None, false);
+        assert_eq!(stats.top(5, QueryOrder::Count)[0].count, 1);
+        let again = stats.shape_of("SELECT 1", Postgres);
+        assert!(Arc::ptr_eq(&first, &again));
+        // Past the cap, the shape still comes back (not the other statements' name).
+        assert_eq!(
+            &*stats.shape_of("SELECT 'x' FROM t", Postgres),
+            "SELECT ? FROM t"
+        );
+        assert_eq!(
+            &*stats.shape_of("SELECT 'x' FROM t", Postgres),
+            "SELECT ? FROM t"
+        );
+    }
+
+    #[test]
+    fn shareable_and_printable() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<QueryStats>();
+        let stats = QueryStats::new(3);
+        stats.record("SELECT 1", Postgres, MS, None, false);
+        assert_eq!(
+            format!("{stats:?}"),
+            "QueryStats { max_shapes: 3, rows: Some(1), .. }"
+        );
+    }
+
+    #[test]
     fn reset_forgets_everything() {
         let stats = QueryStats::new(10);
         stats.record("SELECT 1", Postgres, MS, None, false);
@@ -525,7 +651,7 @@ mod tests {
         while ns < 3.6e12 {
             let mut b = Buckets::default();
             let v = ns as u64;
-            b.add(v);
+            b.add(bucket_of(v));
             let got = b.quantile_ns(0.5, 0, u64::MAX) as f64;
             let err = (got - ns).abs() / ns;
             let bound = if v < 1 << LOW_POW { 0.1 } else { 0.0625 };
@@ -534,7 +660,7 @@ mod tests {
         }
         let mut b = Buckets::default();
         for us in 1..=1000u64 {
-            b.add(us * 1000);
+            b.add(bucket_of(us * 1000));
         }
         let p50 = b.quantile_ns(0.5, 1000, 1_000_000) as f64;
         let p99 = b.quantile_ns(0.99, 1000, 1_000_000) as f64;
@@ -543,13 +669,45 @@ mod tests {
     }
 
     #[test]
+    fn high_quantiles_from_the_top_agree_with_a_scan_from_the_bottom() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for round in 0..200 {
+            let mut b = Buckets::default();
+            let mut max = 0;
+            for _ in 0..1 + round * 7 {
+                // Spread over 1 µs .. 1 s, heavier at the low end.
+                let ns = (1_000 << rng.below(20)) | rng.below(1000);
+                max = max.max(ns);
+                b.add(bucket_of(ns));
+            }
+            for q in [0.5001, 0.9, 0.99, 0.999, 1.0] {
+                let rank = ((b.total as f64 * q).ceil() as u64).clamp(1, b.total);
+                let mut seen = 0;
+                let from_bottom = (0..BUCKETS)
+                    .find(|&i| {
+                        seen += u64::from(b.counts[i]);
+                        seen >= rank
+                    })
+                    .unwrap();
+                assert_eq!(
+                    b.quantile_ns(q, 0, max),
+                    bucket_middle(from_bottom).min(max),
+                    "round {round} q {q}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_full_bucket_halves_them_all() {
         let mut b = Buckets::default();
-        b.0[bucket_of(10_000)] = u32::MAX;
-        b.0[bucket_of(1_000_000)] = 1;
-        b.add(10_000);
-        assert_eq!(b.0[bucket_of(10_000)], (u32::MAX / 2) + 2);
-        assert_eq!(b.0[bucket_of(1_000_000)], 1);
+        b.counts[bucket_of(10_000)] = u32::MAX;
+        b.counts[bucket_of(1_000_000)] = 1;
+        b.total = u64::from(u32::MAX) + 1;
+        b.add(bucket_of(10_000));
+        assert_eq!(b.counts[bucket_of(10_000)], (u32::MAX / 2) + 2);
+        assert_eq!(b.counts[bucket_of(1_000_000)], 1);
+        assert_eq!(b.total, u64::from(u32::MAX / 2) + 3);
     }
 
     #[test]

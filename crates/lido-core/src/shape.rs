@@ -12,30 +12,44 @@ use std::borrow::Cow;
 
 /// The statement's shape.
 ///
-/// - **Literals become `?`**: numbers (`42`, `-1.5e3`, `0x1F`, `.5`; a sign is part of
-///   the number where it cannot be a subtraction), strings in single quotes (with their
-///   prefixes `E`, `B`, `X`, `N`, `U&` in PostgreSQL, `X`, `B`, `N` in MySQL), PostgreSQL
-///   dollar-quoted strings (`$$..$$`, `$tag$..$tag$`) and MySQL double-quoted strings.
-///   Backslash escapes are honoured where the server honours them: in MySQL strings and in
-///   PostgreSQL `E'..'` strings (plain PostgreSQL strings follow
+/// - **Literals become `?`**: numbers (`42`, `1.5e-3`, `.5`, `0x1F`, `1_000`; a `-` or
+///   `+` right before one is its sign, and goes with it, after an operator, `(`, `,`, the
+///   start or a keyword such as `WHERE`, `AND`, `THEN`, `LIMIT`); strings in single quotes
+///   with their prefixes (`E`, `B`, `X`, `N`, `U&` in PostgreSQL; `X`, `B`, `N` and a
+///   character set introducer such as `_utf8mb4` in MySQL); PostgreSQL dollar-quoted
+///   strings (`$$..$$`, `$tag$..$tag$`); MySQL double-quoted strings (Django does not turn
+///   on `ANSI_QUOTES`). Backslash escapes are honoured where the server honours them: in
+///   MySQL strings and in PostgreSQL `E'..'` strings (plain PostgreSQL strings follow
 ///   `standard_conforming_strings`, on by default). A string left open runs to the end.
+/// - **A quoted name left open becomes `?`**, with all that follows it.
 /// - **Savepoint names become `?`** (`SAVEPOINT "s1402_x3"`): Django makes one per thread
 ///   and use, so they would make a shape per savepoint.
-/// - **Kept as they are**: keywords, identifiers (quoted in `"..."` for PostgreSQL or in
-///   backticks, digits in names like `t1`), `NULL`, `TRUE`, `FALSE`, and placeholders
-///   (`%s`, `%(name)s`, `$1`, `?`).
-/// - **Lists of values collapse**: a parenthesised list of nothing but placeholders,
-///   literals, `NULL`, `DEFAULT`, `TRUE` or `FALSE` becomes `(first, ...)` when it has two
-///   items or more or follows `IN` (`IN (%s)` and `IN (%s, %s)` are one shape), and the
-///   further lists of such a run (`VALUES (..), (..), (..)`) are dropped: a `bulk_create`
-///   of 3 rows and one of 300 have one shape.
-/// - **Comments go** and every run of blanks and comments between two tokens becomes one
-///   space; none is left at either end. MySQL's `/*! .. */` comments go too.
+/// - **Kept as they are**: keywords, identifiers (quoted in `"..."` in PostgreSQL or in
+///   backticks, with any digits in them: `t1`), `NULL`, `TRUE`, `FALSE`, operators, and
+///   the placeholders `%s`, `%(name)s` and `?`. PostgreSQL's `$1`, `$2`.. become `?`:
+///   their numbers shift with the length of a list before them.
+/// - **Lists of values collapse**: a list in `(..)` or `[..]` of nothing but placeholders,
+///   literals, `NULL`, `DEFAULT`, `TRUE` or `FALSE` becomes `(first, ...)` (or
+///   `[first, ...]`) when it has two items or more or follows `IN` (`IN (%s)` and
+///   `IN (%s, %s)` are one shape); the first item is written as above. Further lists of
+///   the same kind right after it, separated by commas (`VALUES (..), (..), (..)`), are
+///   dropped: a `bulk_create` of 3 rows and one of 300 have one shape. A function's
+///   arguments (a `(` right after a name other than `IN` or `VALUES`) are not a list.
+/// - **Comments go** (`--`, `/* */` nested in PostgreSQL, MySQL's `#` and `/*! */`), and
+///   every run of blanks and comments between two tokens becomes one space; none is left
+///   at either end.
 ///
-/// What stays of the input are names, keywords, operators and placeholders: a value from
-/// the input survives only as part of an identifier.
+/// So what stays of the input are keywords, names, operators and placeholders: a value
+/// survives only where it is part of a name.
 pub fn shape(sql: &str, dialect: Dialect) -> Cow<'_, str> {
+    shape_with(sql, dialect, true)
+}
+
+/// [`shape`], with or without the shortcut for runs of tokens kept as they are (without
+/// it, for tests to hold the shortcut to the token-by-token result).
+fn shape_with(sql: &str, dialect: Dialect, kept_runs: bool) -> Cow<'_, str> {
     let mut shaper = Shaper {
+        kept_runs,
         b: sql.as_bytes(),
         dialect,
         out: Out {
@@ -45,6 +59,7 @@ pub fn shape(sql: &str, dialect: Dialect) -> Cow<'_, str> {
             owned: None,
             started: false,
             gap: false,
+            dashes_end_comment: dialect == Dialect::MySql,
         },
         prev: Prev::Start,
     };
@@ -63,41 +78,79 @@ struct Out<'a> {
     started: bool,
     /// Whether blanks or comments came since the last token.
     gap: bool,
+    /// Whether `--` and a blank start a comment, but `--` alone does not (MySQL): there
+    /// no space is written after `--`, which would make a comment of what follows.
+    dashes_end_comment: bool,
 }
 
 impl<'a> Out<'a> {
-    /// Writes a token that starts at `at` in the input (the input's own text, or what
-    /// replaces it), after one space if blanks or comments came before it.
-    fn token(&mut self, at: usize, text: &str) {
+    /// Starts a token found at `at` in the input: one space first if blanks or comments
+    /// came since the last token.
+    #[inline(always)]
+    fn begin(&mut self, at: usize) {
         if !self.started {
             self.started = true;
             self.start = at;
             self.end = at;
-        } else if self.gap {
-            self.push(" ");
+        } else if self.gap && !(self.dashes_end_comment && self.ends_with_dashes()) {
+            self.put_more(" ");
         }
         self.gap = false;
-        self.push(text);
     }
 
-    /// Text that continues the current token, with no space before it.
-    fn push(&mut self, text: &str) {
-        if let Some(owned) = &mut self.owned {
-            owned.push_str(text);
-            return;
+    /// A token that is the input's own text from `from` to `to`.
+    #[inline(always)]
+    fn keep(&mut self, from: usize, to: usize) {
+        self.begin(from);
+        self.keep_more(from, to);
+    }
+
+    /// A token found at `at` written as `text`.
+    #[inline(always)]
+    fn put(&mut self, at: usize, text: &str) {
+        self.begin(at);
+        self.put_more(text);
+    }
+
+    /// The input's text from `from` to `to`, continuing the current token.
+    #[inline(always)]
+    fn keep_more(&mut self, from: usize, to: usize) {
+        let src = self.src;
+        match &mut self.owned {
+            Some(owned) => owned.push_str(&src[from..to]),
+            None if from == self.end => self.end = to,
+            None => self.own().push_str(&src[from..to]),
         }
-        let rest = &self.src[self.end..];
-        // A slice of the input at the same place is equal without comparing it.
-        if std::ptr::eq(rest.as_ptr(), text.as_ptr()) && text.len() <= rest.len()
-            || rest.starts_with(text)
-        {
-            self.end += text.len();
-            return;
+    }
+
+    /// `text`, continuing the current token.
+    #[inline(always)]
+    fn put_more(&mut self, text: &str) {
+        let rest = &self.src.as_bytes()[self.end..];
+        // Most texts are one byte (`?`, a space): compared without a call to memcmp.
+        let same = match text.as_bytes() {
+            [one] => rest.first() == Some(one),
+            many => rest.starts_with(many),
+        };
+        match &mut self.owned {
+            Some(owned) => owned.push_str(text),
+            None if same => self.end += text.len(),
+            None => self.own().push_str(text),
         }
+    }
+
+    /// The shape so far as a string of its own, from the first change on.
+    fn own(&mut self) -> &mut String {
         let mut owned = String::with_capacity(self.src.len());
         owned.push_str(&self.src[self.start..self.end]);
-        owned.push_str(text);
-        self.owned = Some(owned);
+        self.owned.insert(owned)
+    }
+
+    fn ends_with_dashes(&self) -> bool {
+        match &self.owned {
+            Some(owned) => owned.ends_with("--"),
+            None => self.src[self.start..self.end].ends_with("--"),
+        }
     }
 
     fn finish(self) -> Cow<'a, str> {
@@ -125,6 +178,7 @@ enum Prev {
 }
 
 struct Shaper<'a> {
+    kept_runs: bool,
     b: &'a [u8],
     dialect: Dialect,
     out: Out<'a>,
@@ -136,54 +190,72 @@ impl Shaper<'_> {
         let b = self.b;
         let mut i = 0;
         while i < b.len() {
-            let after_gap = skip_gap(b, i, self.dialect);
-            if after_gap > i {
-                self.out.gap = true;
-                i = after_gap;
-                continue;
-            }
-            if let Some(end) = placeholder_end(b, i, self.dialect) {
-                self.emit(i, end);
-                self.prev = Prev::Value;
-                i = end;
-                continue;
-            }
-            if let Some(end) = literal_end(b, i, self.dialect, self.unary_sign_here()) {
-                self.out.token(i, "?");
-                self.prev = Prev::Value;
-                i = end;
-                continue;
+            if self.kept_runs && self.out.started && !self.out.gap {
+                i = self.kept_run(i);
+                if i == b.len() {
+                    break;
+                }
             }
             let c = b[i];
             if is_word_start(c) {
-                let end = word_end(b, i);
-                if self.after_savepoint() {
-                    self.out.token(i, "?");
-                    self.prev = Prev::Value;
-                } else {
-                    self.emit(i, end);
-                    self.prev = Prev::Word(i, end);
+                let end = word_end(b, i + 1);
+                // A word right before a quote may be a string's prefix (E'..', U&'..').
+                let prefix = matches!(b.get(end), Some(b'\'' | b'&'));
+                if !prefix {
+                    i = self.word(i, end);
+                    continue;
                 }
-                i = end;
-                continue;
             }
             match c {
-                b'"' | b'`' => {
-                    // MySQL's double quotes are strings, caught by literal_end above.
-                    let end = quoted_end(b, i, c, false);
-                    if self.after_savepoint() {
-                        self.out.token(i, "?");
-                        self.prev = Prev::Value;
-                    } else {
-                        self.emit(i, end);
-                        self.prev = Prev::Name;
-                    }
-                    i = end;
+                b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
+                    self.out.gap = true;
+                    i += 1;
+                    continue;
                 }
-                b'(' => i = self.open(i),
+                b'"' if self.dialect == Dialect::Postgres => {
+                    i = self.quoted_name(i);
+                    continue;
+                }
+                b'-' | b'/' | b'#' => {
+                    let after = skip_gap(b, i, self.dialect);
+                    if after > i {
+                        self.out.gap = true;
+                        i = after;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            if VALUE_START[c as usize] || is_word_start(c) {
+                if let Some(end) = placeholder_end(b, i, self.dialect) {
+                    // `$n` are numbered by position: `?` keeps a shape whatever comes before.
+                    if c == b'$' {
+                        self.out.put(i, "?");
+                    } else {
+                        self.out.keep(i, end);
+                    }
+                    self.prev = Prev::Value;
+                    i = end;
+                    continue;
+                }
+                if let Some(end) = literal_end(b, i, self.dialect, self.unary_sign_here()) {
+                    self.out.put(i, "?");
+                    self.prev = Prev::Value;
+                    i = end;
+                    continue;
+                }
+                if is_word_start(c) {
+                    i = self.word(i, word_end(b, i + 1));
+                    continue;
+                }
+            }
+            match c {
+                // MySQL's double quotes are strings, caught by literal_end above.
+                b'"' | b'`' => i = self.quoted_name(i),
+                b'(' | b'[' => i = self.open(i),
                 _ => {
                     // One byte; a non-ASCII byte only starts a word, so this is a char.
-                    self.emit(i, i + 1);
+                    self.out.keep(i, i + 1);
                     self.prev = if c == b')' || c == b']' {
                         Prev::Close
                     } else {
@@ -195,12 +267,98 @@ impl Shaper<'_> {
         }
     }
 
-    /// Writes the input's own text from `from` to `to`.
-    fn emit(&mut self, from: usize, to: usize) {
-        let text = &self.out.src[from..to];
-        self.out.token(from, text);
+    /// Right after a token: takes in the tokens that stay as they are (names, quoted names,
+    /// most punctuation, single spaces between them) in one tight loop, and returns where
+    /// one that needs a closer look starts. Django's SQL is mostly such tokens.
+    fn kept_run(&mut self, i: usize) -> usize {
+        let b = self.b;
+        let pg = self.dialect == Dialect::Postgres;
+        let mut at = i;
+        let mut prev = self.prev;
+        while at < b.len() {
+            let c = b[at];
+            let next = b.get(at + 1).copied();
+            // A name right after SAVEPOINT is for the main loop to replace.
+            let savepoint = matches!(prev, Prev::Word(f, t)
+                if t - f == 9 && b[f..t].eq_ignore_ascii_case(b"savepoint"));
+            match c {
+                _ if is_word_start(c) => {
+                    let end = word_end(b, at + 1);
+                    if matches!(b.get(end), Some(b'\'' | b'&')) || savepoint {
+                        break;
+                    }
+                    prev = Prev::Word(at, end);
+                    at = end;
+                }
+                b'"' | b'`' if (pg || c == b'`') && !savepoint => {
+                    match quoted_close(b, at, c, false) {
+                        Some(end) => at = end,
+                        None => break,
+                    }
+                    prev = Prev::Name;
+                }
+                b' ' if next.is_some_and(|n| {
+                    !n.is_ascii_whitespace() && n != 0x0b && !matches!(n, b'-' | b'/' | b'#')
+                }) =>
+                {
+                    // One space before a token: what the gap would be written as.
+                    at += 1;
+                }
+                b'.' if !next.is_some_and(|n| n.is_ascii_digit()) => {
+                    prev = Prev::Punct;
+                    at += 1;
+                }
+                b',' | b'=' | b'<' | b'>' | b'*' | b';' | b':' | b'!' | b'|' | b'&' | b'^'
+                | b'~' | b'@' => {
+                    prev = Prev::Punct;
+                    at += 1;
+                }
+                b')' | b']' => {
+                    prev = Prev::Close;
+                    at += 1;
+                }
+                _ => break,
+            }
+        }
+        if at > i {
+            self.out.keep_more(i, at);
+            self.prev = prev;
+        }
+        at
     }
 
+    /// The identifier quoted at `from` (a savepoint's name becomes `?`); returns its end.
+    #[inline(always)]
+    fn quoted_name(&mut self, from: usize) -> usize {
+        match quoted_close(self.b, from, self.b[from], false) {
+            Some(to) if !self.after_savepoint() => {
+                self.out.keep(from, to);
+                self.prev = Prev::Name;
+                to
+            }
+            // Left open, the rest may hold anything, literals too: it goes.
+            closed => {
+                self.out.put(from, "?");
+                self.prev = Prev::Value;
+                closed.unwrap_or(self.b.len())
+            }
+        }
+    }
+
+    /// The word from `from` to `to` (a savepoint's name becomes `?`); returns `to`.
+    #[inline(always)]
+    fn word(&mut self, from: usize, to: usize) -> usize {
+        if self.after_savepoint() {
+            self.out.put(from, "?");
+            self.prev = Prev::Value;
+        } else {
+            self.out.keep(from, to);
+            self.prev = Prev::Word(from, to);
+        }
+        to
+    }
+
+    #[inline]
     fn prev_word_is(&self, keyword: &str) -> bool {
         match self.prev {
             Prev::Word(from, to) => self.b[from..to].eq_ignore_ascii_case(keyword.as_bytes()),
@@ -208,6 +366,7 @@ impl Shaper<'_> {
         }
     }
 
+    #[inline]
     fn after_savepoint(&self) -> bool {
         self.prev_word_is("savepoint")
     }
@@ -229,20 +388,33 @@ impl Shaper<'_> {
     /// At `(`: a list of values collapses (with the lists of the same kind that follow it,
     /// separated by commas); anything else is written as it comes.
     fn open(&mut self, i: usize) -> usize {
-        let Some(list) = value_list(self.b, i, self.dialect) else {
-            self.emit(i, i + 1);
+        let open = self.b[i];
+        let after_in = self.prev_word_is("in");
+        // A function's arguments: their number is part of the shape, and stays.
+        let call = open == b'('
+            && matches!(self.prev, Prev::Word(..))
+            && !after_in
+            && !self.prev_word_is("values")
+            && !self.prev_word_is("value");
+        let list = if call {
+            None
+        } else {
+            value_list(self.b, i, self.dialect)
+        };
+        let Some(list) = list else {
+            self.out.keep(i, i + 1);
             self.prev = Prev::Punct;
             return i + 1;
         };
-        let after_in = self.prev_word_is("in");
-        self.out.token(i, "(");
-        let (from, to, literal) = list.first;
-        let src = self.out.src;
-        self.out.push(if literal { "?" } else { &src[from..to] });
-        if list.items > 1 || after_in {
-            self.out.push(", ...");
+        self.out.keep(i, i + 1);
+        match list.first {
+            (_, _, true) => self.out.put_more("?"),
+            (from, to, false) => self.out.keep_more(from, to),
         }
-        self.out.push(")");
+        if list.items > 1 || after_in {
+            self.out.put_more(", ...");
+        }
+        self.out.put_more(if open == b'(' { ")" } else { "]" });
         self.prev = Prev::Close;
         let mut end = list.end;
         loop {
@@ -250,11 +422,11 @@ impl Shaper<'_> {
             if self.b.get(comma) != Some(&b',') {
                 break;
             }
-            let open = skip_gap(self.b, comma + 1, self.dialect);
-            if self.b.get(open) != Some(&b'(') {
+            let next = skip_gap(self.b, comma + 1, self.dialect);
+            if self.b.get(next) != Some(&open) {
                 break;
             }
-            match value_list(self.b, open, self.dialect) {
+            match value_list(self.b, next, self.dialect) {
                 Some(next) => end = next.end,
                 None => break,
             }
@@ -298,13 +470,14 @@ struct ValueList {
 
 /// The list of values that opens at `open` (a `(`), if that is what it is.
 fn value_list(b: &[u8], open: usize, dialect: Dialect) -> Option<ValueList> {
+    let close = if b[open] == b'(' { b')' } else { b']' };
     let mut i = skip_gap(b, open + 1, dialect);
     let mut items = 0;
     let mut first = (0, 0, false);
-    loop {
+    while i < b.len() {
         // A sign is a sign here: the item follows `(` or `,`.
         let (end, literal) = if let Some(end) = placeholder_end(b, i, dialect) {
-            (end, false)
+            (end, b[i] == b'$')
         } else if let Some(end) = literal_end(b, i, dialect, true) {
             (end, true)
         } else if b.get(i).copied().is_some_and(is_word_start) {
@@ -327,7 +500,7 @@ fn value_list(b: &[u8], open: usize, dialect: Dialect) -> Option<ValueList> {
         i = skip_gap(b, end, dialect);
         match b.get(i) {
             Some(b',') => i = skip_gap(b, i + 1, dialect),
-            Some(b')') => {
+            Some(&c) if c == close => {
                 return Some(ValueList {
                     end: i + 1,
                     items,
@@ -337,16 +510,56 @@ fn value_list(b: &[u8], open: usize, dialect: Dialect) -> Option<ValueList> {
             _ => return None,
         }
     }
+    None
 }
 
+/// Bytes that may start a literal or a placeholder, letters aside (string prefixes).
+const VALUE_START: [bool; 256] = {
+    let mut t = [false; 256];
+    let starts = b"0123456789.-+'\"$%?";
+    let mut k = 0;
+    while k < starts.len() {
+        t[starts[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
+
+/// Bytes that continue a word: letters, digits, `_`, `$` and any byte of a non-ASCII char.
+const WORD_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+        c += 1;
+    }
+    t
+};
+
+/// Bytes that start a word: those of [`WORD_CHAR`] but digits and `$`.
+const WORD_START: [bool; 256] = {
+    let mut t = WORD_CHAR;
+    let mut c = b'0';
+    while c <= b'9' {
+        t[c as usize] = false;
+        c += 1;
+    }
+    t[b'$' as usize] = false;
+    t
+};
+
+#[inline]
 fn is_word_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+    WORD_START[c as usize]
 }
 
+#[inline]
 fn is_word_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+    WORD_CHAR[c as usize]
 }
 
+#[inline]
 fn word_end(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && is_word_char(b[i]) {
         i += 1;
@@ -355,6 +568,7 @@ fn word_end(b: &[u8], mut i: usize) -> usize {
 }
 
 /// The end of the blanks and comments that start at `i` (`i` itself when none do).
+#[inline]
 fn skip_gap(b: &[u8], mut i: usize, dialect: Dialect) -> usize {
     while i < b.len() {
         let c = b[i];
@@ -362,9 +576,11 @@ fn skip_gap(b: &[u8], mut i: usize, dialect: Dialect) -> usize {
         if c.is_ascii_whitespace() || c == 0x0b {
             i += 1;
         } else if c == b'-' && next == Some(b'-') {
-            // MySQL wants a blank (or the end) after `--`; `--1` there is minus minus one.
+            // MySQL wants a blank or control char after `--`; `--1` there is minus minus one.
             if dialect == Dialect::MySql
-                && matches!(b.get(i + 2), Some(c) if !c.is_ascii_whitespace() && !c.is_ascii_control())
+                && !b
+                    .get(i + 2)
+                    .is_some_and(|c| c.is_ascii_whitespace() || c.is_ascii_control())
             {
                 break;
             }
@@ -409,13 +625,19 @@ fn block_comment_end(b: &[u8], i: usize, nested: bool) -> usize {
     b.len()
 }
 
+/// The longest name of a `%(name)s` placeholder.
+const MAX_PARAM_NAME: usize = 256;
+
 /// The end of a placeholder at `i`: `%s`, `%(name)s`, `?`, or PostgreSQL's `$1`.
+#[inline]
 fn placeholder_end(b: &[u8], i: usize, dialect: Dialect) -> Option<usize> {
     match b[i] {
         b'%' => match b.get(i + 1)? {
             b's' => Some(i + 2),
             b'(' => {
-                let close = i + 2 + memchr(b')', &b[i + 2..])?;
+                // Names are short; looking no further keeps `%(%(%(..` linear.
+                let window = &b[i + 2..b.len().min(i + 2 + MAX_PARAM_NAME)];
+                let close = i + 2 + memchr(b')', window)?;
                 (b.get(close + 1) == Some(&b's')).then_some(close + 2)
             }
             _ => None,
@@ -431,6 +653,7 @@ fn placeholder_end(b: &[u8], i: usize, dialect: Dialect) -> Option<usize> {
 
 /// The end of a literal at `i`, if one starts there. `sign_ok`: a `-` or `+` before a
 /// digit is a sign here.
+#[inline]
 fn literal_end(b: &[u8], i: usize, dialect: Dialect, sign_ok: bool) -> Option<usize> {
     let c = b[i];
     let next = b.get(i + 1).copied();
@@ -453,12 +676,21 @@ fn literal_end(b: &[u8], i: usize, dialect: Dialect, sign_ok: bool) -> Option<us
         b'u' | b'U' if pg && next == Some(b'&') && b.get(i + 2) == Some(&b'\'') => {
             Some(quoted_end(b, i + 2, b'\'', false))
         }
+        // MySQL's character set introducer: _utf8mb4'..' is one literal.
+        b'_' if !pg => {
+            let end = word_end(b, i + 1);
+            match b.get(end) {
+                Some(&q) if q == b'\'' || q == b'"' => Some(quoted_end(b, end, q, true)),
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
 
 /// The end of the number at `i` (a digit, or a `.` before one): digits with `_`, a
 /// fraction, an exponent, and any letters run on (`0x1F`, `0b101`, `1e5`).
+#[inline]
 fn number_end(b: &[u8], mut i: usize) -> usize {
     let digits = |mut i: usize| {
         while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'_') {
@@ -482,24 +714,28 @@ fn number_end(b: &[u8], mut i: usize) -> usize {
 /// The end of the text quoted by `quote` at `i`: a doubled quote stands for itself, and
 /// with `backslash` a backslash escapes the next byte. Left open, it runs to the end.
 fn quoted_end(b: &[u8], i: usize, quote: u8, backslash: bool) -> usize {
+    quoted_close(b, i, quote, backslash).unwrap_or(b.len())
+}
+
+/// The end of the text quoted by `quote` at `i` as [`quoted_end`] finds it; None when it
+/// is left open.
+fn quoted_close(b: &[u8], i: usize, quote: u8, backslash: bool) -> Option<usize> {
+    // A plain loop: quoted text in SQL is mostly a few bytes, too short for memchr to pay.
     let mut at = i + 1;
-    loop {
-        let found = if backslash {
-            memchr2(quote, b'\\', &b[at.min(b.len())..])
-        } else {
-            memchr(quote, &b[at.min(b.len())..])
-        };
-        let Some(n) = found else {
-            return b.len();
-        };
-        at += n;
-        // An escaped byte or a doubled quote: skip both.
-        if b[at] == b'\\' || b.get(at + 1) == Some(&quote) {
+    while at < b.len() {
+        let c = b[at];
+        if c == quote {
+            if b.get(at + 1) != Some(&quote) {
+                return Some(at + 1);
+            }
+            at += 2;
+        } else if c == b'\\' && backslash {
             at += 2;
         } else {
-            return at + 1;
+            at += 1;
         }
     }
+    None
 }
 
 /// The end of a PostgreSQL dollar-quoted string (`$$..$$`, `$tag$..$tag$`) at `i`.
@@ -523,16 +759,23 @@ fn dollar_quoted_end(b: &[u8], i: usize) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use Dialect::{MySql, Postgres};
 
+    /// The shape, checked to be the same token by token.
+    fn both_paths(sql: &str, dialect: Dialect) -> String {
+        let got = shape(sql, dialect).into_owned();
+        assert_eq!(shape_with(sql, dialect, false), got, "{sql}");
+        got
+    }
+
     fn pg(sql: &str) -> String {
-        shape(sql, Postgres).into_owned()
+        both_paths(sql, Postgres)
     }
 
     fn my(sql: &str) -> String {
-        shape(sql, MySql).into_owned()
+        both_paths(sql, MySql)
     }
 
     #[test]
@@ -541,7 +784,7 @@ mod tests {
             "SELECT \"auth_user\".\"id\" FROM \"auth_user\" WHERE \"auth_user\".\"id\" = %s",
             "INSERT INTO \"app_item\" (\"name\", \"owner_id\") VALUES (%s) RETURNING \"app_item\".\"id\"",
             "UPDATE `app_item` SET `name` = %s WHERE `app_item`.`id` = %s",
-            "SELECT \"t1\".\"x2\" FROM \"t1\" WHERE \"t1\".\"y\" = %(name)s AND \"t1\".z = $1",
+            "SELECT \"t1\".\"x2\" FROM \"t1\" WHERE \"t1\".\"y\" = %(name)s AND \"t1\".z = ?",
         ] {
             assert!(matches!(shape(sql, Postgres), Cow::Borrowed(s) if s == sql), "{sql}");
         }
@@ -577,6 +820,8 @@ mod tests {
             "SELECT ?::date, interval ?"
         );
         assert_eq!(pg("x = 'open"), "x = ?");
+        assert_eq!(pg("SELECT \"open, 'secret'"), "SELECT ?");
+        assert_eq!(my("SELECT `open, 'secret'"), "SELECT ?");
     }
 
     #[test]
@@ -586,8 +831,8 @@ mod tests {
             "name = ? AND c = ? AND `we``ird` = ?"
         );
         assert_eq!(
-            my("x = _utf8mb4'abc' AND y = X'0A'"),
-            "x = _utf8mb4? AND y = ?"
+            my("x = _utf8mb4'abc' AND y = X'0A' AND _z = 1"),
+            "x = ? AND y = ? AND _z = ?"
         );
         assert_eq!(my("SELECT 1 # comment 2\nFROM t -- 3\n"), "SELECT ? FROM t");
         assert_eq!(my("SELECT 5--1"), "SELECT ?-?");
@@ -601,11 +846,23 @@ mod tests {
     fn placeholders_stay() {
         assert_eq!(
             pg("a = %s AND b = %(b)s AND c = $12 AND d = ?"),
-            "a = %s AND b = %(b)s AND c = $12 AND d = ?"
+            "a = %s AND b = %(b)s AND c = ? AND d = ?"
         );
+        assert_eq!(pg("SELECT a$1, $1"), "SELECT a$1, ?");
         assert_eq!(
             pg("a LIKE %s ESCAPE '\\' AND b % 2 = 0"),
             "a LIKE %s ESCAPE ? AND b % ? = ?"
+        );
+    }
+
+    #[test]
+    fn open_placeholders_cost_no_more_than_their_length() {
+        let sql = "%(".repeat(100_000);
+        assert_eq!(shape(&sql, Postgres).len(), sql.len());
+        let long = format!("x = %({})s", "n".repeat(MAX_PARAM_NAME + 1));
+        assert_eq!(
+            pg(&long),
+            format!("x = %({})s", "n".repeat(MAX_PARAM_NAME + 1))
         );
     }
 
@@ -643,6 +900,103 @@ mod tests {
             "SELECT f(a, ?), g(%s::int)"
         );
         assert_eq!(pg("SELECT now()"), "SELECT now()");
+        assert_eq!(
+            pg("SELECT coalesce(%s, %s), greatest(1, 2), f (3)"),
+            "SELECT coalesce(%s, %s), greatest(?, ?), f (?)"
+        );
+        assert_eq!(
+            pg("WHERE a IN(1, 2) OR b = ANY(ARRAY[3])"),
+            "WHERE a IN(?, ...) OR b = ANY(ARRAY[?])"
+        );
+        assert_eq!(
+            pg("WHERE a = ANY(ARRAY[1, 2, 3]) AND b = ANY(%s)"),
+            "WHERE a = ANY(ARRAY[?, ...]) AND b = ANY(%s)"
+        );
+        assert_eq!(
+            pg("SELECT ARRAY[[1, 2], [3, 4], [5, 6]], x[1]"),
+            "SELECT ARRAY[[?, ...]], x[?]"
+        );
+        assert_eq!(
+            pg("WHERE a IN ($1, $2) AND b = $3"),
+            "WHERE a IN (?, ...) AND b = ?"
+        );
+        assert_eq!(
+            pg("WHERE a IN ($1, $2, $3) AND b = $4"),
+            "WHERE a IN (?, ...) AND b = ?"
+        );
+        assert_eq!(
+            pg("WHERE a IN (SELECT b FROM c WHERE d = 1)"),
+            "WHERE a IN (SELECT b FROM c WHERE d = ?)"
+        );
+    }
+
+    #[test]
+    fn statements_as_django_writes_them() {
+        // (dialect, SQL, shape); an empty shape: unchanged.
+        let cases: &[(Dialect, &str, &str)] = &[
+            (
+                Postgres,
+                "SELECT \"app_book\".\"id\", \"app_author\".\"name\" FROM \"app_book\" \
+                 INNER JOIN \"app_author\" ON (\"app_book\".\"author_id\" = \"app_author\".\"id\") \
+                 WHERE (\"app_book\".\"year\" >= %s AND NOT (\"app_book\".\"title\"::text LIKE %s)) \
+                 ORDER BY \"app_book\".\"id\" DESC",
+                "",
+            ),
+            (
+                Postgres,
+                "SELECT COUNT(*) AS \"__count\" FROM \"app_book\" WHERE \"app_book\".\"id\" IN (%s, %s, %s)",
+                "SELECT COUNT(*) AS \"__count\" FROM \"app_book\" WHERE \"app_book\".\"id\" IN (%s, ...)",
+            ),
+            (
+                Postgres,
+                "SELECT 1 AS \"a\" FROM \"app_book\" WHERE \"app_book\".\"id\" = %s LIMIT 1",
+                "SELECT ? AS \"a\" FROM \"app_book\" WHERE \"app_book\".\"id\" = %s LIMIT ?",
+            ),
+            (
+                Postgres,
+                "INSERT INTO \"app_book\" (\"title\", \"year\") VALUES (%s, %s), (%s, %s), (%s, %s) \
+                 RETURNING \"app_book\".\"id\"",
+                "INSERT INTO \"app_book\" (\"title\", \"year\") VALUES (%s, ...) RETURNING \"app_book\".\"id\"",
+            ),
+            (
+                Postgres,
+                "INSERT INTO \"app_book\" (\"title\", \"year\") SELECT * FROM \
+                 UNNEST((%s)::varchar[], (%s)::integer[]) RETURNING \"app_book\".\"id\"",
+                "",
+            ),
+            (
+                Postgres,
+                "UPDATE \"app_book\" SET \"year\" = (\"app_book\".\"year\" + %s) WHERE \"app_book\".\"id\" = %s",
+                "",
+            ),
+            (Postgres, "SET TIME ZONE 'UTC'", "SET TIME ZONE ?"),
+            (Postgres, "SELECT set_config('TimeZone', %s, false)", "SELECT set_config(?, %s, false)"),
+            (Postgres, "SAVEPOINT \"s139872_x12\"", "SAVEPOINT ?"),
+            (
+                MySql,
+                "SELECT `app_book`.`id`, `app_book`.`title` FROM `app_book` WHERE `app_book`.`id` IN (%s, %s) LIMIT 21",
+                "SELECT `app_book`.`id`, `app_book`.`title` FROM `app_book` WHERE `app_book`.`id` IN (%s, ...) LIMIT ?",
+            ),
+            (
+                MySql,
+                "INSERT INTO `app_book` (`title`, `year`) VALUES (%s, %s), (%s, %s)",
+                "INSERT INTO `app_book` (`title`, `year`) VALUES (%s, ...)",
+            ),
+            (
+                MySql,
+                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                "",
+            ),
+            (MySql, "SELECT @@SQL_AUTO_IS_NULL", ""),
+            (MySql, "ROLLBACK TO SAVEPOINT `s139872_x12`", "ROLLBACK TO SAVEPOINT ?"),
+        ];
+        for &(dialect, sql, want) in cases {
+            let got = both_paths(sql, dialect);
+            assert_eq!(got, if want.is_empty() { sql } else { want }, "{sql}");
+            if want.is_empty() {
+                assert!(matches!(shape(sql, dialect), Cow::Borrowed(_)), "{sql}");
+            }
+        }
     }
 
     #[test]
@@ -664,18 +1018,18 @@ mod tests {
         );
     }
 
-    /// A small deterministic generator for the property tests.
-    struct Rng(u64);
+    /// A small deterministic generator for the property tests (xorshift64).
+    pub(crate) struct Rng(pub(crate) u64);
 
     impl Rng {
-        fn next(&mut self) -> u64 {
+        pub(crate) fn next(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
             self.0
         }
 
-        fn below(&mut self, n: u64) -> u64 {
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
             self.next() % n
         }
     }
@@ -706,7 +1060,7 @@ mod tests {
             s
         };
         let pg = dialect == Postgres;
-        match rng.below(7) {
+        match rng.below(11) {
             0 => format!("{digits}"),
             1 => format!("-{digits}.{}", rng.below(1000)),
             2 => format!("{digits}e-{}", rng.below(20)),
@@ -714,9 +1068,23 @@ mod tests {
             4 if pg => format!("E{}", quoted('\'', true)),
             4 => quoted('"', true),
             5 if pg => format!("$t$qz{}$t$", word.replace('$', "")),
-            5 => format!("X'{digits}'"),
+            5 => format!("_utf8mb4{}", quoted('\'', true)),
+            6 => format!("X'{digits}'"),
+            7 if pg => format!("U&{}", quoted('\'', false)),
+            7 => format!("0x{digits}"),
+            8 => format!("N{}", quoted('\'', !pg)),
+            9 if pg => format!("$${}$$", word.replace('$', "")),
+            9 => format!(".{digits}"),
             _ => format!("'qz{digits}'"),
         }
+    }
+
+    /// Whether `text` has a run of 3 digits or more: the generated numbers do (quoted
+    /// literals carry `qz` instead), the names around them do not.
+    fn digit_run(text: &str) -> bool {
+        text.as_bytes()
+            .split(|c| !c.is_ascii_digit())
+            .any(|run| run.len() >= 3)
     }
 
     const TEMPLATES: &[&str] = &[
@@ -726,6 +1094,9 @@ mod tests {
         "SELECT * FROM t WHERE a = ANY(ARRAY[{}]) -- note 987654 qz\n AND b = {}",
         "SELECT coalesce(x, {}) /* 123456 qz */ , {}::text FROM t WHERE {} < x",
         "DELETE FROM t WHERE a BETWEEN {} AND {} OR b LIKE {}",
+        "SELECT CASE WHEN a = {} THEN {} ELSE {} END, f({}, {}) FROM t WHERE x IN ({})",
+        "INSERT INTO t VALUES ({}, {}), ({}, %s) ON CONFLICT DO NOTHING",
+        "SET x = {}; SELECT {} FROM t ORDER BY {} DESC",
     ];
 
     fn fill(template: &str, rng: &mut Rng, dialect: Dialect) -> (String, Vec<String>) {
@@ -754,14 +1125,88 @@ mod tests {
                     let got = shape(&sql, dialect);
                     assert_eq!(got, expected, "{sql}");
                     assert!(!got.contains("qz"), "{sql} -> {got}");
-                    let digit_run = got
-                        .as_bytes()
-                        .split(|c| !c.is_ascii_digit())
-                        .any(|run| run.len() >= 3);
-                    assert!(!digit_run, "{sql} -> {got} ({literals:?})");
+                    assert!(!digit_run(&got), "{sql} -> {got} ({literals:?})");
                     // Shaping a shape changes nothing.
                     assert_eq!(shape(&got, dialect), got);
+                    assert_eq!(shape_with(&sql, dialect, false), got);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn no_literal_survives_in_any_company() {
+        // Random statements of tokens apart (so that none glues to the next and becomes
+        // part of a name, as a server would read it too): every literal must go.
+        const OTHERS: &[&str] = &[
+            "SELECT",
+            "IN",
+            "VALUES",
+            "SAVEPOINT",
+            "E",
+            "U",
+            "N",
+            "X",
+            "_utf8",
+            "t1",
+            "AND",
+            "\"t2\"",
+            "`t3`",
+            "%s",
+            "%(p)s",
+            "$1",
+            "?",
+            "(",
+            ")",
+            "[",
+            "]",
+            ",",
+            "-",
+            "+",
+            ".",
+            "::",
+            "=",
+            "*",
+            "/* c */",
+            "-- c\n",
+            "# c\n",
+            "NULL",
+            "&",
+        ];
+        let mut rng = Rng(0x5151_2026_1130_0001);
+        for _ in 0..20_000 {
+            for dialect in [Postgres, MySql] {
+                let mut sql = String::new();
+                for _ in 0..rng.below(16) {
+                    if rng.below(3) == 0 {
+                        sql.push_str(&literal(&mut rng, dialect));
+                    } else {
+                        sql.push_str(OTHERS[rng.below(OTHERS.len() as u64) as usize]);
+                    }
+                    sql.push_str([" ", "\n", "  ", "\t"][rng.below(4) as usize]);
+                }
+                let got = shape(&sql, dialect);
+                assert!(!got.contains("qz"), "{sql:?} -> {got:?}");
+                assert!(!digit_run(&got), "{sql:?} -> {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn any_text_shapes_without_panic_to_a_fixed_point_and_alike_by_both_paths() {
+        let alphabet: Vec<char> = "ab eEuUxXnN$10_9.-+*/#'\"`\\()[],;%s?&\né\t"
+            .chars()
+            .collect();
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        for _ in 0..20_000 {
+            let len = rng.below(32) as usize;
+            let sql: String = (0..len)
+                .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
+                .collect();
+            for dialect in [Postgres, MySql] {
+                let once = shape(&sql, dialect);
+                assert_eq!(shape(&once, dialect), once, "{sql:?}");
+                assert_eq!(shape_with(&sql, dialect, false), once, "{sql:?}");
             }
         }
     }

@@ -6,11 +6,11 @@ use crate::inner::Inner;
 use crate::leases::Taker;
 use crate::queries::shape_of;
 use crate::stack::Stack;
+use crate::statement::{dialect_of, statement_text};
 use lido_core::Dialect;
 use parking_lot::Mutex;
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyDict, PyList};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -79,38 +79,53 @@ pub struct Lease {
     pub(crate) dialect: Dialect,
 }
 
-pub(crate) fn dialect_of(vendor: &str) -> PyResult<Dialect> {
-    match vendor {
-        "postgresql" => Ok(Dialect::Postgres),
-        "mysql" => Ok(Dialect::MySql),
-        _ => Err(PyValueError::new_err(format!(
-            "vendor must be 'postgresql' or 'mysql', not {vendor:?}"
-        ))),
-    }
-}
-
 #[pymethods]
 impl Lease {
     /// A statement is about to be sent: it runs from now. Returns whether it may leave
     /// state on the session (`changes_session`).
     fn begin(&self, sql: &Bound<'_, PyAny>) -> bool {
-        let now = Instant::now();
-        let previous = {
-            let mut a = self.lent.activity.lock();
-            a.tracked = true;
-            a.running_since = Some(now);
-            a.last_sql.replace(sql.clone().unbind())
-        };
-        drop(previous); // outside the lock: freeing runs no code of ours under it
+        self.lent.statement_begun(sql);
         statement_text(sql).is_none_or(|text| lido_core::changes_session(text, self.dialect))
     }
 
     /// The statement begun last ended (`failed` if it raised), having given `rows` rows
     /// (the driver cursor's `rowcount`: unknown when negative or not an int).
     fn end(&self, py: Python<'_>, rows: &Bound<'_, PyAny>, failed: bool) {
+        self.lent
+            .statement_ended(py, &self.inner, self.dialect, rows, failed);
+    }
+
+    /// The holder opened (`open`) or ended its transaction; its start keeps the stack.
+    fn transaction(&self, py: Python<'_>, open: bool) {
+        let stack = open.then(|| Stack::capture(py, self.inner.stack_depth));
+        self.lent.transaction(stack);
+    }
+}
+
+impl Lent {
+    fn statement_begun(&self, sql: &Bound<'_, PyAny>) {
+        let now = Instant::now();
+        let previous = {
+            let mut a = self.activity.lock();
+            a.tracked = true;
+            a.running_since = Some(now);
+            a.last_sql.replace(sql.clone().unbind())
+        };
+        drop(previous); // outside the lock: freeing runs no code of ours under it
+    }
+
+    /// Records the statement's time; into the pool's query statistics too.
+    fn statement_ended(
+        &self,
+        py: Python<'_>,
+        inner: &Inner,
+        dialect: Dialect,
+        rows: &Bound<'_, PyAny>,
+        failed: bool,
+    ) {
         let now = Instant::now();
         let (sql, took) = {
-            let mut a = self.lent.activity.lock();
+            let mut a = self.activity.lock();
             let Some(since) = a.running_since.take() else {
                 return;
             };
@@ -120,38 +135,23 @@ impl Lease {
             a.idle_reported = false;
             (a.last_sql.as_ref().map(|s| s.clone_ref(py)), took)
         };
-        if let Some(sql) = sql {
-            if let Some(text) = statement_text(sql.bind(py)) {
-                let rows = rows.extract::<u64>().ok();
-                self.inner
-                    .record_statement(text, self.dialect, took, rows, failed);
-            }
+        if let Some(text) = sql.as_ref().and_then(|s| statement_text(s.bind(py))) {
+            let rows = rows.extract::<u64>().ok();
+            inner.record_statement(text, dialect, took, rows, failed);
         }
     }
 
-    /// The holder opened (`open`) or ended its transaction; its start keeps the stack.
-    fn transaction(&self, py: Python<'_>, open: bool) {
-        let stack = open.then(|| Stack::capture(py, self.inner.stack_depth));
+    /// A transaction opened (`Some`, with the stack that opened it) or ended (`None`).
+    fn transaction(&self, opened: Option<Option<Stack>>) {
         let now = Instant::now();
         let previous = {
-            let mut a = self.lent.activity.lock();
+            let mut a = self.activity.lock();
             a.tracked = true;
             a.idle_reported = false;
             a.idle_since = Some(now);
-            std::mem::replace(&mut a.transaction, stack.map(|s| (now, s)))
+            std::mem::replace(&mut a.transaction, opened.map(|s| (now, s)))
         };
         drop(previous);
-    }
-}
-
-/// A statement as text: a `str`, or UTF-8 `bytes`.
-pub(crate) fn statement_text<'a>(sql: &'a Bound<'_, PyAny>) -> Option<&'a str> {
-    if let Ok(s) = sql.cast::<PyString>() {
-        s.to_str().ok()
-    } else if let Ok(b) = sql.cast::<PyBytes>() {
-        std::str::from_utf8(b.as_bytes()).ok()
-    } else {
-        None
     }
 }
 

@@ -92,14 +92,43 @@ impl Stack {
     pub(crate) fn format<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let lines = PyList::empty(py);
         for (code, lasti) in self.0.iter().rev() {
-            let code = code.bind(py);
-            let file = code.getattr("co_filename")?;
-            let name = code.getattr("co_qualname")?;
-            let line = line_of(code, *lasti)?;
-            lines.append(format!("{file}:{line} in {name}"))?;
+            lines.append(formatted(py, code, *lasti)?)?;
         }
         Ok(lines)
     }
+}
+
+/// Formatted frames by (code object address, offset): `connections()` is asked for often
+/// (a dashboard, each process's published record) and shows the same frames again. The
+/// entry keeps the code object alive, so its address is never another's.
+static FORMATTED: Mutex<Option<Formatted>> = Mutex::new(None);
+
+type Formatted = HashMap<(usize, c_int), (Py<PyAny>, Py<PyString>)>;
+
+/// Frames kept formatted; past this, formatted at each sight.
+const MAX_FORMATTED: usize = 65_536;
+
+fn formatted<'py>(
+    py: Python<'py>,
+    code: &Py<PyAny>,
+    lasti: c_int,
+) -> PyResult<Bound<'py, PyString>> {
+    let key = (code.as_ptr() as usize, lasti);
+    if let Some((_, line)) = FORMATTED.lock().as_ref().and_then(|f| f.get(&key)) {
+        return Ok(line.bind(py).clone());
+    }
+    // Formatted with the table unlocked: that runs Python.
+    let bound = code.bind(py);
+    let file = bound.getattr("co_filename")?;
+    let name = bound.getattr("co_qualname")?;
+    let line = line_of(bound, lasti)?;
+    let text = PyString::new(py, &format!("{file}:{line} in {name}"));
+    let mut table = FORMATTED.lock();
+    let table = table.get_or_insert_with(HashMap::new);
+    if table.len() < MAX_FORMATTED {
+        table.insert(key, (code.clone_ref(py), text.clone().unbind()));
+    }
+    Ok(text)
 }
 
 /// The line of the instruction at byte offset `lasti`, from `co_lines()`.

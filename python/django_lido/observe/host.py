@@ -32,8 +32,8 @@ _SUMMED = {
     "connection_errors": "connections_errors",
     "leaked": "connections_leaked",
 }
-# Per-pool sums of the histograms: snapshot prefix -> stats() histogram key.
-_HISTOGRAMS = {"wait": "acquire_wait", "use": "usage", "create": "connection_open"}
+# The histograms of stats(), by the prefix of their sums in the snapshot.
+HISTOGRAMS = {"wait": "acquire_wait", "use": "usage", "create": "connection_open"}
 
 
 def _alive(pid: int, started: int | None) -> bool:
@@ -112,13 +112,13 @@ def _pool_totals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "database": pool.get("database"),
                     "processes": 0,
                     **dict.fromkeys(_SUMMED, 0),
-                    **{f"{p}_{k}": 0 for p in _HISTOGRAMS for k in ("count", "sum_ms")},
-                    **{f"{p}_p99_ms_max": 0.0 for p in _HISTOGRAMS},
+                    **{f"{p}_{k}": 0 for p in HISTOGRAMS for k in ("count", "sum_ms")},
+                    **{f"{p}_p99_ms_max": 0.0 for p in HISTOGRAMS},
                 }
             t["processes"] += 1
             for key, stat in _SUMMED.items():
                 t[key] += s.get(stat, 0)
-            for prefix, hist in _HISTOGRAMS.items():
+            for prefix, hist in HISTOGRAMS.items():
                 h = s.get(hist) or {}
                 t[f"{prefix}_count"] += h.get("count", 0)
                 t[f"{prefix}_sum_ms"] += h.get("sum_ms", 0.0)

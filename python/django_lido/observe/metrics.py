@@ -43,7 +43,7 @@ class Metric:
     kind: str  # "updown", "counter" or "time" (a histogram in the conventions)
     unit: str  # the OpenTelemetry unit
     doc: str
-    values: _Values | None = None  # None for "time": see _HISTOGRAMS
+    values: _Values | None = None  # None for "time": see host.HISTOGRAMS
     hist: str = ""  # for "time": the prefix in the totals (wait, use, create)
 
 
@@ -198,7 +198,6 @@ def metrics(request: HttpRequest) -> HttpResponse:
 # --- OpenTelemetry -----------------------------------------------------------------------------
 
 _QUANTILES = (("0.5", "p50_ms"), ("0.9", "p90_ms"), ("0.99", "p99_ms"), ("1", "max_ms"))
-_STATS_HIST = {"create": "connection_open", "wait": "acquire_wait", "use": "usage"}
 
 
 def _process_pools() -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -219,7 +218,7 @@ def _observe(m: Metric) -> Callable[[Any], Iterable[Any]]:
         for totals, stats in _process_pools():
             pool = {POOL_NAME: totals["name"]}
             if m.kind == "time":
-                h = stats.get(_STATS_HIST[m.hist]) or {}
+                h = stats.get(host.HISTOGRAMS[m.hist]) or {}
                 for q, key in _QUANTILES:
                     out.append(Observation(h.get(key, 0.0) / 1000.0, {**pool, "quantile": q}))
                 continue

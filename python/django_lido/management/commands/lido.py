@@ -214,17 +214,18 @@ class Command(BaseCommand):
             return
         snap = self._snapshot(opts)
         if opts["json"]:
-            part = {
-                "status": {k: snap[k] for k in ("host", "taken_at", "processes", "pools")},
-                "connections": snap["connections"],
-                "queries": sorted(snap["queries"], key=ORDERS[opts["order"]], reverse=True)[
-                    : opts["limit"]
-                ],
-                "leaks": snap["leaks"][-opts["limit"] :],
-            }[view]
-            self.stdout.write(json.dumps(part, indent=2, default=str))
+            self.stdout.write(json.dumps(self._data(view, snap, opts), indent=2, default=str))
             return
         self.stdout.write(self._render(view, snap, opts))
+
+    def _data(self, view: str, snap: dict[str, Any], opts: dict[str, Any]) -> Any:
+        if view == "status":
+            return {k: snap[k] for k in ("host", "taken_at", "processes", "pools")}
+        if view == "connections":
+            return snap["connections"]
+        if view == "queries":
+            return sorted(snap["queries"], key=ORDERS[opts["order"]], reverse=True)[: opts["limit"]]
+        return snap["leaks"][-opts["limit"] :]
 
     def _snapshot(self, opts: dict[str, Any]) -> dict[str, Any]:
         snap = host_snapshot(opts["runtime_dir"])
@@ -233,8 +234,7 @@ class Command(BaseCommand):
             for r in snap["processes"]:
                 r["pools"] = [p for p in r["pools"] if p["name"] == name]
             snap["processes"] = [r for r in snap["processes"] if r["pools"]]
-            for key in ("pools",):
-                snap[key] = [p for p in snap[key] if p["name"] == name]
+            snap["pools"] = [p for p in snap["pools"] if p["name"] == name]
             for key in ("connections", "queries", "leaks"):
                 snap[key] = [x for x in snap[key] if x["pool"] == name]
         return snap
