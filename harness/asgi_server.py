@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from harness.servers import free_port
 
@@ -145,6 +145,11 @@ def write_project(root: Path, *, database: dict[str, Any]) -> Path:
         "asgiapp/models.py": _MODELS,
         "asgiapp/views.py": _VIEWS,
     }
+    return write_files(root, files)
+
+
+def write_files(root: Path, files: dict[str, str]) -> Path:
+    """Writes each ``{relative path: text}`` under ``root``, making folders as needed."""
     for name, text in files.items():
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,26 +183,31 @@ class UvicornServer:
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> UvicornServer:
-        argv = [self.python, "-m", "uvicorn", "asgiproj.asgi:application",
+    ready_path = "/stats"  # answers 200 once the server is up
+
+    def argv(self) -> list[str]:
+        return [self.python, "-m", "uvicorn", "asgiproj.asgi:application",
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers",
                 str(self.workers), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+
+    def start(self, timeout: float = 30.0) -> Self:
+        name = self.argv()[2]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                argv, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                self.argv(), cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"uvicorn exited ({self.proc.returncode}):\n{self.log_tail()}")
+                raise RuntimeError(f"{name} exited ({self.proc.returncode}):\n{self.log_tail()}")
             with contextlib.suppress(OSError):
-                status, _ = get(self.port, "/stats", timeout=2)
+                status, _ = get(self.port, self.ready_path, timeout=2)
                 if status == 200:
                     return self
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"uvicorn did not answer in {timeout} s:\n{self.log_tail()}")
+        raise RuntimeError(f"{name} did not answer in {timeout} s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
@@ -218,7 +228,7 @@ class UvicornServer:
         except OSError:
             return ""
 
-    def __enter__(self) -> UvicornServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -40,6 +40,7 @@ DEV_REQS=(
   "prometheus_client>=0.20"
   "opentelemetry-api>=1.25"
   "opentelemetry-sdk>=1.25"
+  "selenium>=4.20"
 )
 # Python 3.13 runs the other supported Django (6.1, which needs Python >= 3.12).
 PY313_REQS=(
@@ -121,10 +122,13 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v socat >/dev/null || missing+=(socat)
 # A throwaway Redis broker for the Celery workers (harness/redis.py).
 command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+# Headless Chromium and its WebDriver for the dashboard's browser test (Selenium drives it).
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
-say "PostGIS, GDAL, GEOS, PgBouncer, MariaDB, iproute2, socat, Redis: present"
+say "PostGIS, GDAL, GEOS, PgBouncer, MariaDB, iproute2, socat, Redis, Chromium: present"
 
 # --- Rust toolchain ----------------------------------------------------------------------------
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
