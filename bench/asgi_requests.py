@@ -36,6 +36,7 @@ from harness.asgi_server import (
     stats,
     write_project,
 )
+from harness.django_db import postgres_entry
 from harness.servers import postgres_for_tests
 
 LIDO_ENGINE = "django_lido.backends.postgresql"
@@ -43,21 +44,11 @@ NATIVE_ENGINE = "django.db.backends.postgresql"
 
 
 def entry(pg: Any, app: str, engine: str, age: int | None, max_size: int) -> dict[str, Any]:
-    params = pg._conn_params(dbname="postgres", tcp=False)
     if engine == LIDO_ENGINE:
         pool: dict[str, Any] = {"max_size": max_size, "timeout": 5}
     else:
         pool = {"min_size": max_size, "max_size": max_size, "timeout": 5}
-    return {
-        "ENGINE": engine,
-        "NAME": "postgres",
-        "USER": params.get("user", ""),
-        "PASSWORD": params.get("password", ""),
-        "HOST": params["host"],
-        "PORT": params["port"],
-        "CONN_MAX_AGE": age,
-        "OPTIONS": {"application_name": app, "pool": pool},
-    }
+    return postgres_entry(pg, engine=engine, app=app, conn_max_age=age, pool=pool)
 
 
 def run(

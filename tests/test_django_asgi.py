@@ -27,6 +27,7 @@ from harness.asgi_server import (
     stats,
     write_project,
 )
+from harness.django_db import postgres_entry
 
 # Not imported here: an ASGI server loaded in the test process would change what the system
 # checks of other test modules find.
@@ -44,17 +45,8 @@ def table(pg: Any) -> Any:
 
 
 def entry(pg: Any, app: str, conn_max_age: int | None) -> dict[str, Any]:
-    params = pg._conn_params(dbname="postgres", tcp=False)
-    return {
-        "ENGINE": LIDO_ENGINE,
-        "NAME": "postgres",
-        "USER": params.get("user", ""),
-        "PASSWORD": params.get("password", ""),
-        "HOST": params["host"],
-        "PORT": params["port"],
-        "CONN_MAX_AGE": conn_max_age,
-        "OPTIONS": {"application_name": app, "pool": {"max_size": MAX_SIZE, "timeout": 5}},
-    }
+    pool = {"max_size": MAX_SIZE, "timeout": 5}
+    return postgres_entry(pg, engine=LIDO_ENGINE, app=app, conn_max_age=conn_max_age, pool=pool)
 
 
 @pytest.fixture
