@@ -325,6 +325,8 @@ def main() -> None:
     if args.profile_summary:
         profile_summary(args.profile_summary)
         return
+    if args.profile and not Path(sys.executable).with_name("py-spy").exists():
+        ap.error("--profile needs py-spy in this environment: pip install py-spy")
     chosen = variants(args.max_size)
     if args.only:
         picked = {}
