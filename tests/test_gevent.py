@@ -189,6 +189,37 @@ def test_greenlets_wait_on_the_hub_with_real_threads_too(pg: Any) -> None:
     assert r["in_use"] == 0 and r["maintenance"] == "Thread", r
 
 
+def test_a_real_thread_giving_back_wakes_a_waiting_greenlet(pg: Any) -> None:
+    """A grant from another OS thread (a real thread's putconn; in production also the
+    maintenance thread) must wake the hub, not only mark the waiter: no other greenlet
+    runs meanwhile (the ticker is stopped) to wake the loop by chance."""
+    r = _run(
+        pg,
+        """
+        import gc
+        from gevent import Greenlet, monkey
+        for g in [g for g in gc.get_objects() if isinstance(g, Greenlet)]:
+            g.kill()
+        real_sleep = monkey.get_original("time", "sleep")
+        start_thread = monkey.get_original("_thread", "start_new_thread")
+        pool = Pool(conninfo, max_size=1, timeout=5)
+        held = pool.getconn()
+        def give_back():
+            real_sleep(0.2)
+            pool.putconn(held)
+        start_thread(give_back, ())
+        t0 = time.monotonic()
+        conn = pool.getconn()
+        waited = time.monotonic() - t0
+        pool.putconn(conn)
+        print(json.dumps(dict(waited=waited, in_use=pool.stats()["in_use"])))
+        pool.close()
+        """,
+    )
+    assert 0.15 <= r["waited"] < 2, r
+    assert r["in_use"] == 0, r
+
+
 def test_maintenance_keeps_min_size_without_blocking_the_hub(pg: Any) -> None:
     r = _run(
         pg,

@@ -2,8 +2,8 @@
 
 The binding (crates/lido-python/src/green.rs) asks :func:`mode` once per pool, at its first
 checkout. Under gevent a checkout that has to queue waits on a :class:`GreenWake`: the
-engine wakes it from any OS thread through the hub's thread-safe async watcher, and the
-waiting greenlet switches to the hub meanwhile, so the other greenlets keep running.
+engine wakes it from any OS thread, and the waiting greenlet switches to the hub meanwhile,
+so the other greenlets keep running.
 """
 
 from __future__ import annotations
@@ -98,32 +98,52 @@ def _psycopg2_is_green() -> bool:
 
 
 class GreenWake:
-    """One queued checkout of a greenlet: ``send()`` (thread-safe, from the engine) sets the
-    event in the hub's thread; ``wait()`` switches to the hub until then."""
+    """One queued checkout of a greenlet: ``send()`` (from the engine, on any OS thread)
+    sets the event in the hub's thread; ``wait()`` switches to the hub until then.
 
-    __slots__ = ("_event", "_watcher")
+    Most wakes come from another greenlet of the same OS thread returning a connection:
+    those set the event at once (no system call, no loop wake-up). A wake from another OS
+    thread (the maintenance thread granting a new connection) goes through the loop's
+    thread-safe callback queue, which wakes the hub."""
+
+    __slots__ = ("_event", "_loop", "_thread")
 
     def __init__(self) -> None:
-        from gevent import get_hub
-        from gevent.event import Event
-
-        self._event = Event()
-        # Started at once: a send() from then on is never lost.
-        self._watcher: Any = get_hub().loop.async_()
-        self._watcher.start(self._event.set)
+        hub, event, _ = _gevent_parts()
+        self._event: Any = event()
+        self._loop: Any = hub().loop
+        self._thread = _real_ident()
 
     def send(self) -> None:
-        self._watcher.send()
+        if _real_ident() == self._thread:
+            self._event.set()
+        else:
+            self._loop.run_callback_threadsafe(self._event.set)
 
     def wait(self, seconds: float) -> bool:
-        return bool(self._event.wait(seconds))
-
-    def clear(self) -> None:
+        """Waits until sent or ``seconds`` passed; whether sent. Ready for the next wait."""
+        sent = bool(self._event.wait(seconds))
         self._event.clear()
+        return sent
 
-    def close(self) -> None:
-        self._watcher.stop()
-        self._watcher.close()
+
+_parts: tuple[Any, Any, Any] | None = None
+
+
+def _gevent_parts() -> tuple[Any, Any, Any]:
+    """``(get_hub, Event, the real get_ident)``, imported once (a wait is a hot path)."""
+    global _parts
+    if _parts is None:
+        from gevent import get_hub, monkey
+        from gevent.event import Event
+
+        _parts = (get_hub, Event, monkey.get_original("_thread", "get_ident"))
+    return _parts
+
+
+def _real_ident() -> int:
+    """The OS thread's id (``threading.get_ident`` tells greenlets apart when patched)."""
+    return int(_gevent_parts()[2]())
 
 
 def real_thread(target: Any, args: tuple[Any, ...], name: str) -> RealThread:

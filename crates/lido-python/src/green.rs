@@ -85,20 +85,20 @@ pub(crate) fn current_greenlet(py: Python<'_>) -> usize {
 
 /// Where a queued greenlet's `_green.GreenWake` goes once its wait has made it. The engine
 /// asks for a waker under its lock, where no Python may run (another OS thread holding the
-/// GIL may be waiting for that lock), and most checkouts never wait: so the watcher is made
+/// GIL may be waiting for that lock), and most checkouts never wait: so the `GreenWake` is made
 /// by the wait, outside the lock. A wake that comes before finds the slot empty and need
 /// not send: the grant is already in the waiter, which the wait looks at after filling it.
 #[derive(Default)]
 struct Slot(Mutex<Option<Py<PyAny>>>);
 
-/// Wakes a waiting greenlet through its hub's async watcher; `send()` is thread-safe.
+/// Wakes a waiting greenlet; `GreenWake.send()` works from any OS thread.
 struct GreenWake(Arc<Slot>);
 
 impl Wake for GreenWake {
     fn wake(&self) {
         Python::attach(|py| {
-            let watcher = self.0 .0.lock().as_ref().map(|w| w.clone_ref(py));
-            if let Some(w) = watcher {
+            let wake = self.0 .0.lock().as_ref().map(|w| w.clone_ref(py));
+            if let Some(w) = wake {
                 if let Err(e) = w.call_method0(py, "send") {
                     e.write_unraisable(py, None);
                 }
@@ -108,8 +108,8 @@ impl Wake for GreenWake {
 }
 
 /// Waits by switching to the gevent hub until the grant or the deadline: the other
-/// greenlets run meanwhile. One per `getconn` call; [`GreenletWait::finish`] stops the
-/// watchers its waits made.
+/// greenlets run meanwhile. One per `getconn` call; [`GreenletWait::finish`] drops the
+/// `GreenWake`s its waits made.
 pub(crate) struct GreenletWait {
     /// The slot of each waiter this call queued; the last is the current one.
     slots: RefCell<Vec<Arc<Slot>>>,
@@ -125,20 +125,15 @@ impl GreenletWait {
         }
     }
 
-    /// Stops the watchers this call's waits made.
-    pub(crate) fn finish(&self, py: Python<'_>) {
+    /// Drops the `GreenWake`s this call's waits made: a late wake finds its slot empty.
+    pub(crate) fn finish(&self, _py: Python<'_>) {
         for slot in self.slots.borrow_mut().drain(..) {
-            let watcher = slot.0.lock().take();
-            if let Some(w) = watcher {
-                if let Err(e) = w.call_method0(py, "close") {
-                    e.write_unraisable(py, None);
-                }
-            }
+            drop(slot.0.lock().take());
         }
     }
 
-    /// The current waiter's watcher, made and put in its slot on the first wait.
-    fn watcher(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    /// The current waiter's `GreenWake`, made and put in its slot on the first wait.
+    fn green_wake(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let slots = self.slots.borrow();
         let slot = slots.last().expect("a waiter was queued");
         if let Some(w) = slot.0.lock().as_ref() {
@@ -163,7 +158,7 @@ impl WaitStrategy for GreenletWait {
         waiter: &Arc<Waiter<PyConn>>,
         deadline: Instant,
     ) -> Option<Grant<PyConn>> {
-        let wake = match self.watcher(py) {
+        let wake = match self.green_wake(py) {
             Ok(w) => w,
             Err(e) => {
                 *self.interrupted.borrow_mut() = Some(e);
@@ -171,7 +166,7 @@ impl WaitStrategy for GreenletWait {
             }
         };
         outside_section(|| loop {
-            // After the watcher is in its slot: a grant given before is seen here, one
+            // After the `GreenWake` is in its slot: a grant given before is seen here, one
             // given after sends.
             if let Some(g) = waiter.try_take() {
                 return Some(g);
@@ -181,10 +176,7 @@ impl WaitStrategy for GreenletWait {
                 return None;
             }
             let seconds = (deadline - now).as_secs_f64().min(3600.0);
-            let waited = wake
-                .call_method1(py, "wait", (seconds,))
-                .and_then(|_| wake.call_method0(py, "clear"));
-            if let Err(e) = waited {
+            if let Err(e) = wake.call_method1(py, "wait", (seconds,)) {
                 // A greenlet killed while waiting (GreenletExit, a gevent.Timeout of the
                 // caller's): give up the wait; the caller cancels the waiter, then raises.
                 *self.interrupted.borrow_mut() = Some(e);
