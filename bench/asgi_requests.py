@@ -14,7 +14,8 @@ package, put first on the server's PYTHONPATH), e.g. the branch start:
 
 ``--native`` instead compares, on async views only, uvicorn with --workers 2 and 50
 clients: django-lido (CONN_MAX_AGE 0) against Django's native pool, the same max_size per
-worker.
+worker, and as the ceiling ("no-db") a view that makes the same three trips to Django's
+sync thread without touching the database.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def run(
             if engine == LIDO_ENGINE:
                 time.sleep(1)  # the last requests' ends
                 s = stats(server.port)
-                after = f", then in_use {s['in_use']}, leaked {s['connections_leaked']}"
+                if s:  # no pool where no request touched the database
+                    after = f", then in_use {s['in_use']}, leaked {s['connections_leaked']}"
         print(
             f"{label:>8} CONN_MAX_AGE={age!s:<4} {load.summary()}, "
             f"peak server connections {seen.peak}{after}",
@@ -117,6 +119,8 @@ def main() -> None:
             for i in range(args.rounds):
                 for label, engine in engines[:: -1 if i % 2 else 1]:
                     run(pg, label, engine=engine, **common)
+                # The ceiling: the same three trips to Django's sync thread, no database.
+                run(pg, "no-db", engine=LIDO_ENGINE, **{**common, "paths": ["/async_hops"]})
             return
         builds = [("this", [])] + [
             (name, [path]) for name, _, path in (b.partition("=") for b in args.build)

@@ -72,6 +72,7 @@ _VIEWS = """\
 import asyncio
 import time
 
+from asgiref.sync import sync_to_async
 from django.db import connections
 from django.http import JsonResponse
 
@@ -83,6 +84,18 @@ async def async_orm(request):
     first = await Item.objects.aget(pk=1)
     names = [i.name async for i in Item.objects.order_by("pk")[:5]]
     return JsonResponse({"n": n, "first": first.name, "names": names})
+
+
+async def async_hops(request):
+    # async_orm's three trips to Django's sync thread, without the database: what any pool
+    # can reach at most under this server.
+    for _ in range(3):
+        await sync_to_async(_nothing)()
+    return JsonResponse({"ok": True})
+
+
+def _nothing():
+    return None
 
 
 def sync_orm(request):
@@ -119,6 +132,7 @@ from asgiapp import views
 
 urlpatterns = [
     path("async_orm", views.async_orm),
+    path("async_hops", views.async_hops),
     path("sync_orm", views.sync_orm),
     path("slow_async", views.slow_async),
     path("slow_sync", views.slow_sync),
