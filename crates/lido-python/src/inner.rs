@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A pool's shared state: the engine and what the binding keeps beside it. `PoolCore` and
-/// `Maintainer` hold it; a `LeakWatch` only refers to it weakly.
 static NEXT_TURN_ID: AtomicUsize = AtomicUsize::new(1);
 
+/// A pool's shared state: the engine and what the binding keeps beside it. `PoolCore` and
+/// `Maintainer` hold it; a `LeakWatch` only refers to it weakly.
 pub(crate) struct Inner {
     /// This pool's key in each thread's turns (turns.rs): unique for the process's life,
     /// where an address could be a freed pool's, whose stale turn the thread would inherit.
