@@ -13,6 +13,7 @@ use lido_core::Dialect;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +24,9 @@ pub(crate) struct Lent {
     pub(crate) taken: Instant,
     pub(crate) taker: Taker,
     pub(crate) activity: Mutex<Activity>,
+    /// Its idle transaction was ended (socket shut down): discarded when it comes back.
+    /// Apart from `activity` so that every return reads it without the lock.
+    pub(crate) ended: AtomicBool,
 }
 
 /// What the statement hook (Django's) reports of a lent connection. Without the hook
@@ -42,8 +46,6 @@ pub(crate) struct Activity {
     pub(crate) idle_since: Option<Instant>,
     /// Reported as idle in transaction, in this idle spell.
     pub(crate) idle_reported: bool,
-    /// Its idle transaction was ended (socket shut down): discarded when it comes back.
-    pub(crate) ended: bool,
     /// The SQL dialect, once the hook has taken a handle (for the statement's shape).
     pub(crate) dialect: Option<Dialect>,
 }
@@ -55,12 +57,13 @@ impl Lent {
             taken: Instant::now(),
             taker: Taker::current(py, depth, greenlet),
             activity: Mutex::new(Activity::default()),
+            ended: AtomicBool::new(false),
         }
     }
 
     /// Whether the idle transaction was ended, so the connection must not be reused.
     pub(crate) fn ended(&self) -> bool {
-        self.activity.lock().ended
+        self.ended.load(Relaxed)
     }
 }
 

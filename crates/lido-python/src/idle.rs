@@ -9,6 +9,7 @@ use crate::holders::Lent;
 use crate::inner::Inner;
 use crate::reports::Report;
 use pyo3::prelude::*;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,7 @@ impl Inner {
             let finding = {
                 let mut a = l.activity.lock();
                 let idle_since = match (&a.transaction, a.running_since, a.idle_since) {
-                    (Some(_), None, Some(since)) if !a.ended => since,
+                    (Some(_), None, Some(since)) if !l.ended() => since,
                     _ => continue,
                 };
                 let idle = now.saturating_duration_since(idle_since);
@@ -56,7 +57,7 @@ impl Inner {
                 }
                 if let Some(t) = timeout {
                     if idle >= t {
-                        a.ended = true;
+                        l.ended.store(true, Relaxed);
                         finding.end = Some(idle);
                     } else {
                         next_due = next_due.min(idle_since + t);
