@@ -530,23 +530,29 @@ def _maintain_forever(
 ) -> None:
     """The maintenance thread of an AsyncPool: it waits on the engine as ``Pool``'s does,
     and runs each round as a coroutine on the pool's loop, where the driver calls are
-    awaited. It ends when the pool closes or its loop does."""
+    awaited. It ends when the pool closes or its loop does, or quietly on the
+    ``PoolClosed`` that interpreter exit raises in threads inside a pool call."""
     delay, pause = 0.0, False
-    while m.wait(delay, pause):
-        work = rounds()
-        try:
-            fut = asyncio.run_coroutine_threadsafe(work, loop)
-        except RuntimeError:
-            work.close()
-            return  # the loop is closed
-        try:
-            result = _round_result(fut, loop)
-        except Exception:
-            logger.exception("pool %r: maintenance failed", name)
-            result = (1.0, True)
-        if result is None:
-            return
-        delay, pause = result
+    try:
+        while m.wait(delay, pause):
+            work = rounds()
+            try:
+                fut = asyncio.run_coroutine_threadsafe(work, loop)
+            except RuntimeError:
+                work.close()
+                return  # the loop is closed
+            try:
+                result = _round_result(fut, loop)
+            except PoolClosed:
+                raise
+            except Exception:
+                logger.exception("pool %r: maintenance failed", name)
+                result = (1.0, True)
+            if result is None:
+                return
+            delay, pause = result
+    except PoolClosed:
+        return
 
 
 def _round_result(

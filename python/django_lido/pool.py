@@ -27,17 +27,24 @@ _names = iter(range(1, 1 << 62))
 
 
 def _maintain_forever(m: Maintainer, name: str) -> None:
-    """The maintenance thread: sleeps on the engine until work is due, then does it."""
+    """The maintenance thread: sleeps on the engine until work is due, then does it. It
+    ends when the pool closes, or quietly on the ``PoolClosed`` that interpreter exit
+    raises in threads inside a pool call."""
     delay, pause = 0.0, False
-    while m.wait(delay, pause):
-        try:
-            result = m.run()
-        except Exception:
-            logger.exception("pool %r: maintenance failed", name)
-            result = (1.0, True)
-        if result is None:
-            return
-        delay, pause = result
+    try:
+        while m.wait(delay, pause):
+            try:
+                result = m.run()
+            except PoolClosed:
+                raise
+            except Exception:
+                logger.exception("pool %r: maintenance failed", name)
+                result = (1.0, True)
+            if result is None:
+                return
+            delay, pause = result
+    except PoolClosed:
+        return
 
 
 class Pool(PoolCore):
