@@ -78,6 +78,45 @@ def test_connections_show_the_transaction_and_the_last_statement(dj: Any) -> Non
     assert pool.connections() == []
 
 
+def run_the_next_statement(w: Any) -> None:
+    with w.cursor() as cur:
+        cur.execute("SELECT 1")
+
+
+@pytest.mark.parametrize("end", ["commit", "rollback"])
+def test_with_autocommit_off_the_next_statement_opens_the_next_transaction(
+    dj: Any, end: str
+) -> None:
+    """``set_autocommit(False)``: a commit (or rollback) ends the transaction, and the driver
+    opens the next one with the next statement; until then nothing is open, so nothing is
+    reported idle in a transaction."""
+    w = wrapper(dj, idle_in_transaction_threshold=0.2)
+    pool = w.pool
+    try:
+        w.set_autocommit(False)
+        run_the_next_statement(w)
+        (row,) = pool.connections()
+        assert row["in_transaction"] is True
+        getattr(w, end)()
+        (row,) = pool.connections()
+        assert row["in_transaction"] is False and row["transaction_stack"] is None
+        # Idle past the threshold with no transaction open: no report.
+        threading.Event().wait(0.6)
+        assert not [r for r in pool.reports() if r["kind"] == "idle_in_transaction"]
+        run_the_next_statement(w)
+        (row,) = pool.connections()
+        assert row["in_transaction"] is True and row["transaction_for"] < 0.6
+        assert row["transaction_stack"][-1].endswith(" in run_the_next_statement")
+        wait_for_report(pool, "idle_in_transaction")
+        w.rollback()
+        w.set_autocommit(True)
+        (row,) = pool.connections()
+        assert row["in_transaction"] is False
+    finally:
+        w.close()
+    assert pool.connections() == []
+
+
 def test_a_statement_running_is_shown_as_running(dj: Any) -> None:
     w = wrapper(dj)
     pool = w.pool

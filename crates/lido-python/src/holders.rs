@@ -37,6 +37,9 @@ pub(crate) struct Activity {
     pub(crate) tracked: bool,
     /// When the open transaction began (Django's `set_autocommit(False)`), and where.
     pub(crate) transaction: Option<(Instant, Option<Stack>)>,
+    /// A commit or rollback with autocommit off ended the transaction: the next statement
+    /// opens another.
+    pub(crate) next_statement_opens: bool,
     /// The last statement's SQL (only its shape is ever shown) and how long it took;
     /// `running_since` while it runs.
     pub(crate) last_sql: Option<Py<PyAny>>,
@@ -90,7 +93,12 @@ impl Lease {
     /// state on the session (`changes_session`).
     fn begin(&self, py: Python<'_>, sql: &Bound<'_, PyAny>) -> PyResult<bool> {
         guarded(py, "Lease.begin", || {
-            Ok(self.lent.statement_begun(sql, self.dialect))
+            let (changes_session, opens) = self.lent.statement_begun(sql, self.dialect);
+            if opens {
+                let _active = Active::enter(py); // a stack walk may run Python code (exit.rs)
+                self.lent.transaction(py, true, self.inner.stack_depth)?;
+            }
+            Ok(changes_session)
         })
     }
 
@@ -111,20 +119,46 @@ impl Lease {
             self.lent.transaction(py, open, depth)
         })
     }
+
+    /// The holder committed or rolled back with autocommit off: the transaction is over,
+    /// and the driver opens the next one with the next statement.
+    fn transaction_over(&self, py: Python<'_>) -> PyResult<()> {
+        guarded(py, "Lease.transaction_over", || {
+            self.lent.transaction_over();
+            Ok(())
+        })
+    }
 }
 
 impl Lent {
-    /// Whether `sql` may change the session, as `changes_session` says.
-    fn statement_begun(&self, sql: &Bound<'_, PyAny>, dialect: Dialect) -> bool {
+    /// Whether `sql` may change the session, as `changes_session` says, and whether it
+    /// opens a transaction (the first after a commit with autocommit off).
+    fn statement_begun(&self, sql: &Bound<'_, PyAny>, dialect: Dialect) -> (bool, bool) {
         let now = Instant::now();
-        let previous = {
+        let (previous, opens) = {
             let mut a = self.activity.lock();
             a.tracked = true;
             a.running_since = Some(now);
-            a.last_sql.replace(sql.clone().unbind())
+            let opens = std::mem::take(&mut a.next_statement_opens);
+            (a.last_sql.replace(sql.clone().unbind()), opens)
         };
         drop(previous); // outside the lock: freeing runs no code of ours under it
-        statement_text(sql).is_none_or(|text| lido_core::changes_session(text, dialect))
+        let changes =
+            statement_text(sql).is_none_or(|text| lido_core::changes_session(text, dialect));
+        (changes, opens)
+    }
+
+    /// See [`Lease::transaction_over`].
+    fn transaction_over(&self) {
+        let previous = {
+            let mut a = self.activity.lock();
+            a.tracked = true;
+            a.idle_reported = false;
+            a.idle_since = Some(Instant::now());
+            a.next_statement_opens = true;
+            a.transaction.take()
+        };
+        drop(previous);
     }
 
     /// Records the statement's time; into the pool's query statistics too.
@@ -164,6 +198,7 @@ impl Lent {
             a.tracked = true;
             a.idle_reported = false;
             a.idle_since = Some(now);
+            a.next_statement_opens = false;
             std::mem::replace(&mut a.transaction, opened.map(|s| (now, s)))
         };
         drop(previous);

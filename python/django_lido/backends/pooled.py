@@ -233,6 +233,21 @@ class PooledDatabaseMixin(FastConnectMixin):
         if lease is not None:
             lease.transaction(not autocommit)
 
+    def commit(self) -> None:
+        super().commit()
+        self._lido_transaction_over()
+
+    def rollback(self) -> None:
+        super().rollback()
+        self._lido_transaction_over()
+
+    def _lido_transaction_over(self) -> None:
+        # With autocommit off, the driver opens the next transaction with the next
+        # statement: the pool's transaction clock restarts there, not at this commit.
+        lease = self._lido_lease
+        if lease is not None and not self.autocommit:
+            lease.transaction_over()
+
     def make_cursor(self, cursor: Any) -> Any:
         # The statement hook (backends/statements.py): Django's cursor wrapper that also
         # shows each statement to ``statement_seen``.
