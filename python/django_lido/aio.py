@@ -48,6 +48,7 @@ from django_lido.pool import (
     _pool_options,
     _reporting,
     _takes_timeout,
+    maintenance_loop,
 )
 
 logger = logging.getLogger("django_lido.pool")
@@ -530,29 +531,18 @@ def _maintain_forever(
 ) -> None:
     """The maintenance thread of an AsyncPool: it waits on the engine as ``Pool``'s does,
     and runs each round as a coroutine on the pool's loop, where the driver calls are
-    awaited. It ends when the pool closes or its loop does, or quietly on the
-    ``PoolClosed`` that interpreter exit raises in threads inside a pool call."""
-    delay, pause = 0.0, False
-    try:
-        while m.wait(delay, pause):
-            work = rounds()
-            try:
-                fut = asyncio.run_coroutine_threadsafe(work, loop)
-            except RuntimeError:
-                work.close()
-                return  # the loop is closed
-            try:
-                result = _round_result(fut, loop)
-            except PoolClosed:
-                raise
-            except Exception:
-                logger.exception("pool %r: maintenance failed", name)
-                result = (1.0, True)
-            if result is None:
-                return
-            delay, pause = result
-    except PoolClosed:
-        return
+    awaited. It ends when the pool closes or its loop does."""
+
+    def one_round() -> tuple[float, bool] | None:
+        work = rounds()
+        try:
+            fut = asyncio.run_coroutine_threadsafe(work, loop)
+        except RuntimeError:
+            work.close()
+            return None  # the loop is closed
+        return _round_result(fut, loop)
+
+    maintenance_loop(m, one_round, name)
 
 
 def _round_result(

@@ -27,14 +27,22 @@ _names = iter(range(1, 1 << 62))
 
 
 def _maintain_forever(m: Maintainer, name: str) -> None:
-    """The maintenance thread: sleeps on the engine until work is due, then does it. It
-    ends when the pool closes, or quietly on the ``PoolClosed`` that interpreter exit
-    raises in threads inside a pool call."""
+    """The maintenance thread: sleeps on the engine until work is due, then does it."""
+    maintenance_loop(m, m.run, name)
+
+
+def maintenance_loop(
+    m: Maintainer, one_round: Callable[[], tuple[float, bool] | None], name: str
+) -> None:
+    """Waits on the engine until maintenance is due, then runs ``one_round``, which returns
+    (seconds until the next, opens failed) or None once the pool (or its loop) is closed.
+    Ends then, or quietly on the ``PoolClosed`` that interpreter exit raises in threads
+    inside a pool call."""
     delay, pause = 0.0, False
     try:
         while m.wait(delay, pause):
             try:
-                result = m.run()
+                result = one_round()
             except PoolClosed:
                 raise
             except Exception:

@@ -11,7 +11,7 @@
 use crate::aio_checkout::AsyncCheckout;
 use crate::aio_handles::{AsyncClose, AsyncReturn};
 use crate::errors::guarded;
-use crate::exit::Active;
+use crate::exit::{unraisable, Active};
 use crate::permit::Leftovers;
 use crate::pool::PoolCore;
 use lido_core::Wake;
@@ -65,7 +65,7 @@ impl Wake for AsyncWake {
             };
             let resolve = match wake_helper(py) {
                 Ok(f) => f,
-                Err(e) => return e.write_unraisable(py, None),
+                Err(e) => return unraisable(py, e),
             };
             // SAFETY: as in `Slot::arm`.
             let here = unsafe { libc::pthread_equal(libc::pthread_self(), armed.thread) } != 0;
@@ -77,7 +77,7 @@ impl Wake for AsyncWake {
             };
             // A loop closed meanwhile has nobody left waiting on it.
             if let Err(e) = done {
-                e.write_unraisable(py, None);
+                unraisable(py, e);
             }
         });
     }

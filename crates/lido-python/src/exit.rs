@@ -198,6 +198,20 @@ pub(crate) fn check_not_exiting(name: &str) -> PyResult<()> {
     Ok(())
 }
 
+/// Writes an error that has no caller to raise to as unraisable, unless it is the
+/// `PoolClosed` that exit raised in this thread inside a section: caught by a callback
+/// (a wake, a report), it has done its work, and is no error.
+pub(crate) fn unraisable(py: Python<'_>, e: PyErr) {
+    if !is_exit_interrupt(py, &e) {
+        e.write_unraisable(py, None);
+    }
+}
+
+/// Whether `e` is the `PoolClosed` that exit raises in threads inside a section.
+pub(crate) fn is_exit_interrupt(py: Python<'_>, e: &PyErr) -> bool {
+    EXITING.load(Relaxed) && e.is_instance_of::<PoolClosed>(py)
+}
+
 /// Parks this thread for good. Its sections, nested ones included, will never end: they no
 /// longer count.
 fn park_forever() -> ! {

@@ -5,7 +5,7 @@
 //! `django_lido._green.mode()` once, at its first checkout (one atomic load afterwards);
 //! under gevent, checkouts wait with [`GreenletWait`] and turns are kept per greenlet.
 
-use crate::exit::outside_section;
+use crate::exit::{outside_section, unraisable};
 use crate::leases::PyConn;
 use crate::wait::WaitStrategy;
 use lido_core::{Grant, Waiter, Wake};
@@ -100,7 +100,7 @@ impl Wake for GreenWake {
             let wake = self.0 .0.lock().as_ref().map(|w| w.clone_ref(py));
             if let Some(w) = wake {
                 if let Err(e) = w.call_method0(py, "send") {
-                    e.write_unraisable(py, None);
+                    unraisable(py, e);
                 }
             }
         });

@@ -4,6 +4,7 @@
 use crate::deadline;
 use crate::driver::{Driver, Hooks};
 use crate::errors::config_error;
+use crate::exit::{is_exit_interrupt, unraisable};
 use crate::green::Mode;
 use crate::holders::Lent;
 use crate::leases::{ByAddress, Held, PyConn};
@@ -135,13 +136,16 @@ impl Inner {
 
     /// Reports an error that has no caller to raise to: to `on_error`, else as unraisable.
     pub(crate) fn report(&self, py: Python<'_>, what: &str, e: PyErr) {
+        if is_exit_interrupt(py, &e) {
+            return;
+        }
         match &self.hooks.on_error {
             Some(hook) => {
                 if let Err(e2) = hook.call1(py, (what, e.into_value(py))) {
-                    e2.write_unraisable(py, None);
+                    unraisable(py, e2);
                 }
             }
-            None => e.write_unraisable(py, None),
+            None => unraisable(py, e),
         }
     }
 

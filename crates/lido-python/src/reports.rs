@@ -1,6 +1,7 @@
 //! Reports of long holds, leaks and idle transactions: one dict each, given to the pool's
 //! `on_report` hook (the Python `Pool` logs it and keeps the last ones for `reports()`).
 
+use crate::exit::unraisable;
 use crate::holders::{epoch_of, stack_item, Lent};
 use crate::inner::Inner;
 use pyo3::prelude::*;
@@ -43,7 +44,7 @@ impl Inner {
         };
         let call = report_dict(py, what, lent, seconds).and_then(|d| hook.call1(py, (d,)));
         if let Err(e) = call {
-            e.write_unraisable(py, None);
+            unraisable(py, e);
         }
     }
 }
