@@ -573,3 +573,32 @@ def test_a_dropped_connection_frees_its_slot_for_a_waiter(pg, caplog):
 
     run(body)
     assert "dropped by its holder" in caplog.text
+
+
+def test_the_holder_is_the_task_that_took_the_connection(pg: Any) -> None:
+    """``connections()`` and reports name the asyncio task holding a connection, since
+    every task of the loop shares one thread."""
+
+    async def take(pool: AsyncPool, taken: asyncio.Event, done: asyncio.Event) -> None:
+        async with pool.connection():
+            taken.set()
+            await done.wait()
+
+    async def body() -> None:
+        pool = make(pg, max_size=2, leak_threshold=0.2)
+        taken, done = asyncio.Event(), asyncio.Event()
+        holder = asyncio.create_task(take(pool, taken, done), name="report-builder")
+        await taken.wait()
+        (row,) = pool.connections()
+        assert row["holder"]["task"] == "report-builder"
+        assert row["holder"]["thread"] == threading.current_thread().name
+        assert row["holder"]["greenlet"] is None
+        assert row["stack"][-1].endswith(".<locals>.take")
+        await eventually(lambda: bool(pool.reports()), "a long-hold report")
+        assert pool.reports()[0]["holder"]["task"] == "report-builder"
+        done.set()
+        await holder
+        assert pool.connections() == []
+        await pool.close()
+
+    run(body)

@@ -18,7 +18,7 @@ from django_lido.labels import clear_label, set_label
 from helpers import app_name, connector, eventually
 
 LOGGER = "django_lido.pool"
-HOLDER_KEYS = {"thread", "thread_id", "greenlet", "label"}
+HOLDER_KEYS = {"thread", "thread_id", "greenlet", "task", "label"}
 CONNECTION_KEYS = {
     "id", "held_for", "taken_at", "holder", "in_transaction", "transaction_for",
     "last_statement", "last_statement_seconds", "statement_running", "stack",

@@ -4,7 +4,7 @@ and kept, the last ``KEPT`` of them, for ``Pool.reports()``.
 
 The engine makes each report as a dict (crates/lido-python/src/reports.rs) with the keys
 ``kind``, ``at`` (``time.time()``), ``connection_id``, ``seconds``, ``holder`` (``thread``,
-``thread_id``, ``greenlet``, ``label``), ``stack`` and ``transaction_stack`` (lists of
+``thread_id``, ``greenlet``, ``task``, ``label``), ``stack`` and ``transaction_stack`` (lists of
 "file:line in function", innermost last, or None with ``stack_depth=0``) and
 ``last_statement`` (its shape: never a parameter value).
 """
@@ -31,6 +31,8 @@ def _who(holder: dict[str, Any]) -> str:
     )
     if greenlet is not None:
         who = f"greenlet {greenlet!r} in {who}"
+    if holder.get("task") is not None:
+        who = f"task {holder['task']!r} in {who}"
     if label is not None:
         who += f", now in {label}"
     return who

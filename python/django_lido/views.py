@@ -29,7 +29,7 @@ View = Callable[..., HttpResponse]
 
 # What the page may see of each kind of row. Statements appear only as shapes (Seam A:
 # literals and parameter values replaced), and only under these keys.
-HOLDER_KEYS = ("thread", "thread_id", "greenlet", "label")
+HOLDER_KEYS = ("thread", "thread_id", "greenlet", "task", "label")
 CONNECTION_KEYS = (
     "pid", "pool", "id", "held_for", "taken_at", "in_transaction", "transaction_for",
     "last_statement", "last_statement_seconds", "statement_running", "stack",

@@ -12,7 +12,7 @@ use crate::aio_handles::{AsyncClose, AsyncPermit};
 use crate::errors::{acquire_error, PoolClosed};
 use crate::exit::{check_not_exiting, Active};
 use crate::inner::Inner;
-use crate::leases::{attach_leak_watch, PyConn};
+use crate::leases::{attach_leak_watch, PyConn, Within};
 use crate::options::timeout_arg;
 use crate::permit::PermitGuard;
 use lido_core::{probe_socket, Checkout, CloseReason, OpenPermit, Pooled, Retired, Waiter, Wake};
@@ -236,7 +236,8 @@ impl AsyncCheckout {
     }
 
     fn lend(&mut self, py: Python<'_>, conn: Pooled<PyConn>) -> Py<PyAny> {
-        self.inner.lend(py, conn, self.queued.then_some(self.start))
+        let queued_at = self.queued.then_some(self.start);
+        self.inner.lend(py, conn, queued_at, Within::Task)
     }
 
     fn timed_out(&self, py: Python<'_>) -> PyErr {

@@ -129,7 +129,12 @@ impl Inner {
         }
         if self.verify(py, conn.get(), check, req.deadline) {
             req.served();
-            return Ok(Step::Break(self.lend(py, conn.take(), req.queued_at)));
+            return Ok(Step::Break(self.lend(
+                py,
+                conn.take(),
+                req.queued_at,
+                self.mode.within(),
+            )));
         }
         let (retired, next) = self.engine.replace(
             conn.take(),
@@ -169,7 +174,12 @@ impl Inner {
         };
         let conn = attach_leak_watch(self, py, conn)?;
         match self.engine.opened(slot.spend(), conn, Instant::now(), took) {
-            Ok(pooled) => Ok(Step::Break(self.lend(py, pooled, req.queued_at))),
+            Ok(pooled) => Ok(Step::Break(self.lend(
+                py,
+                pooled,
+                req.queued_at,
+                self.mode.within(),
+            ))),
             Err(retired) => {
                 self.retire(py, retired);
                 Err(PoolClosed::new_err(format!(

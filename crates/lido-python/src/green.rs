@@ -7,6 +7,7 @@
 
 use crate::exit::{outside_section, unraisable};
 use crate::leases::PyConn;
+use crate::leases::Within;
 use crate::wait::WaitStrategy;
 use lido_core::{Grant, Waiter, Wake};
 use parking_lot::Mutex;
@@ -52,6 +53,15 @@ impl Mode {
     #[inline]
     pub(crate) fn known_green(&self) -> bool {
         self.0.load(Relaxed) == GEVENT
+    }
+
+    /// What a thread's checkout runs within: a greenlet under gevent.
+    pub(crate) fn within(&self) -> Within {
+        if self.known_green() {
+            Within::Greenlet
+        } else {
+            Within::Thread
+        }
     }
 
     /// After a fork the child asks again.

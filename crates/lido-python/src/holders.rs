@@ -5,7 +5,7 @@ use crate::driver::{TX_ACTIVE, TX_INERROR, TX_INTRANS};
 use crate::errors::guarded;
 use crate::exit::Active;
 use crate::inner::Inner;
-use crate::leases::Taker;
+use crate::leases::{Taker, Within};
 use crate::queries::shape_of;
 use crate::stack::Stack;
 use crate::statement::{dialect_of, statement_text};
@@ -54,11 +54,11 @@ pub(crate) struct Activity {
 }
 
 impl Lent {
-    pub(crate) fn new(py: Python<'_>, id: u64, depth: usize, greenlet: bool) -> Lent {
+    pub(crate) fn new(py: Python<'_>, id: u64, depth: usize, within: Within) -> Lent {
         Lent {
             id,
             taken: Instant::now(),
-            taker: Taker::current(py, depth, greenlet),
+            taker: Taker::current(py, depth, within),
             activity: Mutex::new(Activity::default()),
             ended: AtomicBool::new(false),
         }

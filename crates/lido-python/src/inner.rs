@@ -7,7 +7,7 @@ use crate::errors::config_error;
 use crate::exit::{is_exit_interrupt, unraisable};
 use crate::green::Mode;
 use crate::holders::Lent;
-use crate::leases::{ByAddress, Held, PyConn};
+use crate::leases::{ByAddress, Held, PyConn, Within};
 use crate::permit::{Closing, Leftovers, PermitGuard};
 use lido_core::{probe_socket, Check, Engine, Pooled, QueryStats, Retired, Validated};
 use parking_lot::Mutex;
@@ -181,17 +181,18 @@ impl Inner {
         true
     }
 
-    /// Gives a connection to the caller, keeping only a weak record of it.
-    /// `queued_at` is when the request started, if it had to queue.
+    /// Gives a connection to the caller (a thread, or what runs `within` it), keeping only
+    /// a weak record of it. `queued_at` is when the request started, if it had to queue.
     pub(crate) fn lend(
         &self,
         py: Python<'_>,
         conn: Pooled<PyConn>,
         queued_at: Option<Instant>,
+        within: Within,
     ) -> Py<PyAny> {
         let Pooled { payload, meta } = conn;
         let key = payload.obj.as_ptr() as usize;
-        let lent = Lent::new(py, meta.id, self.stack_depth, self.mode.known_green());
+        let lent = Lent::new(py, meta.id, self.stack_depth, within);
         let held = Pooled {
             payload: Held {
                 status_source: payload.status_source,

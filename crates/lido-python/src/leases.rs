@@ -10,6 +10,7 @@ use crate::stack::Stack;
 use lido_core::Pooled;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -68,31 +69,47 @@ extern "C" {
 }
 
 /// What took a connection in use, recorded at checkout: the thread, by its
-/// `threading.get_ident()`, under gevent the greenlet, and the stack (stack.rs); named and
-/// formatted only when shown.
+/// `threading.get_ident()`, the greenlet (gevent) or asyncio task running in it, and the
+/// stack (stack.rs); named and formatted only when shown.
 pub(crate) struct Taker {
     thread: c_ulong,
-    greenlet: Option<Py<PyAny>>,
+    within: Option<(Within, Py<PyAny>)>,
     pub(crate) stack: Option<Stack>,
 }
 
+/// What runs in the taking thread besides the thread itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Within {
+    Thread,
+    /// A greenlet (`Pool` under gevent).
+    Greenlet,
+    /// An asyncio task (`AsyncPool`).
+    Task,
+}
+
 impl Taker {
-    /// The calling thread, which holds the GIL; `greenlet` under gevent. Without a stack,
-    /// a few nanoseconds: no Python call.
-    pub(crate) fn current(py: Python<'_>, depth: usize, greenlet: bool) -> Taker {
+    /// The calling thread, which holds the GIL, and what runs in it. Without a stack, for
+    /// a plain thread, a few nanoseconds: no Python call.
+    pub(crate) fn current(py: Python<'_>, depth: usize, within: Within) -> Taker {
         // SAFETY: no arguments, no preconditions; callable with or without the GIL.
         let thread = unsafe { PyThread_get_thread_ident() };
+        let running = match within {
+            Within::Thread => None,
+            Within::Greenlet => call_cached(py, &GETCURRENT, "greenlet", "getcurrent"),
+            Within::Task => call_cached(py, &CURRENT_TASK, "asyncio", "current_task"),
+        };
         Taker {
             thread,
-            greenlet: greenlet.then(|| current_greenlet_object(py)).flatten(),
+            within: running.map(|r| (within, r)),
             stack: Stack::capture(py, depth),
         }
     }
 
     /// `holder` of `connections()` and reports: `thread_id`; `thread`, the thread's name,
     /// or None once the thread has ended (or was not started by `threading`); `greenlet`,
-    /// the greenlet's name under gevent; `label`, what the thread (or greenlet) is doing
-    /// now where known: a request ("GET /path") or a Celery task (`django_lido.labels`).
+    /// the greenlet's name under gevent; `task`, the asyncio task's name (`AsyncPool`);
+    /// `label`, what the thread (or greenlet) is doing now where known: a request
+    /// ("GET /path") or a Celery task (`django_lido.labels`).
     pub(crate) fn describe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         d.set_item("thread_id", self.thread)?;
@@ -102,17 +119,17 @@ impl Taker {
             t => Some(t.getattr("name")?),
         };
         d.set_item("thread", name)?;
-        let greenlet = self.greenlet.as_ref().map(|g| {
-            g.bind(py).getattr("name").map_or_else(
-                |_| format!("greenlet-{:x}", g.as_ptr() as usize),
-                |n| n.to_string(),
-            )
-        });
+        let (greenlet, task) = match &self.within {
+            Some((Within::Greenlet, g)) => (Some(name_of(g.bind(py), "greenlet")), None),
+            Some((_, t)) => (None, Some(name_of(t.bind(py), "task"))),
+            None => (None, None),
+        };
         d.set_item("greenlet", greenlet)?;
+        d.set_item("task", task)?;
         // Keyed by `threading.get_ident()`: the greenlet's id when gevent patched threading.
         let labels = py.import("django_lido.labels")?.getattr("labels")?;
         let mut label = py.None().into_bound(py);
-        if let Some(g) = &self.greenlet {
+        if let Some((Within::Greenlet, g)) = &self.within {
             label = labels.call_method1("get", (g.as_ptr() as usize,))?;
         }
         if label.is_none() {
@@ -123,13 +140,34 @@ impl Taker {
     }
 }
 
-/// The running greenlet (gevent), if greenlet can tell.
-fn current_greenlet_object(py: Python<'_>) -> Option<Py<PyAny>> {
-    py.import("greenlet")
-        .and_then(|m| m.getattr("getcurrent"))
-        .and_then(|f| f.call0())
-        .map(Bound::unbind)
-        .ok()
+/// A greenlet's or task's name, else its kind and address.
+fn name_of(running: &Bound<'_, PyAny>, kind: &str) -> String {
+    let name = match kind {
+        "task" => running.call_method0("get_name"),
+        _ => running.getattr("name"),
+    };
+    name.map_or_else(
+        |_| format!("{kind}-{:x}", running.as_ptr() as usize),
+        |n| n.to_string(),
+    )
+}
+
+static GETCURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static CURRENT_TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `module.function()`, the function looked up once; None if it fails or answers None.
+fn call_cached(
+    py: Python<'_>,
+    cell: &PyOnceLock<Py<PyAny>>,
+    module: &str,
+    function: &str,
+) -> Option<Py<PyAny>> {
+    let f = cell
+        .get_or_try_init(py, || {
+            PyResult::Ok(py.import(module)?.getattr(function)?.unbind())
+        })
+        .ok()?;
+    f.call0(py).ok().filter(|r| !r.is_none(py))
 }
 
 impl Held {

@@ -69,7 +69,12 @@ def _process(title: str | None) -> str:
 def _who(holder: dict[str, Any] | None) -> str:
     if not holder:
         return "?"
-    name = holder.get("greenlet") or holder.get("thread") or f"thread {holder.get('thread_id')}"
+    name = (
+        holder.get("greenlet")
+        or holder.get("task")
+        or holder.get("thread")
+        or f"thread {holder.get('thread_id')}"
+    )
     label = holder.get("label")
     return f"{name} ({label})" if label else str(name)
 

@@ -83,7 +83,7 @@
 
   function holderText(h) {
     if (!h) return "–";
-    var who = h.greenlet || h.thread || (h.thread_id ? "thread " + h.thread_id : "?");
+    var who = h.greenlet || h.task || h.thread || (h.thread_id ? "thread " + h.thread_id : "?");
     return h.label ? h.label + " (" + who + ")" : who;
   }
 
