@@ -16,15 +16,18 @@ import pytest
 
 pytest.importorskip("prometheus_client")
 
+import itertools
+
 from django_helpers import configure, database, unique
 from django_lido import Pool, PoolTimeout
 from django_lido.observe import metrics, publish
 from observe_helpers import PoolChild
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 LABEL = "db_client_connection_pool_name"
 # Every metric's family name as prometheus_client parses it back (a counter's family has
-# no _total; the summaries keep their unit).
+# no _total; the histograms keep their unit).
 FAMILIES = {
     "db_client_connection_count",
     "db_client_connection_idle_max",
@@ -107,7 +110,16 @@ def test_the_view_parses_and_matches_stats(pg: Any, rundir: Path) -> None:
         family = f"db_client_connection_{prefix}_time_seconds"
         expect[(f"{family}_count", ())] = stats[key]["count"]
         expect[(f"{family}_sum", ())] = pytest.approx(stats[key]["sum_ms"] / 1000)  # type: ignore[assignment]
+        for bound, n in stats[key]["buckets"]:
+            expect[(f"{family}_bucket", (("le", floatToGoString(bound)),))] = n
+        expect[(f"{family}_bucket", (("le", "+Inf"),))] = stats[key]["count"]
     assert {k: got.get(k) for k in expect} == expect
+    # Histograms: 23 bounds from 2^14 ns to 2^36 ns, each count below the next.
+    wait_buckets = stats["acquire_wait"]["buckets"]
+    assert [b for b, _ in wait_buckets] == [2**k / 1e9 for k in range(14, 37)]
+    assert all(x[1] <= y[1] for x, y in itertools.pairwise(wait_buckets))
+    # The two checkouts that found a connection at once waited less than 16 µs.
+    assert wait_buckets[0][1] >= 2
     # The values say what was done to the pool, not just what stats() says.
     assert (stats["idle"], stats["in_use"], stats["requests_timeouts"]) == (1, 1, 1)
     assert stats["usage"]["count"] == 1 and stats["connection_open"]["count"] == 2
@@ -128,6 +140,10 @@ def test_the_view_sums_the_processes_of_the_host(pg: Any, rundir: Path) -> None:
     assert got[("db_client_connection_count", state)] == 3
     assert got[("db_client_connection_max", ())] == 7
     assert got[("db_client_connection_wait_time_seconds_count", ())] == 3
+    # Buckets add up across the processes too: none of the three checkouts waited.
+    lowest = (("le", floatToGoString(2**14 / 1e9)),)
+    assert got[("db_client_connection_wait_time_seconds_bucket", lowest)] == 3
+    assert got[("db_client_connection_wait_time_seconds_bucket", (("le", "+Inf"),))] == 3
 
 
 def test_openmetrics_when_the_scraper_asks(pg: Any, rundir: Path) -> None:

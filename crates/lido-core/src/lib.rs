@@ -48,5 +48,5 @@ pub use liveness::{probe_socket, Liveness};
 pub use queries::{QueryOrder, QueryRow, QueryStats, OTHER_STATEMENTS};
 pub use shape::shape;
 pub use statement::{changes_session, Dialect};
-pub use stats::{Histogram, HistogramSummary, Stats};
+pub use stats::{Histogram, HistogramSummary, Stats, BOUNDS_LOG2_NS};
 pub use wait::{Grant, ThreadWake, Waiter, Wake};

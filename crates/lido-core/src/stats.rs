@@ -45,6 +45,11 @@ fn bucket_upper(i: usize) -> u64 {
     u64::try_from(upper).unwrap_or(u64::MAX)
 }
 
+/// The bounds of [`HistogramSummary::below`]: 2^14 ns (16.4 µs) to 2^36 ns (68.7 s), one
+/// per power of two. Each is a bucket boundary, so the counts below them are exact, and
+/// they add up across processes (unlike quantiles), for Prometheus histograms.
+pub const BOUNDS_LOG2_NS: std::ops::RangeInclusive<u32> = 14..=36;
+
 /// A point-in-time summary of a [`Histogram`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HistogramSummary {
@@ -54,6 +59,15 @@ pub struct HistogramSummary {
     pub p50: Duration,
     pub p90: Duration,
     pub p99: Duration,
+    /// For each bound of [`BOUNDS_LOG2_NS`], in order, how many durations were below it.
+    pub below: Vec<(Duration, u64)>,
+}
+
+/// The last bucket wholly below 2^`log2` ns (`log2` >= 3): bucket `(log - 1) * SUB + sub`
+/// ends at `(SUB + sub + 1) << (log - 2)`, which is 2^`log2` for `log = log2 - 1` and the
+/// last `sub`.
+fn last_bucket_below(log2: u32) -> usize {
+    (log2 as usize - 2) * SUB + SUB - 1
 }
 
 impl Histogram {
@@ -94,7 +108,16 @@ impl Histogram {
             Duration::ZERO
         };
         let max = Duration::from_nanos(self.max_ns.load(Relaxed));
+        let mut below = Vec::with_capacity(BOUNDS_LOG2_NS.clone().count());
+        let (mut seen, mut next) = (0, 0);
+        for log2 in BOUNDS_LOG2_NS {
+            let last = last_bucket_below(log2);
+            seen += counts[next..=last].iter().sum::<u64>();
+            next = last + 1;
+            below.push((Duration::from_nanos(1 << log2), seen));
+        }
         HistogramSummary {
+            below,
             count: total,
             sum: Duration::from_nanos(self.sum_ns.load(Relaxed)),
             max,
@@ -161,6 +184,46 @@ mod tests {
             assert_eq!(bucket_of(up), i, "upper bound of bucket {i} lands in it");
             last = up;
         }
+    }
+
+    #[test]
+    fn the_bounds_are_bucket_boundaries() {
+        for log2 in BOUNDS_LOG2_NS {
+            let last = last_bucket_below(log2);
+            assert_eq!(bucket_upper(last), (1u64 << log2) - 1, "2^{log2}");
+            assert_eq!(bucket_of(1 << log2), last + 1, "2^{log2}");
+        }
+    }
+
+    #[test]
+    fn counts_below_each_bound_are_exact() {
+        let h = Histogram::default();
+        h.record_zero();
+        for ns in [
+            (1 << 14) - 1,
+            1 << 14,
+            1 << 20,
+            (1 << 36) - 1,
+            1 << 36,
+            u64::MAX,
+        ] {
+            h.record(Duration::from_nanos(ns));
+        }
+        let s = h.summary();
+        let below = |log2: u32| {
+            s.below
+                .iter()
+                .find(|(d, _)| *d == Duration::from_nanos(1 << log2))
+                .map(|(_, n)| *n)
+        };
+        assert_eq!(s.below.len(), 23);
+        assert_eq!(below(14), Some(2)); // 0 and 2^14 - 1
+        assert_eq!(below(15), Some(3));
+        assert_eq!(below(20), Some(3));
+        assert_eq!(below(21), Some(4));
+        assert_eq!(below(36), Some(5));
+        assert_eq!(s.count, 7);
+        assert!(s.below.windows(2).all(|w| w[0].1 <= w[1].1));
     }
 
     #[test]

@@ -47,6 +47,9 @@ mod summary_key {
     pub const P90_MS: &str = "p90_ms";
     pub const P99_MS: &str = "p99_ms";
     pub const MAX_MS: &str = "max_ms";
+    /// Cumulative: (bound in seconds, how many were below it), bounds from 16 µs to 69 s
+    /// in powers of two (`lido_core::BOUNDS_LOG2_NS`).
+    pub const BUCKETS: &str = "buckets";
 }
 
 fn ms(d: Duration) -> f64 {
@@ -106,5 +109,7 @@ fn summary_dict<'py>(py: Python<'py>, h: &HistogramSummary) -> PyResult<Bound<'p
     d.set_item(summary_key::P90_MS, ms(h.p90))?;
     d.set_item(summary_key::P99_MS, ms(h.p99))?;
     d.set_item(summary_key::MAX_MS, ms(h.max))?;
+    let buckets: Vec<(f64, u64)> = h.below.iter().map(|(b, n)| (b.as_secs_f64(), *n)).collect();
+    d.set_item(summary_key::BUCKETS, buckets)?;
     Ok(d)
 }

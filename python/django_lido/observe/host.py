@@ -114,6 +114,7 @@ def _pool_totals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     **dict.fromkeys(_SUMMED, 0),
                     **{f"{p}_{k}": 0 for p in HISTOGRAMS for k in ("count", "sum_ms")},
                     **{f"{p}_p99_ms_max": 0.0 for p in HISTOGRAMS},
+                    **{f"{p}_buckets": [] for p in HISTOGRAMS},
                 }
             t["processes"] += 1
             for key, stat in _SUMMED.items():
@@ -122,9 +123,22 @@ def _pool_totals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 h = s.get(hist) or {}
                 t[f"{prefix}_count"] += h.get("count", 0)
                 t[f"{prefix}_sum_ms"] += h.get("sum_ms", 0.0)
+                t[f"{prefix}_buckets"] = _add_buckets(t[f"{prefix}_buckets"], h.get("buckets"))
                 # Quantiles do not add up across processes: the highest one is shown.
                 t[f"{prefix}_p99_ms_max"] = max(t[f"{prefix}_p99_ms_max"], h.get("p99_ms", 0.0))
     return list(totals.values())
+
+
+def _add_buckets(
+    total: list[list[float]], more: list[list[float]] | None
+) -> list[list[float]]:
+    """Cumulative counts below each bound, summed: every version of the engine has the same
+    bounds, so a process's list either matches the total's or starts it."""
+    if not more:
+        return total
+    if not total:
+        return [[bound, n] for bound, n in more]
+    return [[bound, n + m] for (bound, n), (_, m) in zip(total, more, strict=True)]
 
 
 def _merged_queries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -11,11 +11,11 @@ OpenTelemetry.
   first pool when ``opentelemetry-api`` is installed, with the global meter provider, unless
   the ``LIDO_OTEL`` setting or environment variable is false.
 
-The three durations are histograms in the conventions. ``stats()`` keeps a count, a sum and
-quantiles per pool (not its buckets), so Prometheus gets them as summaries with ``_count``
-and ``_sum`` (these add up across processes; quantiles would not), and OpenTelemetry, whose
-API has no asynchronous histogram, gets gauges with a ``quantile`` attribute
-(``0.5``, ``0.9``, ``0.99``, ``1`` for the maximum).
+The three durations are histograms in the conventions. Prometheus gets them as histograms,
+summed over the processes: ``stats()`` gives the count below each power of two from 16 µs
+to 69 s (exact: they are the engine's bucket boundaries), so ``histogram_quantile()`` works
+across workers. OpenTelemetry, whose API has no asynchronous histogram, gets gauges with a
+``quantile`` attribute (``0.5``, ``0.9``, ``0.99``, ``1`` for the maximum) per process.
 """
 
 from __future__ import annotations
@@ -147,20 +147,21 @@ class LidoCollector:
         from prometheus_client.core import (
             CounterMetricFamily,
             GaugeMetricFamily,
-            SummaryMetricFamily,
+            HistogramMetricFamily,
         )
+        from prometheus_client.utils import floatToGoString
 
         pools = self._snapshot()["pools"]
         pool_label = prometheus_name(POOL_NAME)
         for m in METRICS:
             name = prometheus_name(m.name)
             if m.kind == "time":
-                summary = SummaryMetricFamily(name, m.doc, labels=[pool_label], unit="seconds")
+                hist = HistogramMetricFamily(name, m.doc, labels=[pool_label], unit="seconds")
                 for t in pools:
-                    summary.add_metric(
-                        [t["name"]], t[f"{m.hist}_count"], t[f"{m.hist}_sum_ms"] / 1000.0
-                    )
-                yield summary
+                    buckets = [(floatToGoString(b), n) for b, n in t[f"{m.hist}_buckets"]]
+                    buckets.append(("+Inf", t[f"{m.hist}_count"]))
+                    hist.add_metric([t["name"]], buckets, t[f"{m.hist}_sum_ms"] / 1000.0)
+                yield hist
                 continue
             assert m.values is not None
             family: Any = None
