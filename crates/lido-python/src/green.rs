@@ -81,6 +81,11 @@ fn helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
 /// The running greenlet's key for its turns (0 if it cannot be told): its address, which
 /// stays its own while it runs.
 pub(crate) fn current_greenlet(py: Python<'_>) -> usize {
+    running_greenlet(py).map_or(0, |g| g.as_ptr() as usize)
+}
+
+/// The running greenlet, if greenlet can tell.
+pub(crate) fn running_greenlet(py: Python<'_>) -> Option<Bound<'_, PyAny>> {
     static GETCURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     GETCURRENT
         .get_or_try_init(py, || {
@@ -88,9 +93,8 @@ pub(crate) fn current_greenlet(py: Python<'_>) -> usize {
                 .getattr("getcurrent")
                 .map(Bound::unbind)
         })
-        .and_then(|f| f.call0(py))
-        .map(|g| g.as_ptr() as usize)
-        .unwrap_or(0)
+        .and_then(|f| f.bind(py).call0())
+        .ok()
 }
 
 /// Where a queued greenlet's `_green.GreenWake` goes once its wait has made it. The engine

@@ -3,6 +3,7 @@
 
 use crate::errors::guarded;
 use crate::exit::Active;
+use crate::green::running_greenlet;
 use crate::holders::Lent;
 use crate::inner::Inner;
 use crate::reports::Report;
@@ -95,8 +96,8 @@ impl Taker {
         let thread = unsafe { PyThread_get_thread_ident() };
         let running = match within {
             Within::Thread => None,
-            Within::Greenlet => call_cached(py, &GETCURRENT, "greenlet", "getcurrent"),
-            Within::Task => call_cached(py, &CURRENT_TASK, "asyncio", "current_task"),
+            Within::Greenlet => running_greenlet(py).map(Bound::unbind),
+            Within::Task => current_task(py),
         };
         Taker {
             thread,
@@ -152,22 +153,15 @@ fn name_of(running: &Bound<'_, PyAny>, kind: &str) -> String {
     )
 }
 
-static GETCURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static CURRENT_TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// `module.function()`, the function looked up once; None if it fails or answers None.
-fn call_cached(
-    py: Python<'_>,
-    cell: &PyOnceLock<Py<PyAny>>,
-    module: &str,
-    function: &str,
-) -> Option<Py<PyAny>> {
-    let f = cell
+/// The running asyncio task (`AsyncPool`), if asyncio can tell.
+fn current_task(py: Python<'_>) -> Option<Py<PyAny>> {
+    static CURRENT_TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let f = CURRENT_TASK
         .get_or_try_init(py, || {
-            PyResult::Ok(py.import(module)?.getattr(function)?.unbind())
+            PyResult::Ok(py.import("asyncio")?.getattr("current_task")?.unbind())
         })
         .ok()?;
-    f.call0(py).ok().filter(|r| !r.is_none(py))
+    f.call0(py).ok().filter(|t| !t.is_none(py))
 }
 
 impl Held {
