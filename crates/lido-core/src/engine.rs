@@ -151,6 +151,14 @@ impl<C> State<C> {
         }
     }
 
+    /// Hands every idle connection to the caller to close, each counted under `reason`.
+    fn retire_idle(&mut self, reason: CloseReason, stats: &Stats) -> Vec<Retired<C>> {
+        let idle = std::mem::take(&mut self.idle);
+        idle.into_iter()
+            .map(|conn| self.retire(conn, reason, stats))
+            .collect()
+    }
+
     fn wake_maintainer(&mut self) {
         self.maintenance_due = true;
         if let Some(t) = &self.maintainer {
@@ -886,11 +894,7 @@ impl<C> Engine<C> {
             return Vec::new();
         }
         st.closed = true;
-        let idle = std::mem::take(&mut st.idle);
-        let retired: Vec<Retired<C>> = idle
-            .into_iter()
-            .map(|conn| st.retire(conn, CloseReason::PoolClosed, &self.stats))
-            .collect();
+        let retired = st.retire_idle(CloseReason::PoolClosed, &self.stats);
         let waiters: Vec<_> = st.waiters.drain(..).collect();
         st.retries_sent = 0;
         for w in &waiters {
@@ -1092,11 +1096,7 @@ impl<C> Engine<C> {
         }
         st.cfg.min_size = 0;
         st.forks += 1;
-        let idle = std::mem::take(&mut st.idle);
-        let retired = idle
-            .into_iter()
-            .map(|conn| st.retire(conn, CloseReason::AfterFork, &self.stats))
-            .collect();
+        let retired = st.retire_idle(CloseReason::AfterFork, &self.stats);
         st.debug_check_retries();
         retired
     }
