@@ -2,32 +2,16 @@
 
 mod common;
 
-use common::{get, wake};
+use common::{get, sized as engine, wake};
 use lido_core::*;
 use std::time::{Duration, Instant};
-
-fn engine(min_size: usize, max_size: usize) -> Engine<u32> {
-    common::engine(Config {
-        min_size,
-        max_size,
-        ..Config::default()
-    })
-}
 
 fn after_fork(e: &Engine<u32>) -> u64 {
     e.stats().closes_for(CloseReason::AfterFork)
 }
 
-/// Closes what the engine hands back, as the binding does.
 fn close_all(e: &Engine<u32>, retired: Vec<Retired<u32>>) -> Vec<u32> {
-    retired
-        .into_iter()
-        .map(|r| {
-            assert_eq!(r.reason, CloseReason::AfterFork);
-            assert!(!r.foreign);
-            e.retire_done(r)
-        })
-        .collect()
+    common::close_all(e, CloseReason::AfterFork, retired)
 }
 
 #[test]
@@ -39,9 +23,7 @@ fn idle_connections_are_handed_back_and_min_size_becomes_zero() {
     e.release(b, true, t);
     e.before_fork();
     e.after_fork_in_parent();
-    let mut closed = close_all(&e, e.keep_no_idle());
-    closed.sort();
-    assert_eq!(closed, [1, 2]);
+    assert_eq!(close_all(&e, e.keep_no_idle()), [1, 2]);
     let s = e.status();
     assert_eq!((s.min_size, s.max_size), (0, 4), "max_size is not touched");
     assert_eq!((s.size, s.idle, s.in_use), (1, 0, 1));

@@ -2,35 +2,17 @@
 
 mod common;
 
-use common::{get, wake};
+use common::{get, sized as engine, wake};
 use lido_core::*;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn engine(min_size: usize, max_size: usize) -> Engine<u32> {
-    common::engine(Config {
-        min_size,
-        max_size,
-        ..Config::default()
-    })
-}
 
 fn drained(e: &Engine<u32>) -> u64 {
     e.stats().closes_for(CloseReason::Drained)
 }
 
-/// Closes what the engine hands back, as the binding does; returns the payloads.
 fn close_all(e: &Engine<u32>, retired: impl IntoIterator<Item = Retired<u32>>) -> Vec<u32> {
-    let mut closed: Vec<u32> = retired
-        .into_iter()
-        .map(|r| {
-            assert_eq!(r.reason, CloseReason::Drained);
-            assert!(!r.foreign);
-            e.retire_done(r)
-        })
-        .collect();
-    closed.sort();
-    closed
+    common::close_all(e, CloseReason::Drained, retired)
 }
 
 /// (size, idle, in_use, opening): size must be the sum of the others once every close is
