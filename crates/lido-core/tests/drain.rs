@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{get, sized as engine, wake};
+use common::{get, queue, sized as engine, wake};
 use lido_core::*;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -31,13 +31,6 @@ fn open_permit(e: &Engine<u32>, t: Instant) -> OpenPermit {
     match e.checkout(t, wake).unwrap() {
         Checkout::Open(p) => p,
         _ => panic!("a free slot"),
-    }
-}
-
-fn queue(e: &Engine<u32>, t: Instant) -> std::sync::Arc<Waiter<u32>> {
-    match e.checkout(t, wake).unwrap() {
-        Checkout::Wait(w) => w,
-        _ => panic!("the pool is full"),
     }
 }
 
@@ -207,13 +200,8 @@ fn draining_twice_closes_what_came_between_and_leaves_later_ones() {
 
 #[test]
 fn a_waiter_sent_to_an_idle_connection_gets_the_freed_slot() {
-    let e = engine(0, 1);
     let t = Instant::now();
-    let a = get(&e, t, 1);
-    let w = queue(&e, t);
-    // Returned within the holder's turn: it goes idle and the waiter is sent a Retry.
-    assert!(e.release_in_turn(a, true, t, Some(t)).is_none());
-    assert!(matches!(w.try_take(), Some(Grant::Retry)));
+    let (e, w) = common::idle_one_with_a_told_waiter(t);
     let retired = e.drain();
     assert!(matches!(e.retry(&w, t).unwrap(), Checkout::Wait(_)));
     assert_eq!(close_all(&e, retired), [1]);
@@ -245,13 +233,7 @@ fn maintenance_is_woken() {
 
 #[test]
 fn a_closed_pool_is_left_alone() {
-    let e = engine(0, 2);
-    let t = Instant::now();
-    let c = get(&e, t, 1);
-    e.release(c, true, t);
-    for r in e.close() {
-        e.retire_done(r);
-    }
+    let e = common::closed_after_one_use(Instant::now());
     assert!(e.drain().is_empty());
     assert_eq!(drained(&e), 0);
     assert!(e.status().closed);
