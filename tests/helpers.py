@@ -34,3 +34,10 @@ def eventually(predicate: Callable[[], bool], what: str, timeout: float = 15.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"never happened: {what}")
         time.sleep(0.02)
+
+
+def server_pids(server: Any, application_name: str) -> set[int]:
+    """The backends of a pool's connections (by their application_name), as the server
+    lists them, read on a connection of its own."""
+    sql = "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+    return {int(r[0]) for r in server.execute(sql, [application_name])}

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 from django_lido import AsyncPool, Pool, PoolClosed, PoolTimeout, TooManyWaiters
-from helpers import app_name, connector
+from helpers import app_name, connector, server_pids
 
 WATCHDOG = 60.0
 
@@ -600,5 +600,55 @@ def test_the_holder_is_the_task_that_took_the_connection(pg: Any) -> None:
         await holder
         assert pool.connections() == []
         await pool.close()
+
+    run(body)
+
+
+def test_drain_replaces_every_connection_and_a_waiter_gets_a_fresh_one(pg):
+    """As for ``Pool`` (test_pool_drain.py): the idle connections' closes are awaited now,
+    the held one closes when it comes back, new checkouts get new server connections."""
+
+    async def body():
+        pool = make(pg, min_size=2, max_size=4)
+        app = pool.app
+        async with pool:
+            await eventually(lambda: pool.stats()["idle"] == 2, "min_size opened")
+            conns = [await pool.getconn() for _ in range(3)]
+            held, held_pid = conns[0], await pid(conns[0])
+            idle_pids = {await pid(c) for c in conns[1:]}
+            for c in conns[1:]:
+                await pool.putconn(c)
+            old = idle_pids | {held_pid}
+            assert server_pids(pg, app) == old
+
+            await pool.drain()
+            s = pool.stats()
+            assert (s["closes_drained"], s["in_use"], s["pool_min"], s["pool_max"]) == (2, 1, 2, 4)
+            await eventually(lambda: not server_pids(pg, app) & idle_pids, "idle ones gone")
+            assert await pid(held) == held_pid, "the held one is not disturbed"
+            await pool.putconn(held)
+            assert pool.stats()["closes_drained"] == 3
+            await eventually(lambda: held_pid not in server_pids(pg, app), "closed on return")
+            await eventually(lambda: pool.stats()["idle"] == 2, "min_size refilled")
+            fresh = [await pool.getconn() for _ in range(3)]
+            assert not {await pid(c) for c in fresh} & old, "new connections"
+            for c in fresh:
+                await pool.putconn(c)
+            await settled(pool, pg)
+
+            # A waiter on a full pool gets a fresh connection when the drained one returns.
+            pool.resize(0, 1)
+            await eventually(lambda: pool.stats()["pool_size"] == 1, "shrunk")
+            held = await pool.getconn()
+            held_pid = await pid(held)
+            await pool.drain()
+            waiter = asyncio.create_task(pool.getconn(timeout=20))
+            await eventually(lambda: pool.stats()["requests_waiting"] == 1, "queued")
+            await pool.putconn(held)
+            conn = await waiter
+            assert await pid(conn) != held_pid
+            await pool.putconn(conn)
+            await settled(pool, pg)
+            assert pool.stats()["closes_drained"] == 4
 
     run(body)

@@ -90,6 +90,22 @@ deadline = time.monotonic() + 10
 while hold_shape() and time.monotonic() < deadline:
     time.sleep(0.1)
 out["shape_after_reset"] = bool(hold_shape())
+# A drain reaches every process the same way: this one's pool closes its idle connections.
+drained = lambda: open_pools()[0].stats()["closes_drained"]
+out["drain_no_token"] = staff.post("/lido/actions/drain", {{"pool": pool}}).status_code
+# A valid token (the staff's, in plain's cookie too): refused for not being staff.
+plain.cookies["csrftoken"] = token
+r = plain.post("/lido/actions/drain", {{"pool": pool}}, HTTP_X_CSRFTOKEN=token)
+out["plain_drain"] = [r.status_code, b"CSRF" in r.content]
+staff.get("/lido/snapshot.json")  # a connection used and returned: one is idle
+out["idle_before_drain"] = open_pools()[0].stats()["idle"]
+out["drained_before"] = drained()
+r = staff.post("/lido/actions/drain", {{"pool": pool}}, HTTP_X_CSRFTOKEN=token)
+out["drain"] = r.status_code
+deadline = time.monotonic() + 10
+while drained() == out["drained_before"] and time.monotonic() < deadline:
+    time.sleep(0.1)
+out["drained_after"] = drained()
 r = anon.get("/lido/metrics")
 out["metrics"] = [r.status_code, r.content.decode(errors="replace")[:20000]]
 from django_lido.views import public_snapshot
@@ -173,6 +189,14 @@ def test_reset_queries_action_resets_the_statistics(seen: dict[str, Any]) -> Non
     assert seen["shape_before_reset"]
     assert seen["reset"] == 200
     assert not seen["shape_after_reset"]
+
+
+def test_drain_action_is_staff_only_with_csrf_and_drains_the_pool(seen: dict[str, Any]) -> None:
+    assert seen["drain_no_token"] == 403
+    assert seen["plain_drain"] == [403, False], "refused as not staff, not for the token"
+    assert seen["drain"] == 200
+    assert seen["idle_before_drain"] >= 1
+    assert seen["drained_after"] > seen["drained_before"] == 0
 
 
 def test_templates_and_static_files_are_in_the_installed_wheel() -> None:

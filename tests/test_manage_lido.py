@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +206,7 @@ def test_two_gunicorn_workers_in_one_status_and_a_killed_one_drops_out(
         # Reset in every worker, by the other process's request.
         assert "reset" in lido(env, "queries", "--reset", "--pool", pool_name)
         wait_for(lambda: not json.loads(lido(env, "queries", "--json")), timeout=20, step=0.2)
+        _drain_in_every_worker(pg, env, port, pids, pool_name)
 
         victim = min(pids)
         os.kill(victim, signal.SIGKILL)
@@ -214,6 +215,46 @@ def test_two_gunicorn_workers_in_one_status_and_a_killed_one_drops_out(
         assert victim not in {r["pid"] for r in status["processes"]}
         assert not (rundir / f"{victim}.json").exists()
         assert max(pids) in {r["pid"] for r in status["processes"]}, "the other one stays"
+
+
+def _drain_in_every_worker(
+    pg: Any, env: dict[str, str], port: int, pids: set[int], pool_name: str
+) -> None:
+    """``lido drain``: every worker closes its connections (idle now, the load being over)
+    at its next tick; the next requests run on new server connections."""
+    rundir = Path(env["LIDO_RUNTIME_DIR"])
+
+    def backends() -> set[int]:
+        sql = "SELECT pid FROM pg_stat_activity WHERE datname = %s"
+        return {int(r[0]) for r in pg.execute(sql, [SITE_DB])}
+
+    def stats() -> dict[int, dict[str, Any]]:
+        return {
+            r["pid"]: p["stats"]
+            for r in host.read_records(rundir)
+            if r["pid"] in pids
+            for p in r["pools"]
+            if p["name"] == pool_name
+        }
+
+    old, before = backends(), stats()
+    assert old and set(before) == pids
+    assert "drain" in lido(env, "drain", "--pool", pool_name)
+
+    def in_every_worker(done: Callable[[int, dict[str, Any]], bool]) -> bool:
+        now = stats()
+        return set(now) == pids and all(done(pid, s) for pid, s in now.items())
+
+    wait_for(lambda: in_every_worker(lambda _, s: s["closes_drained"] > 0), timeout=20, step=0.2)
+    wait_for(lambda: not backends() & old, timeout=20, step=0.2)
+    # Each worker opens new connections for the next requests.
+    _load_until(
+        port,
+        lambda: in_every_worker(
+            lambda pid, s: s["connections_num"] > before[pid]["connections_num"]
+        ),
+    )
+    assert backends() and not backends() & old
 
 
 @pytest.fixture

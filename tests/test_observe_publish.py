@@ -181,6 +181,49 @@ def test_a_reset_request_reaches_the_named_pools_once(pg: Any, rundir: Path) -> 
         pub.remove()
 
 
+def test_a_drain_request_reaches_the_named_pools_once(pg: Any, rundir: Path) -> None:
+    """The same mechanism as the reset, with a file of its own: a reset request drains
+    nothing, and each request is taken once."""
+    with (
+        Pool(pg.conninfo(), name=unique("pub_d"), max_size=2) as a,
+        Pool(pg.conninfo(), name=unique("pub_e"), max_size=2) as b,
+    ):
+
+        def drained() -> tuple[int, int]:
+            return a.stats()["closes_drained"], b.stats()["closes_drained"]
+
+        def use_both() -> None:
+            for p in (a, b):
+                p.putconn(p.getconn())
+
+        use_both()
+        rundir.mkdir(mode=0o700, exist_ok=True)
+        publish.stop()
+        publish.request_drain(rundir, a.name)  # older than the publisher: not for it
+        time.sleep(0.01)
+        pub = publish.Publisher()
+        try:
+            pub.publish_once()
+            assert drained() == (0, 0)
+            time.sleep(0.01)  # a later modification time than the first request's
+            publish.request_drain(rundir, a.name)
+            publish.request_query_reset(rundir)
+            pub.publish_once()
+            assert drained() == (1, 0)
+            assert a.stats()["idle"] == 0 and b.stats()["idle"] == 1
+            use_both()
+            pub.publish_once()
+            assert drained() == (1, 0), "a request is taken once"
+            time.sleep(0.01)
+            publish.request_action("drain", rundir)
+            pub.publish_once()
+            assert drained() == (2, 1)
+        finally:
+            pub.remove()
+    with pytest.raises(ValueError, match="action must be one of reset_queries, drain, not 'x'"):
+        publish.request_action("x", rundir)
+
+
 def test_stale_records_and_reused_pids_are_dropped(rundir: Path) -> None:
     rundir.mkdir(mode=0o700)
     me = publish.process_record([])

@@ -34,6 +34,7 @@ from django_lido._lido import (
     PoolCore,
     _aio_checkout,
     _aio_close,
+    _aio_drain,
     _aio_maintain,
     _aio_next_round,
     _aio_putconn,
@@ -429,6 +430,14 @@ class AsyncPool(PoolCore):
         deadline = time.monotonic() + timeout
         while t is not None and t.is_alive() and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
+
+    async def drain(self) -> None:  # type: ignore[override]
+        """Replaces every connection without closing the pool, as ``Pool.drain()`` does:
+        the idle connections are closed now, awaited on the loop; those in use close when
+        they come back."""
+        self._loop_now()
+        for h in _aio_drain(self):
+            await self._io.close(h)
 
     async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         """For code written for psycopg_pool: binds the pool to the running loop and, with

@@ -147,6 +147,16 @@ class Pool(PoolCore):
         if t is not None and t is not threading.current_thread() and not _in(t):
             t.join(timeout)
 
+    def drain(self) -> None:
+        """Replaces every connection without closing the pool (after a failover, a password
+        rotation, a server setting changed): idle connections close now; those in use close
+        when they come back, and their holders are not disturbed meanwhile; those being
+        opened serve the checkout they were opened for, then close when they come back.
+        Slots freed go to waiters, who open fresh connections, and the maintenance thread
+        opens ``min_size`` anew. The sizes stay; each close counts as ``closes_drained``.
+        A closed pool is left alone."""
+        super().drain()
+
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         """For code written for psycopg_pool (Django's stock backend calls it before each
         checkout): a pool is open from the start, so this only waits for ``min_size``

@@ -5,7 +5,8 @@ about once a second; that view returns ``django_lido.observe.host.host_snapshot(
 live process of this host) cut down to the keys the page shows, so that a key added
 upstream with raw SQL in it cannot reach a browser unnoticed. Anonymous users are sent to
 ``settings.LOGIN_URL``; signed-in users who are not active staff get 403. Actions are POSTs
-with a CSRF token; a resize acts on a pool of the process that serves the request. The
+with a CSRF token; a drain or a statistics reset reaches every process of the host, a resize
+acts on a pool of the process that serves the request. The
 ``metrics`` route of ``django_lido.urls`` is ``django_lido.observe.metrics.metrics``.
 """
 
@@ -139,13 +140,14 @@ def _numbers(d: Mapping[str, Any]) -> dict[str, Any]:
 @staff_only(page=False)
 def action(request: HttpRequest, name: str) -> JsonResponse:
     """``reset_queries``: every process of the host resets the statement statistics of the
-    pool named ``pool`` (of all its pools when none is named) at its next publishing tick.
+    pool named ``pool`` (of all its pools when none is named) at its next publishing tick;
+    ``drain``: likewise, every process replaces the connections of those pools.
     ``resize`` (``min_size``, ``max_size``): the pool named ``pool`` of process ``pid``,
     which must be the process serving this request (a process owns its pools)."""
-    from django_lido.observe.publish import request_query_reset
+    from django_lido.observe.publish import ACTIONS, request_action
 
-    if name == "reset_queries":
-        request_query_reset(pool=request.POST.get("pool") or None)
+    if name in ACTIONS:
+        request_action(name, pool=request.POST.get("pool") or None)
         return JsonResponse({"ok": True})
     if name != "resize":
         return JsonResponse({"error": f"unknown action {name!r}"}, status=404)

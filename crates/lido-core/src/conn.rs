@@ -22,10 +22,13 @@ pub enum CloseReason {
     /// Idle, or opened to be kept idle, when the process forked: the parent keeps no idle
     /// connections ([`crate::Engine::keep_no_idle`]).
     AfterFork,
+    /// In the pool when it was drained ([`crate::Engine::drain`]): idle then, or in use,
+    /// or being opened, then closed when it came back.
+    Drained,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::Lifetime,
         CloseReason::Idle,
         CloseReason::MaxUses,
@@ -34,6 +37,7 @@ impl CloseReason {
         CloseReason::Resize,
         CloseReason::PoolClosed,
         CloseReason::AfterFork,
+        CloseReason::Drained,
     ];
 
     /// The name used in statistics (`closes_<name>`).
@@ -47,6 +51,7 @@ impl CloseReason {
             CloseReason::Resize => "resize",
             CloseReason::PoolClosed => "pool_closed",
             CloseReason::AfterFork => "after_fork",
+            CloseReason::Drained => "drained",
         }
     }
 
@@ -71,6 +76,9 @@ pub struct ConnMeta {
     pub long_hold_reported: bool,
     /// The engine generation it belongs to; a fork starts a new one.
     pub(crate) generation: u64,
+    /// The engine's count of drains when its permit was given: one drain later, it is
+    /// closed when it comes back ([`crate::Engine::drain`]).
+    pub(crate) drains: u64,
 }
 
 /// A connection with its metadata. The engine never looks inside `payload`.
@@ -114,6 +122,8 @@ pub struct OpenPermit {
     /// The engine's count of forks when given: one given before a fork opens a connection
     /// that the pool does not keep idle ([`crate::Engine::keep_no_idle`]).
     pub(crate) forks: u64,
+    /// The engine's count of drains when given ([`crate::Engine::drain`]).
+    pub(crate) drains: u64,
 }
 
 impl OpenPermit {

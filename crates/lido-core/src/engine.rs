@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
+mod drain;
+
 /// The answer to a checkout.
 pub enum Checkout<C> {
     /// An idle connection, now counted as in use. Run `Check`, then either use it or hand
@@ -126,6 +128,9 @@ struct State<C> {
     /// Forks this process made ([`Engine::keep_no_idle`]): a connection opened to be kept
     /// idle with a permit given before the latest one is not kept.
     forks: u64,
+    /// Drains of this pool ([`Engine::drain`]): a connection whose permit was given before
+    /// the latest one is closed when it comes back, or when it arrives to be kept idle.
+    drains: u64,
 }
 
 impl<C> State<C> {
@@ -149,6 +154,14 @@ impl<C> State<C> {
             reason,
             foreign: false,
         }
+    }
+
+    /// Hands every idle connection to the caller to close, each counted under `reason`.
+    fn retire_idle(&mut self, reason: CloseReason, stats: &Stats) -> Vec<Retired<C>> {
+        let idle = std::mem::take(&mut self.idle);
+        idle.into_iter()
+            .map(|conn| self.retire(conn, reason, stats))
+            .collect()
     }
 
     fn wake_maintainer(&mut self) {
@@ -263,6 +276,7 @@ impl<C> State<C> {
             uses,
             long_hold_reported: false,
             generation: self.generation,
+            drains: self.drains,
         }
     }
 
@@ -330,6 +344,7 @@ impl<C> State<C> {
             generation: self.generation,
             probe,
             forks: self.forks,
+            drains: self.drains,
         }
     }
 
@@ -411,6 +426,7 @@ impl<C> Engine<C> {
                 maintenance_due: false,
                 outage: None,
                 forks: 0,
+                drains: 0,
             }),
             stats: Stats::default(),
         }
@@ -599,6 +615,8 @@ impl<C> Engine<C> {
             Some(CloseReason::Broken)
         } else if st.closed {
             Some(CloseReason::PoolClosed)
+        } else if st.drained(&conn.meta) {
+            Some(CloseReason::Drained)
         } else if State::<C>::expired(&conn.meta, now) {
             Some(CloseReason::Lifetime)
         } else if st.cfg.max_uses > 0 && conn.meta.uses >= st.cfg.max_uses {
@@ -657,8 +675,9 @@ impl<C> Engine<C> {
     }
 
     /// Records a connection opened by maintenance: it goes to the first waiter, or idle;
-    /// if the process forked while it was being opened, it goes to the first waiter, or is
-    /// handed back for closing ([`Engine::keep_no_idle`]).
+    /// if the process forked or the pool was drained while it was being opened, it goes to
+    /// the first waiter, or is handed back for closing ([`Engine::keep_no_idle`],
+    /// [`Engine::drain`]).
     pub fn opened_idle(
         &self,
         permit: OpenPermit,
@@ -669,13 +688,19 @@ impl<C> Engine<C> {
         // One lock for the whole step, so that a close() cannot slip in between and leave
         // the connection idle in a closed pool. Nobody has used it yet: no use counted.
         let mut st = self.state.lock();
-        let before_fork = permit.forks != st.forks;
+        let unwanted = if permit.forks != st.forks {
+            Some(CloseReason::AfterFork)
+        } else if permit.drains != st.drains {
+            Some(CloseReason::Drained)
+        } else {
+            None
+        };
         let conn = match self.record_open(&mut st, permit, payload, now, took, 0) {
             Ok(conn) => conn,
             Err(retired) => return Some(retired),
         };
-        if before_fork && st.waiters.is_empty() {
-            return Some(st.retire(conn, CloseReason::AfterFork, &self.stats));
+        if let Some(reason) = unwanted.filter(|_| st.waiters.is_empty()) {
+            return Some(st.retire(conn, reason, &self.stats));
         }
         let woken = st.serve_first_waiter(conn);
         let more = st.grant_opens();
@@ -699,6 +724,7 @@ impl<C> Engine<C> {
         uses: u64,
     ) -> Result<Pooled<C>, Retired<C>> {
         let mut meta = st.new_meta(now, uses);
+        meta.drains = permit.drains;
         if permit.generation != st.generation {
             // Opened across a fork: no slot of this generation to free.
             meta.generation = permit.generation;
@@ -886,11 +912,7 @@ impl<C> Engine<C> {
             return Vec::new();
         }
         st.closed = true;
-        let idle = std::mem::take(&mut st.idle);
-        let retired: Vec<Retired<C>> = idle
-            .into_iter()
-            .map(|conn| st.retire(conn, CloseReason::PoolClosed, &self.stats))
-            .collect();
+        let retired = st.retire_idle(CloseReason::PoolClosed, &self.stats);
         let waiters: Vec<_> = st.waiters.drain(..).collect();
         st.retries_sent = 0;
         for w in &waiters {
@@ -1092,11 +1114,7 @@ impl<C> Engine<C> {
         }
         st.cfg.min_size = 0;
         st.forks += 1;
-        let idle = std::mem::take(&mut st.idle);
-        let retired = idle
-            .into_iter()
-            .map(|conn| st.retire(conn, CloseReason::AfterFork, &self.stats))
-            .collect();
+        let retired = st.retire_idle(CloseReason::AfterFork, &self.stats);
         st.debug_check_retries();
         retired
     }

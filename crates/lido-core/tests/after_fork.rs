@@ -2,32 +2,16 @@
 
 mod common;
 
-use common::{get, wake};
+use common::{get, sized as engine, wake};
 use lido_core::*;
 use std::time::{Duration, Instant};
-
-fn engine(min_size: usize, max_size: usize) -> Engine<u32> {
-    common::engine(Config {
-        min_size,
-        max_size,
-        ..Config::default()
-    })
-}
 
 fn after_fork(e: &Engine<u32>) -> u64 {
     e.stats().closes_for(CloseReason::AfterFork)
 }
 
-/// Closes what the engine hands back, as the binding does.
 fn close_all(e: &Engine<u32>, retired: Vec<Retired<u32>>) -> Vec<u32> {
-    retired
-        .into_iter()
-        .map(|r| {
-            assert_eq!(r.reason, CloseReason::AfterFork);
-            assert!(!r.foreign);
-            e.retire_done(r)
-        })
-        .collect()
+    common::close_all(e, CloseReason::AfterFork, retired)
 }
 
 #[test]
@@ -39,9 +23,7 @@ fn idle_connections_are_handed_back_and_min_size_becomes_zero() {
     e.release(b, true, t);
     e.before_fork();
     e.after_fork_in_parent();
-    let mut closed = close_all(&e, e.keep_no_idle());
-    closed.sort();
-    assert_eq!(closed, [1, 2]);
+    assert_eq!(close_all(&e, e.keep_no_idle()), [1, 2]);
     let s = e.status();
     assert_eq!((s.min_size, s.max_size), (0, 4), "max_size is not touched");
     assert_eq!((s.size, s.idle, s.in_use), (1, 0, 1));
@@ -110,10 +92,7 @@ fn a_maintenance_open_under_way_at_the_fork_goes_to_a_waiter() {
     let permit = e.maintain(t).unwrap().open.pop().unwrap();
     let held = get(&e, t, 1);
     e.keep_no_idle();
-    let w = match e.checkout(t, wake).unwrap() {
-        Checkout::Wait(w) => w,
-        _ => panic!("the pool is full: one in use, one being opened"),
-    };
+    let w = common::queue(&e, t); // one in use, one being opened
     assert!(e.opened_idle(permit, 2, t, Duration::ZERO).is_none());
     match w.try_take() {
         Some(Grant::Conn(c, _)) => assert_eq!(c.payload, 2),
@@ -160,29 +139,15 @@ fn each_fork_marks_the_opens_under_way_then() {
 
 #[test]
 fn a_closed_pool_is_left_alone() {
-    let e = engine(0, 2);
-    let t = Instant::now();
-    let c = get(&e, t, 1);
-    e.release(c, true, t);
-    for r in e.close() {
-        e.retire_done(r);
-    }
+    let e = common::closed_after_one_use(Instant::now());
     assert!(e.keep_no_idle().is_empty());
     assert_eq!(after_fork(&e), 0);
 }
 
 #[test]
 fn a_waiter_sent_to_an_idle_connection_gets_the_freed_slot() {
-    let e = engine(0, 1);
     let t = Instant::now();
-    let a = get(&e, t, 1);
-    let w = match e.checkout(t, wake).unwrap() {
-        Checkout::Wait(w) => w,
-        _ => panic!("the pool is full"),
-    };
-    // Returned within the holder's turn: it goes idle and the waiter is sent a Retry.
-    assert!(e.release_in_turn(a, true, t, Some(t)).is_none());
-    assert!(matches!(w.try_take(), Some(Grant::Retry)));
+    let (e, w) = common::idle_one_with_a_told_waiter(t);
     let retired = e.keep_no_idle();
     assert!(matches!(e.retry(&w, t).unwrap(), Checkout::Wait(_)));
     assert_eq!(close_all(&e, retired), [1]);

@@ -1,7 +1,8 @@
 //! Many threads doing random checkouts, returns, failures, timeouts and leaks against one
 //! engine, checking its invariants throughout: never more than `max_size` connections
 //! open (counting those being opened), never one connection held twice, every waiter
-//! served or timed out, and at the end every opened connection accounted for.
+//! served or timed out, and at the end every opened connection accounted for. A drainer
+//! thread drains the pool now and then meanwhile.
 
 use lido_core::*;
 use parking_lot::Mutex;
@@ -276,6 +277,21 @@ fn run(seed: u64, threads: usize, ops: usize, close_midway: bool) {
             })
         })
         .collect();
+    // Drains now and then while the workers run, until the pool closes.
+    let drainer = {
+        let w = Arc::clone(&w);
+        std::thread::spawn(move || {
+            for _ in 0..5000 {
+                if w.closed.load(SeqCst) {
+                    break;
+                }
+                for r in w.engine.drain() {
+                    w.close(r);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
     if close_midway {
         std::thread::sleep(Duration::from_millis(30));
         w.closed.store(true, SeqCst);
@@ -293,6 +309,7 @@ fn run(seed: u64, threads: usize, ops: usize, close_midway: bool) {
         }
     }
     helper.join().unwrap();
+    drainer.join().unwrap();
     done.store(true, SeqCst);
     watchdog.join().unwrap();
 
@@ -322,6 +339,7 @@ fn run(seed: u64, threads: usize, ops: usize, close_midway: bool) {
             "no waiter was told to ask again"
         );
         assert!(st.open_errors.load(SeqCst) > 0 && st.closes_total() > 0);
+        assert!(st.closes_for(CloseReason::Drained) > 0, "nothing drained");
     }
 }
 

@@ -12,9 +12,11 @@ use crate::aio_checkout::AsyncCheckout;
 use crate::aio_handles::{AsyncClose, AsyncReturn};
 use crate::errors::guarded;
 use crate::exit::{unraisable, Active};
+use crate::inner::Inner;
+use crate::leases::PyConn;
 use crate::permit::Leftovers;
 use crate::pool::PoolCore;
-use lido_core::Wake;
+use lido_core::{Retired, Wake};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -144,10 +146,32 @@ pub(crate) fn _aio_close(
 ) -> PyResult<Vec<Py<AsyncClose>>> {
     entry(py, "_aio_close", || {
         let inner = &pool.get().inner;
-        let mut closes = Vec::new();
-        for r in Leftovers::retired(&inner.engine, inner.engine.close()) {
-            closes.extend(AsyncClose::new_py(py, inner, r)?);
-        }
-        Ok(closes)
+        async_closes(py, inner, inner.engine.close())
     })
+}
+
+/// Replaces every connection (`Engine::drain`): the idle ones are returned as `AsyncClose`s
+/// to await, those in use close when they come back; maintenance refills min_size.
+#[pyfunction]
+pub(crate) fn _aio_drain(
+    py: Python<'_>,
+    pool: &Bound<'_, PoolCore>,
+) -> PyResult<Vec<Py<AsyncClose>>> {
+    entry(py, "_aio_drain", || {
+        let inner = &pool.get().inner;
+        async_closes(py, inner, inner.engine.drain())
+    })
+}
+
+/// An `AsyncClose` to await for each retired connection (a fork parent's is set aside).
+fn async_closes(
+    py: Python<'_>,
+    inner: &Arc<Inner>,
+    retired: Vec<Retired<PyConn>>,
+) -> PyResult<Vec<Py<AsyncClose>>> {
+    let mut closes = Vec::new();
+    for r in Leftovers::retired(&inner.engine, retired) {
+        closes.extend(AsyncClose::new_py(py, inner, r)?);
+    }
+    Ok(closes)
 }

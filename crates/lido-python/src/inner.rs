@@ -99,6 +99,14 @@ impl Inner {
         Ok(())
     }
 
+    /// Replaces every connection (`Engine::drain`): the idle ones close now, those in use
+    /// or being opened when they come back; the engine wakes maintenance to refill min_size.
+    pub(crate) fn drain(&self, py: Python<'_>) {
+        for r in Leftovers::retired(&self.engine, self.engine.drain()) {
+            self.retire(py, r);
+        }
+    }
+
     /// `repr()` of the pool.
     pub(crate) fn describe(&self) -> String {
         let s = self.engine.status();

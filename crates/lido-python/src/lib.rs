@@ -61,6 +61,7 @@ fn _lido(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(aio::_aio_checkout, m)?)?;
     m.add_function(wrap_pyfunction!(aio::_aio_putconn, m)?)?;
     m.add_function(wrap_pyfunction!(aio::_aio_close, m)?)?;
+    m.add_function(wrap_pyfunction!(aio::_aio_drain, m)?)?;
     m.add_function(wrap_pyfunction!(aio_handles::_aio_maintain, m)?)?;
     m.add_function(wrap_pyfunction!(aio_handles::_aio_next_round, m)?)?;
     m.add_function(wrap_pyfunction!(statement::changes_session, m)?)?;

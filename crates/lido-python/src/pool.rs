@@ -117,6 +117,16 @@ impl PoolCore {
         })
     }
 
+    /// Replaces every connection without closing the pool: idle ones close now, those in
+    /// use when they come back; maintenance then refills min_size.
+    fn drain(&self, py: Python<'_>) -> PyResult<()> {
+        let _active = Active::enter(py);
+        guarded(py, "PoolCore.drain", || {
+            self.inner.drain(py);
+            Ok(())
+        })
+    }
+
     /// A handle for the maintenance thread; it does not keep the pool alive.
     fn _maintainer(&self, py: Python<'_>) -> PyResult<Maintainer> {
         guarded(py, "PoolCore._maintainer", || {

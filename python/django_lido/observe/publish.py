@@ -5,8 +5,12 @@ A process with pools writes one JSON record of all of them to ``runtime_dir()/<p
 thread started with the first pool builds the record every ``interval`` seconds and writes it
 when something changed, or at least every ``HEARTBEAT`` seconds so readers can tell a quiet
 process from a hung one. Checkouts never wait for it: it only calls the pools' read-only
-methods. Under gevent the thread is a real OS thread, so its sleeps and file writes do not
-run on (or block) the hub.
+methods, and those of the actions requested (below). Under gevent the thread is a real OS
+thread, so its sleeps and file writes do not run on (or block) the hub.
+
+Another process of the host asks every publishing process to act on its pools with a request
+file in the same directory (:func:`request_action`): at its next tick each process that
+started before the request runs the action on its pools named in it (or all), once.
 """
 
 from __future__ import annotations
@@ -270,17 +274,34 @@ def write_record(directory: Path, record: dict[str, Any]) -> Path:
     return final
 
 
-# The file by which one process asks every other to reset their query statistics.
-RESET_REQUEST = "reset-queries.request"
+# What one process may ask every publishing process of the host to do to its pools: the
+# action's name -> (the request file, in the runtime directory; the pool method it calls).
+ACTIONS: dict[str, tuple[str, str]] = {
+    "reset_queries": ("reset-queries.request", "reset_query_stats"),
+    "drain": ("drain.request", "drain"),
+}
+
+
+def request_action(action: str, directory: Path | None = None, pool: str | None = None) -> None:
+    """Asks every process publishing to ``directory`` to run ``action`` (a key of
+    ``ACTIONS``) on its pools named ``pool``, or on all: each does at its next tick."""
+    if action not in ACTIONS:
+        raise ValueError(f"action must be one of {', '.join(ACTIONS)}, not {action!r}")
+    directory = runtime_dir() if directory is None else directory
+    request = json.dumps({"at": time.time(), "pool": pool}).encode()
+    _write_atomically(directory / ACTIONS[action][0], request)
 
 
 def request_query_reset(directory: Path | None = None, pool: str | None = None) -> None:
-    """Asks every process publishing to ``directory`` to reset the query statistics of its
-    pools (those named ``pool``, or all): each does at its next tick."""
-    directory = runtime_dir() if directory is None else directory
-    _write_atomically(
-        directory / RESET_REQUEST, json.dumps({"at": time.time(), "pool": pool}).encode()
-    )
+    """Asks every publishing process to reset the query statistics of its pools (those
+    named ``pool``, or all)."""
+    request_action("reset_queries", directory, pool)
+
+
+def request_drain(directory: Path | None = None, pool: str | None = None) -> None:
+    """Asks every publishing process to drain its pools (those named ``pool``, or all):
+    each replaces every connection of theirs (``Pool.drain()``)."""
+    request_action("drain", directory, pool)
 
 
 def _allocate_lock() -> Any:
@@ -309,7 +330,8 @@ class Publisher:
         self._last: list[tuple[Any, ...]] | None = None
         self._last_write = 0.0
         self.started = time.time()
-        self._reset_seen: int | None = None
+        # Each request file's modification time when last looked at, by action.
+        self._requests_seen: dict[str, int] = {}
         self._thread: threading.Thread | _green.RealThread | None = None
 
     def start(self) -> None:
@@ -349,7 +371,7 @@ class Publisher:
             return False
         if self._dir is None:
             self._dir = runtime_dir()
-        self._take_reset_request(pools)
+        self._take_requests(pools)
         records = pool_records(pools)
         fingerprint = _fingerprint(records)
         now = time.monotonic()
@@ -360,27 +382,39 @@ class Publisher:
         self.writes += 1
         return True
 
-    def _take_reset_request(self, pools: list[Any]) -> None:
-        """Resets the query statistics of the pools named in a request newer than this
-        publisher (see :func:`request_query_reset`); one ``stat()`` when there is none."""
+    def _take_requests(self, pools: list[Any]) -> None:
+        """Runs each action requested since it was last looked at, by a request newer than
+        this publisher (see :func:`request_action`), on the pools it names; one ``stat()``
+        per action when there is none."""
+        for action, (file, method) in ACTIONS.items():
+            request = self._new_request(action, file)
+            if request is None:
+                continue
+            at, name = request
+            if at < self.started:
+                continue
+            for pool in pools:
+                if name is None or pool.name == name:
+                    _call(pool, method)
+
+    def _new_request(self, action: str, file: str) -> tuple[float, str | None] | None:
+        """(when made, the pool named) of the request in ``file``, if it changed since last
+        looked at and can be read."""
         assert self._dir is not None
+        path = self._dir / file
         try:
-            mtime = (self._dir / RESET_REQUEST).stat().st_mtime_ns
+            mtime = path.stat().st_mtime_ns
         except OSError:
-            return
-        if mtime == self._reset_seen:
-            return
-        self._reset_seen = mtime
+            return None
+        if self._requests_seen.get(action) == mtime:
+            return None
+        self._requests_seen[action] = mtime
         try:
-            request = json.loads((self._dir / RESET_REQUEST).read_bytes())
-            at, name = float(request["at"]), request.get("pool")
-        except (OSError, ValueError, KeyError, TypeError):
-            return
-        if at < self.started:
-            return
-        for pool in pools:
-            if name is None or pool.name == name:
-                _call(pool, "reset_query_stats")
+            request = json.loads(path.read_bytes())
+            name = request.get("pool")
+            return float(request["at"]), None if name is None else str(name)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
 
     def _run(self) -> None:
         failures = 0

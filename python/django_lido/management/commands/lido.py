@@ -1,5 +1,6 @@
 """``manage.py lido status|connections|queries|leaks|top``: the host's pools, from every live
-process's published record (see ``django_lido.observe``)."""
+process's published record (see ``django_lido.observe``). ``lido drain`` and ``lido queries
+--reset`` ask every publishing process to act on its pools."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ from django.core.management.base import BaseCommand, CommandParser
 from django_lido.observe import host_snapshot, publish, runtime_dir
 
 VIEWS = ("status", "connections", "queries", "leaks", "top")
+# The requests to every process (publish.ACTIONS), and what they ask, for the command's answer.
+ASKED = {
+    "reset_queries": "reset its query statistics",
+    "drain": "drain its pools (every connection replaced)",
+}
 ORDERS: dict[str, Callable[[dict[str, Any]], float]] = {
     "total": lambda q: q["total_s"],
     "count": lambda q: q["count"],
@@ -182,12 +188,13 @@ class Command(BaseCommand):
     help = (
         "The connection pools of every process on this host: status (a table per process "
         "and host totals), connections (who holds what), queries (top statements), leaks "
-        "(long holds, leaks, idle transactions, with stacks), top (status refreshed live)."
+        "(long holds, leaks, idle transactions, with stacks), top (status refreshed live); "
+        "drain: every process replaces the connections of its pools (of --pool, or all)."
     )
     requires_system_checks: list[str] = []  # noqa: RUF012 - Django's own attribute
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("view", choices=VIEWS)
+        parser.add_argument("view", choices=(*VIEWS, "drain"))
         parser.add_argument("--runtime-dir", help="where the records are (default: runtime_dir())")
         parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
         parser.add_argument("--pool", help="only the pools with this name")
@@ -206,13 +213,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         view: str = opts["view"]
-        if view == "queries" and opts["reset"]:
-            directory = Path(opts["runtime_dir"]) if opts["runtime_dir"] else runtime_dir()
-            publish.request_query_reset(directory, opts["pool"])
-            self.stdout.write(
-                f"asked every process publishing in {directory} to reset its query "
-                "statistics; each does within a second"
-            )
+        if view == "drain" or (view == "queries" and opts["reset"]):
+            self._request("drain" if view == "drain" else "reset_queries", opts)
             return
         if view == "top":
             self._top(opts)
@@ -222,6 +224,15 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(self._data(view, snap, opts), indent=2, default=str))
             return
         self.stdout.write(self._render(view, snap, opts))
+
+    def _request(self, action: str, opts: dict[str, Any]) -> None:
+        directory = Path(opts["runtime_dir"]) if opts["runtime_dir"] else runtime_dir()
+        publish.request_action(action, directory, opts["pool"])
+        pools = f"the pools named {opts['pool']!r}" if opts["pool"] else "all pools"
+        self.stdout.write(
+            f"asked every process publishing in {directory} to {ASKED[action]} ({pools}); "
+            "each does within a second"
+        )
 
     def _data(self, view: str, snap: dict[str, Any], opts: dict[str, Any]) -> Any:
         if view == "status":

@@ -508,6 +508,12 @@
     fact(facts, "checkouts", num(s.requests_num));
     fact(facts, "connections opened", num(s.connections_num));
     fact(facts, "lost / leaked", num(s.connections_lost) + " / " + num(s.connections_leaked));
+    fact(facts, "closed by drains", num(s.closes_drained));
+    var drained = el("p", { cls: "result" });
+    var drain = el("button", { type: "button", text: "Drain on every process" });
+    drain.addEventListener("click", function () { drainPools(row.pool.name, drained); });
+    content.appendChild(el("div", { cls: "actions" }, drain));
+    content.appendChild(drained);
     if (!latest || row.pid !== latest.served_by) {
       content.appendChild(el("p", { cls: "empty", text: "A resize applies to the process serving this page (pid " + (latest ? latest.served_by : "?") + ") only." }));
       return;
@@ -521,6 +527,15 @@
     });
     content.appendChild(el("div", { cls: "actions" }, "min ", min, " max ", max, " ", resize));
     content.appendChild(out);
+  }
+
+  // Every process of the host replaces the connections of pool `name` (all pools if null)
+  // at its next publishing tick, once the user confirms.
+  function drainPools(name, out) {
+    var which = name === null ? "every pool" : "pool " + name;
+    if (!window.confirm("Drain " + which + " on every process? Idle connections close now, " +
+        "those in use when they come back; new ones are opened as needed.")) return;
+    post(body.dataset.drainUrl, name === null ? {} : { pool: name }, out);
   }
 
   function post(url, fields, out) {
@@ -592,6 +607,9 @@
   });
   $("reset-queries").addEventListener("click", function () {
     post(body.dataset.resetUrl, {}, $("reset-result"));
+  });
+  $("drain-all").addEventListener("click", function () {
+    drainPools(null, $("drain-result"));
   });
   $("query-order").addEventListener("change", function () {
     queryOrder = this.value;
