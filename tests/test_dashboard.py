@@ -67,29 +67,40 @@ out["snapshot"] = snap
 t.join(20)
 
 pool = mine[0]["pools"][0]["name"]
+from django_lido.observe.publish import open_pools
+pool_max = lambda: open_pools()[0].stats()["pool_max"]
 fields = {{"pid": me, "pool": pool, "min_size": 0, "max_size": 7}}
 out["post_no_token"] = staff.post("/lido/actions/resize", fields).status_code
 r = staff.post("/lido/actions/resize", fields, HTTP_X_CSRFTOKEN=token)
 out["post_token"] = [r.status_code, r.json()]
-r = staff.post("/lido/actions/resize", {{**fields, "pid": me + 1}}, HTTP_X_CSRFTOKEN=token)
-out["post_other_pid"] = r.status_code
+deadline = time.monotonic() + 10
+while pool_max() != 7 and time.monotonic() < deadline:
+    time.sleep(0.1)
+out["pool_max_after_resize"] = pool_max()
 r = staff.post("/lido/actions/resize", {{**fields, "max_size": "x"}}, HTTP_X_CSRFTOKEN=token)
 out["post_bad_size"] = r.status_code
+r = staff.post("/lido/actions/resize", {{**fields, "min_size": 8}}, HTTP_X_CSRFTOKEN=token)
+out["post_min_above_max"] = [r.status_code, r.json()]
 out["plain_post"] = plain.post(
     "/lido/actions/resize", fields, HTTP_X_CSRFTOKEN=plain.cookies.get("csrftoken").value
     if plain.cookies.get("csrftoken") else "x"
 ).status_code
 # Statement statistics reset on every process: this one's publisher takes the request at
 # its next tick; the hold view's statement is gone from its pool's statistics then.
-from django_lido.observe.publish import open_pools
 hold_shape = lambda: [q for q in open_pools()[0].query_stats(100) if "OR username" in q["shape"]]
 out["shape_before_reset"] = bool(hold_shape())
+# A resize for another process only, made before the reset: once this process has taken the
+# reset, it has looked at the resize too, and its pool kept its size.
+other = {{**fields, "pid": me + 1, "max_size": 9}}
+r = staff.post("/lido/actions/resize", other, HTTP_X_CSRFTOKEN=token)
+out["post_other_pid"] = r.status_code
 out["reset_no_token"] = staff.post("/lido/actions/reset_queries").status_code
 out["reset"] = staff.post("/lido/actions/reset_queries", HTTP_X_CSRFTOKEN=token).status_code
 deadline = time.monotonic() + 10
 while hold_shape() and time.monotonic() < deadline:
     time.sleep(0.1)
 out["shape_after_reset"] = bool(hold_shape())
+out["pool_max_after_other_pid"] = pool_max()
 # A drain reaches every process the same way: this one's pool closes its idle connections.
 drained = lambda: open_pools()[0].stats()["closes_drained"]
 out["drain_no_token"] = staff.post("/lido/actions/drain", {{"pool": pool}}).status_code
@@ -174,14 +185,19 @@ def test_json_has_no_parameter_values_or_literals(seen: dict[str, Any]) -> None:
     assert "auth_user" in text
 
 
-def test_actions_are_post_with_csrf_for_this_process_only(seen: dict[str, Any]) -> None:
+def test_actions_are_post_with_csrf_and_a_resize_reaches_the_process_named(
+    seen: dict[str, Any],
+) -> None:
     assert seen["staff_get_action"] == 405
     assert seen["post_no_token"] == 403
+    assert seen["post_other_pid"] == 200
     status, answer = seen["post_token"]
-    assert status == 200, answer
-    assert answer["stats"]["pool_max"] == 7
-    assert seen["post_other_pid"] == 409
+    assert (status, answer) == (200, {"ok": True})
+    assert seen["pool_max_after_resize"] == 7
+    assert seen["pool_max_after_other_pid"] == 7, "not resized to the 9 of another pid"
     assert seen["post_bad_size"] == 400
+    status, answer = seen["post_min_above_max"]
+    assert status == 400 and "min_size=8" in answer["error"], answer
     assert seen["reset_no_token"] == 403
 
 

@@ -207,6 +207,7 @@ def test_two_gunicorn_workers_in_one_status_and_a_killed_one_drops_out(
         assert "reset" in lido(env, "queries", "--reset", "--pool", pool_name)
         wait_for(lambda: not json.loads(lido(env, "queries", "--json")), timeout=20, step=0.2)
         _drain_in_every_worker(pg, env, port, pids, pool_name)
+        _resize_one_worker_then_all(env, pids, pool_name)
 
         victim = min(pids)
         os.kill(victim, signal.SIGKILL)
@@ -255,6 +256,37 @@ def _drain_in_every_worker(
         ),
     )
     assert backends() and not backends() & old
+
+
+def _resize_one_worker_then_all(env: dict[str, str], pids: set[int], pool_name: str) -> None:
+    """``lido resize``: the worker named by ``--pid`` resizes its pool, then every worker."""
+    rundir = Path(env["LIDO_RUNTIME_DIR"])
+
+    def sizes() -> dict[int, tuple[int, int]]:
+        return {
+            r["pid"]: (p["stats"]["pool_min"], p["stats"]["pool_max"])
+            for r in host.read_records(rundir)
+            if r["pid"] in pids
+            for p in r["pools"]
+            if p["name"] == pool_name
+        }
+
+    one, other = sorted(pids)
+    start = sizes()[other]
+    first, then = (0, start[1] + 2), (1, start[1] + 3)
+    resize = ("resize", "--pool", pool_name)
+    lido(env, *resize, "--min-size", "0", "--max-size", str(first[1]), "--pid", str(one))
+    wait_for(lambda: sizes()[one] == first, timeout=20, step=0.2)
+    assert sizes()[other] == start, "the other worker is not the one named"
+    lido(env, *resize, "--min-size", "1", "--max-size", str(then[1]))
+    wait_for(lambda: set(sizes().values()) == {then}, timeout=20, step=0.2)
+    bad = subprocess.run(
+        [sys.executable, "-m", "django", "lido", "resize", "--pool", pool_name,
+         "--min-size", "4", "--max-size", "2"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 1
+    assert "min_size=4: an integer from 0 to max_size (2)" in bad.stderr
 
 
 @pytest.fixture

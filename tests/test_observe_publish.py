@@ -220,8 +220,44 @@ def test_a_drain_request_reaches_the_named_pools_once(pg: Any, rundir: Path) -> 
             assert drained() == (2, 1)
         finally:
             pub.remove()
-    with pytest.raises(ValueError, match="action must be one of reset_queries, drain, not 'x'"):
+    with pytest.raises(
+        ValueError, match="action must be one of reset_queries, drain, resize, not 'x'"
+    ):
         publish.request_action("x", rundir)
+
+
+def test_a_resize_reaches_the_process_named_and_requests_in_one_tick_are_all_taken(
+    pg: Any, rundir: Path
+) -> None:
+    with (
+        Pool(pg.conninfo(), name=unique("pub_z"), max_size=2) as a,
+        Pool(pg.conninfo(), name=unique("pub_y"), max_size=2) as b,
+    ):
+        rundir.mkdir(mode=0o700, exist_ok=True)
+        publish.stop()
+        pub = publish.Publisher()
+        try:
+            publish.request_resize(a.name, 0, 3, rundir)
+            publish.request_resize(a.name, 0, 5, rundir, pid=os.getpid() + 1)  # not this one
+            publish.request_resize(b.name, 0, 4, rundir, pid=os.getpid())
+            publish.request_drain(rundir, b.name)
+            pub.publish_once()
+            assert (a.stats()["pool_max"], b.stats()["pool_max"]) == (3, 4)
+            assert b.stats()["closes_drained"] == 0  # nothing to drain, but taken: below
+            b.putconn(b.getconn())
+            pub.publish_once()
+            assert b.stats()["closes_drained"] == 0, "a request is taken once"
+            with pytest.raises(ValueError, match=r"min_size=6: an integer from 0 to max_size"):
+                publish.request_resize(a.name, 6, 2, rundir)
+            # Requests older than REQUEST_TTL are deleted, not taken.
+            requests = rundir / publish.REQUESTS
+            stale = requests / f"{time.time_ns() - 61 * 10**9}-1-drain.json"
+            stale.write_text(json.dumps({"action": "drain", "at": time.time(), "pool": None}))
+            pub.publish_once()
+            assert not stale.exists()
+            assert b.stats()["closes_drained"] == 0
+        finally:
+            pub.remove()
 
 
 def test_stale_records_and_reused_pids_are_dropped(rundir: Path) -> None:

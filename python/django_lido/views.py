@@ -5,8 +5,8 @@ about once a second; that view returns ``django_lido.observe.host.host_snapshot(
 live process of this host) cut down to the keys the page shows, so that a key added
 upstream with raw SQL in it cannot reach a browser unnoticed. Anonymous users are sent to
 ``settings.LOGIN_URL``; signed-in users who are not active staff get 403. Actions are POSTs
-with a CSRF token; a drain or a statistics reset reaches every process of the host, a resize
-acts on a pool of the process that serves the request. The
+with a CSRF token; each reaches the processes of the host through their publishers (a
+resize, the process named or all). The
 ``metrics`` route of ``django_lido.urls`` is ``django_lido.observe.metrics.metrics``.
 """
 
@@ -23,8 +23,6 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect, ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
-
-from django_lido.pool import Pool
 
 View = Callable[..., HttpResponse]
 
@@ -139,35 +137,24 @@ def _numbers(d: Mapping[str, Any]) -> dict[str, Any]:
 @csrf_protect
 @staff_only(page=False)
 def action(request: HttpRequest, name: str) -> JsonResponse:
-    """``reset_queries``: every process of the host resets the statement statistics of the
-    pool named ``pool`` (of all its pools when none is named) at its next publishing tick;
-    ``drain``: likewise, every process replaces the connections of those pools.
-    ``resize`` (``min_size``, ``max_size``): the pool named ``pool`` of process ``pid``,
-    which must be the process serving this request (a process owns its pools)."""
-    from django_lido.observe.publish import ACTIONS, request_action
+    """Asks the processes of the host to act on their pools named ``pool`` (all pools when
+    none is named), each at its next publishing tick: ``reset_queries`` (their statement
+    statistics), ``drain`` (every connection replaced), ``resize`` (``min_size``,
+    ``max_size``, of the pool named; of process ``pid`` only when given)."""
+    from django_lido.observe.publish import ACTIONS, request_action, request_resize
 
-    if name in ACTIONS:
-        request_action(name, pool=request.POST.get("pool") or None)
-        return JsonResponse({"ok": True})
-    if name != "resize":
+    pool = request.POST.get("pool") or None
+    if name not in ACTIONS:
         return JsonResponse({"error": f"unknown action {name!r}"}, status=404)
-    pid = request.POST.get("pid", "")
-    if pid != str(os.getpid()):
-        return JsonResponse(
-            {"error": f"pool lives in process {pid}; this request was served by {os.getpid()}"},
-            status=409,
-        )
-    pool = _local_pool(request.POST.get("pool", ""))
-    if pool is None:
-        return JsonResponse({"error": "no such pool in this process"}, status=404)
+    if name != "resize":
+        request_action(name, pool=pool)
+        return JsonResponse({"ok": True})
     try:
-        pool.resize(int(request.POST["min_size"]), int(request.POST["max_size"]))
-    except (KeyError, ValueError, TypeError) as exc:
+        if pool is None:
+            raise ValueError("the pool to resize must be named")
+        pid = int(request.POST["pid"]) if request.POST.get("pid") else None
+        sizes = int(request.POST["min_size"]), int(request.POST["max_size"])
+        request_resize(pool, *sizes, pid=pid)
+    except (KeyError, ValueError) as exc:
         return JsonResponse({"error": f"resize: {exc}"}, status=400)
-    return JsonResponse({"ok": True, "stats": _numbers(pool.stats())})
-
-
-def _local_pool(name: str) -> Pool | None:
-    from django_lido.observe.publish import open_pools
-
-    return next((p for p in open_pools() if p.name == name), None)
+    return JsonResponse({"ok": True})

@@ -129,9 +129,7 @@ def _pool_totals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(totals.values())
 
 
-def _add_buckets(
-    total: list[list[float]], more: list[list[float]] | None
-) -> list[list[float]]:
+def _add_buckets(total: list[list[float]], more: list[list[float]] | None) -> list[list[float]]:
     """Cumulative counts below each bound, summed: every version of the engine has the same
     bounds, so a process's list either matches the total's or starts it."""
     if not more:

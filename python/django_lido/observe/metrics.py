@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django_lido.observe import host, publish
 
@@ -151,6 +151,7 @@ class LidoCollector:
         )
         from prometheus_client.utils import floatToGoString
 
+        le = cast(Callable[[float], str], floatToGoString)  # untyped in prometheus_client
         pools = self._snapshot()["pools"]
         pool_label = prometheus_name(POOL_NAME)
         for m in METRICS:
@@ -158,7 +159,7 @@ class LidoCollector:
             if m.kind == "time":
                 hist = HistogramMetricFamily(name, m.doc, labels=[pool_label], unit="seconds")
                 for t in pools:
-                    buckets = [(floatToGoString(b), n) for b, n in t[f"{m.hist}_buckets"]]
+                    buckets = [(le(b), n) for b, n in t[f"{m.hist}_buckets"]]
                     buckets.append(("+Inf", t[f"{m.hist}_count"]))
                     hist.add_metric([t["name"]], buckets, t[f"{m.hist}_sum_ms"] / 1000.0)
                 yield hist

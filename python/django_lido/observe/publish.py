@@ -8,9 +8,10 @@ process from a hung one. Checkouts never wait for it: it only calls the pools' r
 methods, and those of the actions requested (below). Under gevent the thread is a real OS
 thread, so its sleeps and file writes do not run on (or block) the hub.
 
-Another process of the host asks every publishing process to act on its pools with a request
-file in the same directory (:func:`request_action`): at its next tick each process that
-started before the request runs the action on its pools named in it (or all), once.
+Another process of the host asks the publishing processes to act on their pools with a
+request file in the ``requests`` subdirectory (:func:`request_action`): at its next tick
+each process that started before the request (and is the one named, if one is) runs the
+action on its pools named in it (or all), once.
 """
 
 from __future__ import annotations
@@ -274,22 +275,39 @@ def write_record(directory: Path, record: dict[str, Any]) -> Path:
     return final
 
 
-# What one process may ask every publishing process of the host to do to its pools: the
-# action's name -> (the request file, in the runtime directory; the pool method it calls).
-ACTIONS: dict[str, tuple[str, str]] = {
-    "reset_queries": ("reset-queries.request", "reset_query_stats"),
-    "drain": ("drain.request", "drain"),
+# What one process may ask the publishing processes of the host to do to their pools:
+# the action's name -> the pool method it calls.
+ACTIONS: dict[str, str] = {
+    "reset_queries": "reset_query_stats",
+    "drain": "drain",
+    "resize": "resize",
 }
+# Requests are files in this subdirectory of the runtime directory, one per request (so two
+# made within one tick are both taken), named "<time_ns>-<pid>-<action>.json"; any
+# publisher deletes those older than REQUEST_TTL seconds.
+REQUESTS = "requests"
+REQUEST_TTL = 60.0
 
 
-def request_action(action: str, directory: Path | None = None, pool: str | None = None) -> None:
-    """Asks every process publishing to ``directory`` to run ``action`` (a key of
-    ``ACTIONS``) on its pools named ``pool``, or on all: each does at its next tick."""
+def request_action(
+    action: str,
+    directory: Path | None = None,
+    pool: str | None = None,
+    *,
+    pid: int | None = None,
+    args: tuple[Any, ...] = (),
+) -> None:
+    """Asks the processes publishing to ``directory`` (process ``pid`` only, if given) to
+    run ``action`` (a key of ``ACTIONS``) with ``args`` on their pools named ``pool``, or on
+    all: each does at its next tick, once."""
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {', '.join(ACTIONS)}, not {action!r}")
     directory = runtime_dir() if directory is None else directory
-    request = json.dumps({"at": time.time(), "pool": pool}).encode()
-    _write_atomically(directory / ACTIONS[action][0], request)
+    requests = directory / REQUESTS
+    requests.mkdir(mode=0o700, exist_ok=True)
+    body = {"action": action, "at": time.time(), "pool": pool, "pid": pid, "args": list(args)}
+    name = f"{time.time_ns()}-{os.getpid()}-{action}.json"
+    _write_atomically(requests / name, json.dumps(body).encode())
 
 
 def request_query_reset(directory: Path | None = None, pool: str | None = None) -> None:
@@ -302,6 +320,39 @@ def request_drain(directory: Path | None = None, pool: str | None = None) -> Non
     """Asks every publishing process to drain its pools (those named ``pool``, or all):
     each replaces every connection of theirs (``Pool.drain()``)."""
     request_action("drain", directory, pool)
+
+
+def request_resize(
+    pool: str,
+    min_size: int,
+    max_size: int,
+    directory: Path | None = None,
+    pid: int | None = None,
+) -> None:
+    """Asks the publishing processes (process ``pid`` only, if given) to resize their pools
+    named ``pool`` (``Pool.resize()``). The sizes are checked here, so a bad value is said
+    to the one asking rather than logged in every process."""
+    from django_lido.options import PoolOptions
+
+    PoolOptions(min_size=min_size, max_size=max_size)
+    request_action("resize", directory, pool, pid=pid, args=(min_size, max_size))
+
+
+def _read_request(path: Path) -> dict[str, Any] | None:
+    """A request file's fields, checked; None if it cannot be read or makes no sense."""
+    try:
+        r = json.loads(path.read_bytes())
+        pool, pid = r.get("pool"), r.get("pid")
+        request = {
+            "method": ACTIONS[r["action"]],
+            "at": float(r["at"]),
+            "pool": None if pool is None else str(pool),
+            "pid": None if pid is None else int(pid),
+            "args": tuple(r.get("args") or ()),
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return request
 
 
 def _allocate_lock() -> Any:
@@ -330,8 +381,8 @@ class Publisher:
         self._last: list[tuple[Any, ...]] | None = None
         self._last_write = 0.0
         self.started = time.time()
-        # Each request file's modification time when last looked at, by action.
-        self._requests_seen: dict[str, int] = {}
+        # The request files already looked at.
+        self._requests_seen: set[str] = set()
         self._thread: threading.Thread | _green.RealThread | None = None
 
     def start(self) -> None:
@@ -383,38 +434,34 @@ class Publisher:
         return True
 
     def _take_requests(self, pools: list[Any]) -> None:
-        """Runs each action requested since it was last looked at, by a request newer than
-        this publisher (see :func:`request_action`), on the pools it names; one ``stat()``
-        per action when there is none."""
-        for action, (file, method) in ACTIONS.items():
-            request = self._new_request(action, file)
-            if request is None:
+        """Runs each request made since this publisher started and not yet looked at (see
+        :func:`request_action`) on the pools it names, and deletes expired requests; one
+        ``scandir`` of the requests directory when there is none."""
+        assert self._dir is not None
+        try:
+            names = [e.name for e in os.scandir(self._dir / REQUESTS)]
+        except OSError:
+            return
+        self._requests_seen.intersection_update(names)
+        expired = time.time_ns() - int(REQUEST_TTL * 1e9)
+        for name in sorted(names):  # in the order made
+            if name in self._requests_seen:
                 continue
-            at, name = request
-            if at < self.started:
+            self._requests_seen.add(name)
+            path = self._dir / REQUESTS / name
+            made = name.split("-", 1)[0]
+            if made.isdigit() and int(made) < expired:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            request = _read_request(path)
+            if request is None or request["at"] < self.started:
+                continue
+            if request["pid"] not in (None, self.pid):
                 continue
             for pool in pools:
-                if name is None or pool.name == name:
-                    _call(pool, method)
-
-    def _new_request(self, action: str, file: str) -> tuple[float, str | None] | None:
-        """(when made, the pool named) of the request in ``file``, if it changed since last
-        looked at and can be read."""
-        assert self._dir is not None
-        path = self._dir / file
-        try:
-            mtime = path.stat().st_mtime_ns
-        except OSError:
-            return None
-        if self._requests_seen.get(action) == mtime:
-            return None
-        self._requests_seen[action] = mtime
-        try:
-            request = json.loads(path.read_bytes())
-            name = request.get("pool")
-            return float(request["at"]), None if name is None else str(name)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
+                if request["pool"] is None or pool.name == request["pool"]:
+                    _call(pool, request["method"], *request["args"])
 
     def _run(self) -> None:
         failures = 0

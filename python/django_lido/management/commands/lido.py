@@ -1,6 +1,6 @@
 """``manage.py lido status|connections|queries|leaks|top``: the host's pools, from every live
-process's published record (see ``django_lido.observe``). ``lido drain`` and ``lido queries
---reset`` ask every publishing process to act on its pools."""
+process's published record (see ``django_lido.observe``). ``lido drain``, ``lido resize``
+and ``lido queries --reset`` ask the publishing processes to act on their pools."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_lido.observe import host_snapshot, publish, runtime_dir
 
@@ -20,6 +20,7 @@ VIEWS = ("status", "connections", "queries", "leaks", "top")
 ASKED = {
     "reset_queries": "reset its query statistics",
     "drain": "drain its pools (every connection replaced)",
+    "resize": "resize its pools",
 }
 ORDERS: dict[str, Callable[[dict[str, Any]], float]] = {
     "total": lambda q: q["total_s"],
@@ -189,12 +190,14 @@ class Command(BaseCommand):
         "The connection pools of every process on this host: status (a table per process "
         "and host totals), connections (who holds what), queries (top statements), leaks "
         "(long holds, leaks, idle transactions, with stacks), top (status refreshed live); "
-        "drain: every process replaces the connections of its pools (of --pool, or all)."
+        "drain: every process replaces the connections of its pools (of --pool, or all); "
+        "resize: the pools named --pool get --min-size and --max-size (in process --pid, or "
+        "in every process)."
     )
     requires_system_checks: list[str] = []  # noqa: RUF012 - Django's own attribute
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("view", choices=(*VIEWS, "drain"))
+        parser.add_argument("view", choices=(*VIEWS, "drain", "resize"))
         parser.add_argument("--runtime-dir", help="where the records are (default: runtime_dir())")
         parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
         parser.add_argument("--pool", help="only the pools with this name")
@@ -206,6 +209,9 @@ class Command(BaseCommand):
             action="store_true",
             help="queries: every process resets its query statistics (of --pool, or all)",
         )
+        parser.add_argument("--min-size", type=int, help="resize: the new min_size")
+        parser.add_argument("--max-size", type=int, help="resize: the new max_size")
+        parser.add_argument("--pid", type=int, help="resize: only this process")
         parser.add_argument("--interval", type=float, default=1.0, help="top: seconds")
         parser.add_argument(
             "--iterations", type=int, default=0, help="top: refreshes, then exit (0: until ^C)"
@@ -213,6 +219,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         view: str = opts["view"]
+        if view == "resize":
+            self._resize(opts)
+            return
         if view == "drain" or (view == "queries" and opts["reset"]):
             self._request("drain" if view == "drain" else "reset_queries", opts)
             return
@@ -232,6 +241,25 @@ class Command(BaseCommand):
         self.stdout.write(
             f"asked every process publishing in {directory} to {ASKED[action]} ({pools}); "
             "each does within a second"
+        )
+
+    def _resize(self, opts: dict[str, Any]) -> None:
+        needed = ("pool", "min_size", "max_size")
+        missing = [f"--{k.replace('_', '-')}" for k in needed if opts[k] is None]
+        if missing:
+            raise CommandError(f"resize needs {', '.join(missing)}")
+        directory = Path(opts["runtime_dir"]) if opts["runtime_dir"] else runtime_dir()
+        try:
+            publish.request_resize(
+                opts["pool"], opts["min_size"], opts["max_size"], directory, opts["pid"]
+            )
+        except ValueError as e:
+            raise CommandError(str(e)) from e
+        who = f"process {opts['pid']}" if opts["pid"] else "every process"
+        self.stdout.write(
+            f"asked {who} publishing in {directory} to resize the pools named {opts['pool']!r} "
+            f"to min_size {opts['min_size']}, max_size {opts['max_size']}; each does within a "
+            "second"
         )
 
     def _data(self, view: str, snap: dict[str, Any], opts: dict[str, Any]) -> Any:

@@ -514,18 +514,18 @@
     drain.addEventListener("click", function () { drainPools(row.pool.name, drained); });
     content.appendChild(el("div", { cls: "actions" }, drain));
     content.appendChild(drained);
-    if (!latest || row.pid !== latest.served_by) {
-      content.appendChild(el("p", { cls: "empty", text: "A resize applies to the process serving this page (pid " + (latest ? latest.served_by : "?") + ") only." }));
-      return;
-    }
+    // A resize reaches the process (or every process) at its next publishing tick.
     var min = el("input", { type: "number", min: "0", value: String(num(s.pool_min)), "aria-label": "min size" });
     var max = el("input", { type: "number", min: "1", value: String(num(s.pool_max)), "aria-label": "max size" });
     var out = el("p", { cls: "result" });
-    var resize = el("button", { type: "button", text: "Resize" });
-    resize.addEventListener("click", function () {
-      post(body.dataset.resizeUrl, { pid: row.pid, pool: row.pool.name, min_size: min.value, max_size: max.value }, out);
-    });
-    content.appendChild(el("div", { cls: "actions" }, "min ", min, " max ", max, " ", resize));
+    var resizeOne = el("button", { type: "button", text: "Resize in process " + row.pid });
+    var resizeAll = el("button", { type: "button", text: "Resize on every process" });
+    function resize(pid) {
+      post(body.dataset.resizeUrl, { pid: pid, pool: row.pool.name, min_size: min.value, max_size: max.value }, out);
+    }
+    resizeOne.addEventListener("click", function () { resize(row.pid); });
+    resizeAll.addEventListener("click", function () { resize(""); });
+    content.appendChild(el("div", { cls: "actions" }, "min ", min, " max ", max, " ", resizeOne, " ", resizeAll));
     content.appendChild(out);
   }
 
