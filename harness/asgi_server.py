@@ -1,12 +1,13 @@
-"""A tiny Django project served by a real ``uvicorn``, and bounded HTTP load against it.
+"""A tiny Django project served by a real ASGI server, and bounded HTTP load against it.
 
 ``write_project(root, database=...)`` writes a project into ``root``: a model table it
 creates itself, async views that use the async ORM (``aget``, ``acount``, ``async for``),
 sync views that use the ORM, slow ones (``/slow_async``, ``/slow_sync``: a query, then a
 sleep), and ``/stats`` (the pool's statistics as JSON).
-``UvicornServer(root)`` serves it on a free port (``start()`` waits until it answers,
-``stop()`` ends the whole process group); ``drive(port, paths, ...)`` sends a bounded number
-of requests from a bounded number of client threads and counts what came back.
+``UvicornServer(root)`` or ``DaphneServer(root)`` serves it on a free port (``start()``
+waits until it answers, ``stop()`` ends the whole process group); ``drive(port, paths,
+...)`` sends a bounded number of requests from a bounded number of client threads and
+counts what came back.
 
 Used by ``tests/test_django_asgi.py`` and ``bench/asgi_requests.py``.
 """
@@ -266,6 +267,17 @@ class UvicornServer(AsgiServer):
         return ["asgiproj.asgi:application", "--host", "127.0.0.1", "--port", str(self.port),
                 "--workers", str(self.workers), "--log-level", "warning",
                 "--no-access-log"]  # fmt: skip
+
+
+class DaphneServer(AsgiServer):
+    """``daphne`` (Django Channels' server): one process, no workers option."""
+
+    module = "daphne"
+
+    def options(self) -> list[str]:
+        # Verbosity 0: warnings only, no access log.
+        return ["--bind", "127.0.0.1", "--port", str(self.port), "--verbosity", "0",
+                "asgiproj.asgi:application"]  # fmt: skip
 
 
 def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
