@@ -1,12 +1,13 @@
-"""A tiny Django project served by a real ``uvicorn``, and bounded HTTP load against it.
+"""A tiny Django project served by a real ASGI server, and bounded HTTP load against it.
 
 ``write_project(root, database=...)`` writes a project into ``root``: a model table it
 creates itself, async views that use the async ORM (``aget``, ``acount``, ``async for``),
 sync views that use the ORM, slow ones (``/slow_async``, ``/slow_sync``: a query, then a
 sleep), and ``/stats`` (the pool's statistics as JSON).
-``UvicornServer(root)`` serves it on a free port (``start()`` waits until it answers,
-``stop()`` ends the whole process group); ``drive(port, paths, ...)`` sends a bounded number
-of requests from a bounded number of client threads and counts what came back.
+``UvicornServer(root)`` or ``DaphneServer(root)`` serves it on a free port (``start()``
+waits until it answers, ``stop()`` ends the whole process group); ``drive(port, paths,
+...)`` sends a bounded number of requests from a bounded number of client threads and
+counts what came back.
 
 Used by ``tests/test_django_asgi.py`` and ``bench/asgi_requests.py``.
 """
@@ -171,23 +172,25 @@ def write_files(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
-class UvicornServer:
-    """``uvicorn asgiproj.asgi:application`` for a project made by ``write_project``."""
+class AsgiServer:
+    """An ASGI server (``python -m MODULE``) serving ``asgiproj.asgi:application`` of a
+    project made by ``write_project``, on a free port, in a process group of its own.
+    Subclasses give the module and its options; everything else is shared."""
+
+    module: str  # what ``python -m`` runs
 
     def __init__(
         self,
         root: Path,
         *,
-        workers: int = 1,
         python: str = sys.executable,
         pythonpath: list[str] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
-        self.workers = workers
         self.python = python
         self.port = free_port()
-        self.log = root / "uvicorn.log"
+        self.log = root / f"{self.module}.log"
         paths = [str(root), *(pythonpath or [])]
         self.env = {
             **os.environ,
@@ -199,13 +202,15 @@ class UvicornServer:
 
     ready_path = "/stats"  # answers 200 once the server is up
 
+    def options(self) -> list[str]:
+        """The server's command-line arguments after ``python -m MODULE``."""
+        raise NotImplementedError
+
     def argv(self) -> list[str]:
-        return [self.python, "-m", "uvicorn", "asgiproj.asgi:application",
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers",
-                str(self.workers), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+        return [self.python, "-m", self.module, *self.options()]
 
     def start(self, timeout: float = 30.0) -> Self:
-        name = self.argv()[2]
+        name = self.argv()[2]  # the module: subclasses may override argv() whole
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 self.argv(), cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
@@ -247,6 +252,32 @@ class UvicornServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class UvicornServer(AsgiServer):
+    """``uvicorn`` with ``workers`` worker processes."""
+
+    module = "uvicorn"
+
+    def __init__(self, root: Path, *, workers: int = 1, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self.workers = workers
+
+    def options(self) -> list[str]:
+        return ["asgiproj.asgi:application", "--host", "127.0.0.1", "--port", str(self.port),
+                "--workers", str(self.workers), "--log-level", "warning",
+                "--no-access-log"]  # fmt: skip
+
+
+class DaphneServer(AsgiServer):
+    """``daphne`` (Django Channels' server): one process, no workers option."""
+
+    module = "daphne"
+
+    def options(self) -> list[str]:
+        # Verbosity 0: warnings only, no access log.
+        return ["--bind", "127.0.0.1", "--port", str(self.port), "--verbosity", "0",
+                "asgiproj.asgi:application"]  # fmt: skip
 
 
 def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:

@@ -1,5 +1,6 @@
-"""Django under ASGI: a real ``uvicorn`` serving a tiny project (async views using the async
-ORM, sync views) on a throwaway PostgreSQL, under bounded load, at ``CONN_MAX_AGE`` 0 and 60.
+"""Django under ASGI: a real ``uvicorn`` and a real ``daphne``, each serving a tiny project
+(async views using the async ORM, sync views) on a throwaway PostgreSQL, under bounded load,
+at ``CONN_MAX_AGE`` 0 and 60; each test runs against both servers.
 
 Each request's sync code runs in a thread of its own (Django's per-request
 ``ThreadSensitiveContext``), so a connection kept after the request would strand there;
@@ -20,6 +21,8 @@ from django_helpers import LIDO_ENGINE, unique
 
 from harness.asgi_server import (
     TABLE_SQL,
+    AsgiServer,
+    DaphneServer,
     ServerConnections,
     UvicornServer,
     drive,
@@ -29,11 +32,16 @@ from harness.asgi_server import (
 )
 from harness.django_db import postgres_entry
 
-# Not imported here: an ASGI server loaded in the test process would change what the system
-# checks of other test modules find.
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("uvicorn") is None, reason="uvicorn is not installed"
-)
+# The servers run as subprocesses and are not imported here (only looked up, to skip one
+# that is not installed): an ASGI server loaded in the test process would change what the
+# system checks of other test modules find.
+SERVERS: dict[str, type[AsgiServer]] = {"uvicorn": UvicornServer, "daphne": DaphneServer}
+
+
+def server_param(name: str) -> Any:
+    missing = importlib.util.find_spec(name) is None
+    return pytest.param(name, marks=pytest.mark.skipif(missing, reason=f"{name} is not installed"))
+
 
 MAX_SIZE = 4
 
@@ -49,19 +57,26 @@ def entry(pg: Any, app: str, conn_max_age: int | None) -> dict[str, Any]:
     return postgres_entry(pg, engine=LIDO_ENGINE, app=app, conn_max_age=conn_max_age, pool=pool)
 
 
+@pytest.fixture(params=[server_param(name) for name in SERVERS])
+def server_kind(request: pytest.FixtureRequest) -> type[AsgiServer]:
+    return SERVERS[request.param]
+
+
 @pytest.fixture
-def served(request: pytest.FixtureRequest, table: Any, tmp_path: Path) -> Iterator[Any]:
+def served(
+    request: pytest.FixtureRequest, server_kind: type[AsgiServer], table: Any, tmp_path: Path
+) -> Iterator[Any]:
     conn_max_age = request.param
     app = unique("lido_asgi")
     write_project(tmp_path, database=entry(table, app, conn_max_age))
-    server = UvicornServer(tmp_path)
+    server = server_kind(tmp_path)
     with server:
         yield server, app
     print(server.log_tail())
 
 
 @pytest.mark.parametrize("served", [0, 60], indirect=True, ids=["age0", "age60"])
-def test_uvicorn_async_and_sync_views_give_every_connection_back(served: Any, table: Any) -> None:
+def test_async_and_sync_views_give_every_connection_back(served: Any, table: Any) -> None:
     server, app = served
     with ServerConnections(table, app) as seen:
         load = drive(
