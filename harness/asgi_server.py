@@ -210,7 +210,6 @@ class AsgiServer:
         return [self.python, "-m", self.module, *self.options()]
 
     def start(self, timeout: float = 30.0) -> Self:
-        name = self.argv()[2]  # the module: subclasses may override argv() whole
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 self.argv(), cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
@@ -219,14 +218,16 @@ class AsgiServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{name} exited ({self.proc.returncode}):\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.module} exited ({self.proc.returncode}):\n{self.log_tail()}"
+                )
             with contextlib.suppress(OSError):
                 status, _ = get(self.port, self.ready_path, timeout=2)
                 if status == 200:
                     return self
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"{name} did not answer in {timeout} s:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.module} did not answer in {timeout} s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.asgi_server import UvicornServer, write_files
+from harness.asgi_server import AsgiServer, write_files
 
 PASSWORD = "dash-pass-81"
 SECRET_PARAM = "secret-param-7311"
@@ -195,22 +195,23 @@ def prepare(root: Path, python: str = sys.executable) -> None:
     )  # fmt: skip
 
 
-class GunicornServer(UvicornServer):
+class GunicornServer(AsgiServer):
     """``gunicorn dashsite.wsgi`` with ``workers`` processes of ``threads`` threads each;
-    stopping and the log are ``UvicornServer``'s."""
+    starting, stopping and the log are ``AsgiServer``'s."""
 
+    module = "gunicorn"
     ready_path = "/pid"
 
     def __init__(self, root: Path, *, workers: int = 2, threads: int = 4) -> None:
-        super().__init__(root, workers=workers, env={"DJANGO_SETTINGS_MODULE": "dashsite.settings"})
+        super().__init__(root, env={"DJANGO_SETTINGS_MODULE": "dashsite.settings"})
+        self.workers = workers
         self.threads = threads
-        self.log = root / "gunicorn.log"
 
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def argv(self) -> list[str]:
-        return [self.python, "-m", "gunicorn", "--chdir", str(self.root),
+    def options(self) -> list[str]:
+        return ["--chdir", str(self.root),
                 "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
                 "--worker-class", "gthread", "--threads", str(self.threads),
                 "--timeout", "60", "--graceful-timeout", "5", "--log-level", "warning",
