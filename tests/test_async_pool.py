@@ -652,3 +652,34 @@ def test_drain_replaces_every_connection_and_a_waiter_gets_a_fresh_one(pg):
             assert pool.stats()["closes_drained"] == 4
 
     run(body)
+
+
+def test_a_task_cancelled_while_holding_a_connection_leaks_it_visibly(pg: Any) -> None:
+    """The holder record names the task without keeping it: a cancelled task (its traceback
+    keeps the frame that kept the connection) is collected, and the slot comes back as a
+    leak rather than staying taken until the pool closes."""
+    import gc
+
+    async def body() -> None:
+        pool = make(pg, max_size=1)
+        taken = asyncio.Event()
+
+        async def hold() -> None:
+            conn = await pool.getconn()  # never given back
+            taken.set()
+            await asyncio.sleep(30)
+            await pool.putconn(conn)
+
+        task = asyncio.create_task(hold())
+        await taken.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        del task
+        gc.collect()
+        await eventually(lambda: pool.stats()["in_use"] == 0, "the slot back")
+        assert pool.stats()["connections_leaked"] == 1
+        await pool.putconn(await pool.getconn(timeout=5))
+        await pool.close()
+
+    run(body)

@@ -12,7 +12,7 @@ use lido_core::Pooled;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyWeakrefReference};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::os::raw::c_ulong;
@@ -74,8 +74,42 @@ extern "C" {
 /// stack (stack.rs); named and formatted only when shown.
 pub(crate) struct Taker {
     thread: c_ulong,
-    within: Option<(Within, Py<PyAny>)>,
+    within: Option<Running>,
     pub(crate) stack: Option<Stack>,
+}
+
+/// The greenlet or task that took a connection, held weakly: a strong reference would keep
+/// a finished task, its traceback and so the connection alive, and the leak unseen.
+struct Running {
+    kind: Within,
+    /// Its address, the key of its label (`django_lido.labels`) and its name once gone.
+    addr: usize,
+    weak: Option<Py<PyWeakrefReference>>,
+}
+
+impl Running {
+    fn new(kind: Within, obj: &Bound<'_, PyAny>) -> Running {
+        Running {
+            kind,
+            addr: obj.as_ptr() as usize,
+            weak: PyWeakrefReference::new(obj).ok().map(Bound::unbind),
+        }
+    }
+
+    /// Its name (`get_name()` of a task, `name` of a greenlet), else its kind and address.
+    fn name(&self, py: Python<'_>) -> String {
+        let kind = if self.kind == Within::Task {
+            "task"
+        } else {
+            "greenlet"
+        };
+        let alive = self.weak.as_ref().and_then(|w| w.bind(py).upgrade());
+        let name = alive.and_then(|r| match self.kind {
+            Within::Task => r.call_method0("get_name").ok(),
+            _ => r.getattr("name").ok(),
+        });
+        name.map_or_else(|| format!("{kind}-{:x}", self.addr), |n| n.to_string())
+    }
 }
 
 /// What runs in the taking thread besides the thread itself.
@@ -96,12 +130,12 @@ impl Taker {
         let thread = unsafe { PyThread_get_thread_ident() };
         let running = match within {
             Within::Thread => None,
-            Within::Greenlet => running_greenlet(py).map(Bound::unbind),
+            Within::Greenlet => running_greenlet(py),
             Within::Task => current_task(py),
         };
         Taker {
             thread,
-            within: running.map(|r| (within, r)),
+            within: running.map(|r| Running::new(within, &r)),
             stack: Stack::capture(py, depth),
         }
     }
@@ -121,8 +155,8 @@ impl Taker {
         };
         d.set_item("thread", name)?;
         let (greenlet, task) = match &self.within {
-            Some((Within::Greenlet, g)) => (Some(name_of(g.bind(py), "greenlet")), None),
-            Some((_, t)) => (None, Some(name_of(t.bind(py), "task"))),
+            Some(r) if r.kind == Within::Task => (None, Some(r.name(py))),
+            Some(r) => (Some(r.name(py)), None),
             None => (None, None),
         };
         d.set_item("greenlet", greenlet)?;
@@ -130,8 +164,8 @@ impl Taker {
         // Keyed by `threading.get_ident()`: the greenlet's id when gevent patched threading.
         let labels = py.import("django_lido.labels")?.getattr("labels")?;
         let mut label = py.None().into_bound(py);
-        if let Some((Within::Greenlet, g)) = &self.within {
-            label = labels.call_method1("get", (g.as_ptr() as usize,))?;
+        if let Some(r) = self.within.as_ref().filter(|r| r.kind == Within::Greenlet) {
+            label = labels.call_method1("get", (r.addr,))?;
         }
         if label.is_none() {
             label = labels.call_method1("get", (self.thread,))?;
@@ -141,27 +175,15 @@ impl Taker {
     }
 }
 
-/// A greenlet's or task's name, else its kind and address.
-fn name_of(running: &Bound<'_, PyAny>, kind: &str) -> String {
-    let name = match kind {
-        "task" => running.call_method0("get_name"),
-        _ => running.getattr("name"),
-    };
-    name.map_or_else(
-        |_| format!("{kind}-{:x}", running.as_ptr() as usize),
-        |n| n.to_string(),
-    )
-}
-
 /// The running asyncio task (`AsyncPool`), if asyncio can tell.
-fn current_task(py: Python<'_>) -> Option<Py<PyAny>> {
+fn current_task(py: Python<'_>) -> Option<Bound<'_, PyAny>> {
     static CURRENT_TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let f = CURRENT_TASK
         .get_or_try_init(py, || {
             PyResult::Ok(py.import("asyncio")?.getattr("current_task")?.unbind())
         })
         .ok()?;
-    f.call0(py).ok().filter(|t| !t.is_none(py))
+    f.bind(py).call0().ok().filter(|t| !t.is_none())
 }
 
 impl Held {
