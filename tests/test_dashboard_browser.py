@@ -281,6 +281,6 @@ def test_reset_statement_statistics_on_every_process(browser: Any) -> None:
 
     wait_for("the hold view's statement among the top statements", hold_shape_rows)
     browser.find_element(By.ID, "reset-queries").click()
-    wait_for("the reset to be accepted", lambda: text(browser, "reset-result") == "done")
+    wait_for("the reset to be accepted", lambda: text(browser, "reset-result") == "asked")
     # Both workers ran that statement; each drops it at its next publishing tick.
     wait_for("the statement to leave the table", lambda: not hold_shape_rows())

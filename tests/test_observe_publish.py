@@ -251,11 +251,38 @@ def test_a_resize_reaches_the_process_named_and_requests_in_one_tick_are_all_tak
                 publish.request_resize(a.name, 6, 2, rundir)
             # Requests older than REQUEST_TTL are deleted, not taken.
             requests = rundir / publish.REQUESTS
-            stale = requests / f"{time.time_ns() - 61 * 10**9}-1-drain.json"
-            stale.write_text(json.dumps({"action": "drain", "at": time.time(), "pool": None}))
+            drain_all = json.dumps({"action": "drain", "at": time.time(), "pool": None})
+            stale = requests / f"{time.time_ns() - 61 * 10**9}-1-0-drain.json"
+            stale.write_text(drain_all)
+            # Not requests: a FIFO (reading it would block the thread), a link, a big file.
+            made = time.time_ns()
+            os.mkfifo(requests / f"{made}-1-1-drain.json")
+            (rundir / "elsewhere.json").write_text(drain_all)
+            (requests / f"{made}-1-2-drain.json").symlink_to(rundir / "elsewhere.json")
+            (requests / f"{made}-1-3-drain.json").write_text(drain_all + " " * 5000)
             pub.publish_once()
             assert not stale.exists()
             assert b.stats()["closes_drained"] == 0
+        finally:
+            pub.remove()
+
+
+def test_requests_are_deleted_once_expired_though_taken(
+    pg: Any, rundir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(publish, "REQUEST_TTL", 0.3)
+    with Pool(pg.conninfo(), name=unique("pub_x"), max_size=1) as a:
+        rundir.mkdir(mode=0o700, exist_ok=True)
+        publish.stop()
+        pub = publish.Publisher()
+        try:
+            a.putconn(a.getconn())
+            publish.request_drain(rundir, a.name)
+            pub.publish_once()
+            assert a.stats()["closes_drained"] == 1
+            (request,) = (rundir / publish.REQUESTS).iterdir()
+            wait_for(lambda: (pub.publish_once(), not request.exists())[1], timeout=5)
+            assert a.stats()["closes_drained"] == 1
         finally:
             pub.remove()
 

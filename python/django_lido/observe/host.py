@@ -129,14 +129,17 @@ def _pool_totals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(totals.values())
 
 
-def _add_buckets(total: list[list[float]], more: list[list[float]] | None) -> list[list[float]]:
-    """Cumulative counts below each bound, summed: every version of the engine has the same
-    bounds, so a process's list either matches the total's or starts it."""
+def _add_buckets(
+    total: list[list[float]], more: list[list[float]] | None
+) -> list[list[float]]:
+    """Cumulative counts below each bound, summed bound by bound. A process that gives no
+    buckets (an older engine) adds nothing here: its durations count in ``+Inf`` only."""
     if not more:
         return total
-    if not total:
-        return [[bound, n] for bound, n in more]
-    return [[bound, n + m] for (bound, n), (_, m) in zip(total, more, strict=True)]
+    summed = {bound: n for bound, n in total}
+    for bound, n in more:
+        summed[bound] = summed.get(bound, 0) + n
+    return [[bound, summed[bound]] for bound in sorted(summed)]
 
 
 def _merged_queries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

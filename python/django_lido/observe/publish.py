@@ -20,12 +20,15 @@ import atexit
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
+import stat
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +88,6 @@ def _make_private_dir(path: Path) -> None:
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700, parents=True)
     st = path.lstat()
-    import stat
-
     if not stat.S_ISDIR(st.st_mode):
         raise OSError(f"{path} is not a directory")
     if st.st_uid != os.getuid():
@@ -275,18 +276,28 @@ def write_record(directory: Path, record: dict[str, Any]) -> Path:
     return final
 
 
-# What one process may ask the publishing processes of the host to do to their pools:
-# the action's name -> the pool method it calls.
-ACTIONS: dict[str, str] = {
-    "reset_queries": "reset_query_stats",
-    "drain": "drain",
-    "resize": "resize",
+@dataclass(frozen=True)
+class Action:
+    """What one process may ask the publishing processes of the host to do to their
+    pools: the pool method called, and what it does (for the command's answer)."""
+
+    method: str
+    does: str
+
+
+ACTIONS: dict[str, Action] = {
+    "reset_queries": Action("reset_query_stats", "reset its query statistics"),
+    "drain": Action("drain", "drain its pools (every connection replaced)"),
+    "resize": Action("resize", "resize its pools"),
 }
 # Requests are files in this subdirectory of the runtime directory, one per request (so two
-# made within one tick are both taken), named "<time_ns>-<pid>-<action>.json"; any
-# publisher deletes those older than REQUEST_TTL seconds.
+# made within one tick are both taken), named "<time_ns>-<pid>-<n>-<action>.json"; any
+# publisher deletes those made more than REQUEST_TTL seconds ago.
 REQUESTS = "requests"
 REQUEST_TTL = 60.0
+# A request is a few dozen bytes: a larger file is not one.
+_REQUEST_MAX_BYTES = 4096
+_request_numbers = iter(range(1 << 62))
 
 
 def request_action(
@@ -306,7 +317,7 @@ def request_action(
     requests = directory / REQUESTS
     requests.mkdir(mode=0o700, exist_ok=True)
     body = {"action": action, "at": time.time(), "pool": pool, "pid": pid, "args": list(args)}
-    name = f"{time.time_ns()}-{os.getpid()}-{action}.json"
+    name = f"{time.time_ns()}-{os.getpid()}-{next(_request_numbers)}-{action}.json"
     _write_atomically(requests / name, json.dumps(body).encode())
 
 
@@ -339,20 +350,53 @@ def request_resize(
 
 
 def _read_request(path: Path) -> dict[str, Any] | None:
-    """A request file's fields, checked; None if it cannot be read or makes no sense."""
+    """A request file's fields, checked; None if it is not a small regular file (never a
+    link or a FIFO, which could block the thread) or makes no sense."""
     try:
-        r = json.loads(path.read_bytes())
-        pool, pid = r.get("pool"), r.get("pid")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            data = os.read(fd, _REQUEST_MAX_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(data) > _REQUEST_MAX_BYTES:
+            return None
+        r = json.loads(data)
+        pool, pid, at = r.get("pool"), r.get("pid"), float(r["at"])
         request = {
-            "method": ACTIONS[r["action"]],
-            "at": float(r["at"]),
+            "action": ACTIONS[r["action"]],
+            "at": at,
             "pool": None if pool is None else str(pool),
             "pid": None if pid is None else int(pid),
             "args": tuple(r.get("args") or ()),
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return request
+    return request if math.isfinite(at) else None
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.lstat().st_mtime > seconds
+    except OSError:
+        return False
+
+
+def _act(pool: Any, action: Action, args: tuple[Any, ...]) -> None:
+    """Runs a requested action on a pool; a failure is logged, since nobody waits for it."""
+    try:
+        getattr(pool, action.method)(*args)
+    except Exception:
+        logger.warning(
+            "pool %r: the requested %s%r failed", pool.name, action.method, args, exc_info=True
+        )
+
+
+def _made_at_ns(name: str) -> int | None:
+    """When a request file was made, from its name (a temporary file: None)."""
+    made = name.split("-", 1)[0]
+    return int(made) if made.isdigit() else None
 
 
 def _allocate_lock() -> Any:
@@ -435,33 +479,34 @@ class Publisher:
 
     def _take_requests(self, pools: list[Any]) -> None:
         """Runs each request made since this publisher started and not yet looked at (see
-        :func:`request_action`) on the pools it names, and deletes expired requests; one
-        ``scandir`` of the requests directory when there is none."""
+        :func:`request_action`) on the pools it names, and deletes expired requests and
+        writers' leftovers; one ``scandir`` of the requests directory a tick."""
         assert self._dir is not None
+        directory = self._dir / REQUESTS
         try:
-            names = [e.name for e in os.scandir(self._dir / REQUESTS)]
+            names = sorted(e.name for e in os.scandir(directory))  # in the order made
         except OSError:
             return
         self._requests_seen.intersection_update(names)
         expired = time.time_ns() - int(REQUEST_TTL * 1e9)
-        for name in sorted(names):  # in the order made
+        for name in names:
+            made = _made_at_ns(name)
+            if made is None or made < expired:
+                if made is not None or _older_than(directory / name, REQUEST_TTL):
+                    with contextlib.suppress(OSError):
+                        (directory / name).unlink()
+                continue
             if name in self._requests_seen:
                 continue
             self._requests_seen.add(name)
-            path = self._dir / REQUESTS / name
-            made = name.split("-", 1)[0]
-            if made.isdigit() and int(made) < expired:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                continue
-            request = _read_request(path)
+            request = _read_request(directory / name)
             if request is None or request["at"] < self.started:
                 continue
             if request["pid"] not in (None, self.pid):
                 continue
             for pool in pools:
                 if request["pool"] is None or pool.name == request["pool"]:
-                    _call(pool, request["method"], *request["args"])
+                    _act(pool, request["action"], request["args"])
 
     def _run(self) -> None:
         failures = 0

@@ -16,12 +16,6 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django_lido.observe import host_snapshot, publish, runtime_dir
 
 VIEWS = ("status", "connections", "queries", "leaks", "top")
-# The requests to every process (publish.ACTIONS), and what they ask, for the command's answer.
-ASKED = {
-    "reset_queries": "reset its query statistics",
-    "drain": "drain its pools (every connection replaced)",
-    "resize": "resize its pools",
-}
 ORDERS: dict[str, Callable[[dict[str, Any]], float]] = {
     "total": lambda q: q["total_s"],
     "count": lambda q: q["count"],
@@ -190,7 +184,8 @@ class Command(BaseCommand):
         "The connection pools of every process on this host: status (a table per process "
         "and host totals), connections (who holds what), queries (top statements), leaks "
         "(long holds, leaks, idle transactions, with stacks), top (status refreshed live); "
-        "drain: every process replaces the connections of its pools (of --pool, or all); "
+        "drain: every process (or --pid) replaces the connections of its pools (of --pool, or "
+        "all); "
         "resize: the pools named --pool get --min-size and --max-size (in process --pid, or "
         "in every process)."
     )
@@ -211,7 +206,9 @@ class Command(BaseCommand):
         )
         parser.add_argument("--min-size", type=int, help="resize: the new min_size")
         parser.add_argument("--max-size", type=int, help="resize: the new max_size")
-        parser.add_argument("--pid", type=int, help="resize: only this process")
+        parser.add_argument(
+            "--pid", type=int, help="drain, resize, queries --reset: only this process"
+        )
         parser.add_argument("--interval", type=float, default=1.0, help="top: seconds")
         parser.add_argument(
             "--iterations", type=int, default=0, help="top: refreshes, then exit (0: until ^C)"
@@ -236,11 +233,12 @@ class Command(BaseCommand):
 
     def _request(self, action: str, opts: dict[str, Any]) -> None:
         directory = Path(opts["runtime_dir"]) if opts["runtime_dir"] else runtime_dir()
-        publish.request_action(action, directory, opts["pool"])
+        publish.request_action(action, directory, opts["pool"], pid=opts["pid"])
         pools = f"the pools named {opts['pool']!r}" if opts["pool"] else "all pools"
+        who = f"process {opts['pid']}" if opts["pid"] else "every process"
         self.stdout.write(
-            f"asked every process publishing in {directory} to {ASKED[action]} ({pools}); "
-            "each does within a second"
+            f"asked {who} publishing in {directory} to {publish.ACTIONS[action].does} "
+            f"({pools}); each does within a second"
         )
 
     def _resize(self, opts: dict[str, Any]) -> None:

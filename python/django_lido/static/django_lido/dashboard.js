@@ -547,7 +547,8 @@
     }).then(function (r) {
       return r.json().then(function (j) { return [r.status, j]; }, function () { return [r.status, {}]; });
     }).then(function (res) {
-      out.textContent = res[0] === 200 ? "done" : "refused (" + res[0] + "): " + (res[1].error || "");
+      // Accepted means asked: each process acts at its next publishing tick.
+      out.textContent = res[0] === 200 ? "asked" : "refused (" + res[0] + "): " + (res[1].error || "");
       setTimeout(function () { out.textContent = ""; }, 5000);
     }, function (e) { out.textContent = "failed: " + e; });
   }
