@@ -91,7 +91,9 @@ def test_a_waiter_gets_a_fresh_connection_when_the_drained_one_comes_back(pg, ma
     pool.putconn(got[0])
     s = pool.stats()
     assert (s["closes_drained"], s["in_use"], s["pool_size"], s["idle"]) == (1, 0, 1, 1)
-    eventually(lambda: server_pids(pg, pool.app) == {backend_pid(pool.getconn())}, "one left")
+    with pool.connection() as conn:
+        now = backend_pid(conn)
+    eventually(lambda: server_pids(pg, pool.app) == {now}, "one left")
 
 
 def test_a_connect_under_way_serves_its_checkout_then_closes_on_return(pg):
