@@ -3,20 +3,24 @@ together and forgets dead ones. Real pools on a throwaway PostgreSQL, real child
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+import logging
 import os
 import stat
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django_helpers import configure, database, global_alias, unique
-from django_lido import Pool
+from django_lido import AsyncPool, Pool
 from django_lido.observe import host, host_snapshot, publish
 from observe_helpers import PoolChild, wait_for
 
@@ -287,6 +291,131 @@ def test_requests_are_deleted_once_expired_though_taken(
             pub.remove()
 
 
+def _aio(body: Any) -> Any:
+    """Runs an async test body, a hang failed by a watchdog."""
+
+    async def guarded() -> Any:
+        return await asyncio.wait_for(body(), 60.0)
+
+    return asyncio.run(guarded())
+
+
+async def _eventually(predicate: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await asyncio.sleep(0.02)
+
+
+async def _backend_pid(conn: Any) -> int:
+    cur = await conn.execute("SELECT pg_backend_pid()")
+    row = await cur.fetchone()
+    return int(row[0])
+
+
+def test_an_async_pool_is_published_and_acted_on_on_its_loop(pg: Any, rundir: Path) -> None:
+    """The publisher, another thread, reads an AsyncPool as it reads a Pool, and runs a
+    requested drain on the pool's own loop (where its connections are awaited)."""
+
+    async def body() -> None:
+        pool = AsyncPool(pg.conninfo(), name=unique("pub_aio"), max_size=3)
+        assert publish.current() is not None, "the first AsyncPool starts the publisher"
+        publish.stop()  # driven by hand below, from another thread
+        pub = publish.Publisher()
+        try:
+            rundir.mkdir(mode=0o700, exist_ok=True)
+            idle, held = await pool.getconn(), await pool.getconn()
+            idle_pid = await _backend_pid(idle)
+            await pool.putconn(idle)
+            await held.execute("SELECT 4711")
+            assert await asyncio.to_thread(pub.publish_once, True)
+            rec = json.loads((rundir / f"{os.getpid()}.json").read_bytes())
+            (p,) = [p for p in rec["pools"] if p["name"] == pool.name]
+            assert p["stats"]["in_use"] == 1 and p["stats"]["idle"] == 1, p["stats"]
+            assert p["stats"]["pool_max"] == 3
+            (c,) = p["connections"]
+            task = asyncio.current_task()
+            assert task is not None and c["holder"]["task"] == task.get_name(), c
+            snap = await asyncio.to_thread(host_snapshot, rundir)
+            assert [c["pool"] for c in snap["connections"]].count(pool.name) == 1
+            (t,) = [t for t in snap["pools"] if t["name"] == pool.name]
+            assert t["in_use"] == 1
+
+            time.sleep(0.01)  # requests made after the publisher started
+            publish.request_drain(rundir, pool.name)
+            publish.request_resize(pool.name, 0, 5, rundir)
+            await asyncio.to_thread(pub.publish_once)
+            assert pool.stats()["pool_max"] == 5, "the resize is run in the publisher's thread"
+            await _eventually(lambda: pool.stats()["closes_drained"] == 1, "the idle one drained")
+            assert pool.stats()["idle"] == 0
+            await pool.putconn(held)
+            assert pool.stats()["closes_drained"] == 2, "the one in use closes as it comes back"
+            async with pool.connection() as conn:
+                assert await _backend_pid(conn) != idle_pid, "a new connection"
+
+            await pool.close()
+            assert pool not in publish.open_pools()
+            snap = await asyncio.to_thread(host_snapshot, rundir)
+            assert pool.name not in {t["name"] for t in snap["pools"]}
+        finally:
+            await pool.close()
+            pub.remove()
+
+    _aio(body)
+
+
+def test_a_requested_async_action_without_a_loop_is_skipped_and_a_failure_logged(
+    pg: Any, rundir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pool not bound to a loop yet, or whose loop has ended, is skipped (the coroutine
+    closed unrun); a coroutine that fails on the pool's loop is logged."""
+
+    class FailingDrain(AsyncPool):
+        async def drain(self) -> None:
+            raise RuntimeError("drain broke")
+
+    unbound = AsyncPool(pg.conninfo(), name=unique("pub_unbound"), max_size=1)
+
+    async def orphaned() -> AsyncPool:
+        return AsyncPool(pg.conninfo(), name=unique("pub_orphan"), max_size=1)
+
+    orphan = asyncio.run(orphaned())  # its loop is closed now, the pool left open
+    failing_name = unique("pub_failing")
+    caplog.set_level(logging.DEBUG, "django_lido.observe")
+    rundir.mkdir(mode=0o700, exist_ok=True)
+    publish.stop()
+    pub = publish.Publisher()
+
+    async def body() -> None:
+        failing = FailingDrain(pg.conninfo(), name=failing_name, max_size=1)
+        try:
+            time.sleep(0.01)
+            publish.request_drain(rundir)
+            await asyncio.to_thread(pub.publish_once)
+            await _eventually(
+                lambda: any("drain broke" in r.exc_text for r in caplog.records if r.exc_text),
+                "the failure logged",
+            )
+        finally:
+            await failing.close()
+
+    try:
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            _aio(body)
+            gc.collect()
+        assert not [w for w in warned if "never awaited" in str(w.message)]
+        skipped = {r.args[0] for r in caplog.records if "skipped" in r.getMessage()}
+        assert skipped == {unbound.name, orphan.name}
+        (failed,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert failed.args[:2] == (failing_name, "drain")
+        assert unbound.stats()["closes_drained"] == orphan.stats()["closes_drained"] == 0
+    finally:
+        pub.remove()
+        unbound._at_exit.close(0)
+        orphan._at_exit.close(0)
+
+
 def test_stale_records_and_reused_pids_are_dropped(rundir: Path) -> None:
     rundir.mkdir(mode=0o700)
     me = publish.process_record([])
@@ -373,7 +502,7 @@ def test_a_forked_child_publishes_its_own_record(pg: Any, rundir: Path) -> None:
         """
         import json, os, sys, signal, time
         signal.alarm(50)
-        from django_lido import Pool
+        from django_lido import AsyncPool, Pool
         from django_lido.observe import publish
         pool = Pool(sys.argv[1], name="pub-fork")
         d = publish.runtime_dir()
@@ -427,7 +556,7 @@ def test_an_unusable_directory_is_said_once_and_the_pool_works_on(pg: Any, tmp_p
             import logging, signal, sys, time
             signal.alarm(50)
             logging.basicConfig(level=logging.WARNING)
-            from django_lido import Pool
+            from django_lido import AsyncPool, Pool
             pool = Pool(sys.argv[1], name="pub-broken")
             for _ in range(8):
                 with pool.connection() as conn:

@@ -308,6 +308,10 @@ class AsyncPool(PoolCore):
         self._loop = None
         self._maintenance = None
         self._at_exit = _AtExit(self)
+        # Published as Pools are (lifecycle.py holds its proxy, not the pool).
+        from django_lido.observe import publish
+
+        publish.publish_pool(self)
         lifecycle.register(self._at_exit)
         try:
             loop = asyncio.get_running_loop()

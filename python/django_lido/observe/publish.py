@@ -11,13 +11,17 @@ thread, so its sleeps and file writes do not run on (or block) the hub.
 Another process of the host asks the publishing processes to act on their pools with a
 request file in the ``requests`` subdirectory (:func:`request_action`): at its next tick
 each process that started before the request (and is the one named, if one is) runs the
-action on its pools named in it (or all), once.
+action on its pools named in it (or all), once. An action that is a coroutine (an
+``AsyncPool``'s ``drain()``) is run on the pool's own event loop, not waited for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -27,7 +31,8 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,15 +162,29 @@ def _call(pool: object, method: str, *args: Any, **kwargs: Any) -> Any:
         return None
 
 
-def open_pools() -> list[Any]:
-    """This process's open pools, by name for a stable order."""
+# Pools published that lifecycle.py knows only through a proxy (an AsyncPool registers its
+# exit and fork handler there, not itself). Weak: publishing never keeps a pool alive.
+_also_published: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def publish_pool(pool: Any) -> None:
+    """Publishes ``pool`` while it is open, for a pool that does not register itself with
+    lifecycle.py; call it before registering, which starts the publisher."""
+    _also_published.add(pool)
+
+
+def _listed(pools: weakref.WeakSet[Any]) -> list[Any]:
     while True:
         try:
             # A pool made by another thread meanwhile ends the iteration of the weak set.
-            every = list(lifecycle._pools)
-            break
+            return list(pools)
         except RuntimeError:
             continue
+
+
+def open_pools() -> list[Any]:
+    """This process's open pools, by name for a stable order."""
+    every = _listed(lifecycle._pools) + _listed(_also_published)
     pools = [p for p in every if not getattr(p, "closed", True)]
     pools.sort(key=lambda p: getattr(p, "name", ""))
     return pools
@@ -386,11 +405,45 @@ def _older_than(path: Path, seconds: float) -> bool:
 def _act(pool: Any, action: Action, args: tuple[Any, ...]) -> None:
     """Runs a requested action on a pool; a failure is logged, since nobody waits for it."""
     try:
-        getattr(pool, action.method)(*args)
+        result = getattr(pool, action.method)(*args)
+        if asyncio.iscoroutine(result):
+            _on_pool_loop(pool, result, action, args)
     except Exception:
-        logger.warning(
-            "pool %r: the requested %s%r failed", pool.name, action.method, args, exc_info=True
-        )
+        _action_failed(pool.name, action, args, sys.exc_info()[1])
+
+
+def _action_failed(
+    name: str, action: Action, args: tuple[Any, ...], error: BaseException | None
+) -> None:
+    logger.warning("pool %r: the requested %s%r failed", name, action.method, args, exc_info=error)
+
+
+def _on_pool_loop(
+    pool: Any, coro: Coroutine[Any, Any, Any], action: Action, args: tuple[Any, ...]
+) -> None:
+    """Schedules an async pool's action on the event loop the pool belongs to (its
+    connections are awaited there) without waiting for it: a failure is logged when it
+    ends. A pool not bound to a loop yet, or whose loop is closed, has nothing to act on."""
+    loop: asyncio.AbstractEventLoop | None = getattr(pool, "_loop", None)
+    try:
+        if loop is None or loop.is_closed():
+            raise RuntimeError("no event loop")
+        fut = asyncio.run_coroutine_threadsafe(coro, loop)
+    except RuntimeError:  # closed meanwhile, too
+        coro.close()
+        logger.debug(
+            "pool %r: the requested %s%r skipped: the pool has no open event loop",
+            pool.name, action.method, args,
+        )  # fmt: skip
+        return
+    fut.add_done_callback(functools.partial(_log_if_failed, pool.name, action, args))
+
+
+def _log_if_failed(
+    name: str, action: Action, args: tuple[Any, ...], fut: concurrent.futures.Future[Any]
+) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        _action_failed(name, action, args, fut.exception())
 
 
 def _made_at_ns(name: str) -> int | None:
