@@ -129,9 +129,7 @@ def _pool_totals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(totals.values())
 
 
-def _add_buckets(
-    total: list[list[float]], more: list[list[float]] | None
-) -> list[list[float]]:
+def _add_buckets(total: list[list[float]], more: list[list[float]] | None) -> list[list[float]]:
     """Cumulative counts below each bound, summed bound by bound. A process that gives no
     buckets (an older engine) adds nothing here: its durations count in ``+Inf`` only."""
     if not more:
