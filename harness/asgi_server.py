@@ -18,16 +18,15 @@ import contextlib
 import http.client
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
+from harness.process import ServedProcess
 from harness.servers import free_port
 
 _SETTINGS = """\
@@ -172,12 +171,13 @@ def write_files(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
-class AsgiServer:
+class AsgiServer(ServedProcess):
     """An ASGI server (``python -m MODULE``) serving ``asgiproj.asgi:application`` of a
     project made by ``write_project``, on a free port, in a process group of its own.
     Subclasses give the module and its options; everything else is shared."""
 
     module: str  # what ``python -m`` runs
+    ready_path = "/stats"  # answers 200 once the server is up
 
     def __init__(
         self,
@@ -190,69 +190,27 @@ class AsgiServer:
         self.root = root
         self.python = python
         self.port = free_port()
-        self.log = root / f"{self.module}.log"
+        self.what = self.module
         paths = [str(root), *(pythonpath or [])]
-        self.env = {
+        env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(paths),
             "DJANGO_SETTINGS_MODULE": "asgiproj.settings",
             **(env or {}),
         }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    ready_path = "/stats"  # answers 200 once the server is up
+        super().__init__(root / f"{self.module}.log", root, env)
 
     def options(self) -> list[str]:
         """The server's command-line arguments after ``python -m MODULE``."""
         raise NotImplementedError
 
-    def argv(self) -> list[str]:
+    def command(self) -> list[str]:
         return [self.python, "-m", self.module, *self.options()]
 
-    def start(self, timeout: float = 30.0) -> Self:
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                self.argv(), cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.module} exited ({self.proc.returncode}):\n{self.log_tail()}"
-                )
-            with contextlib.suppress(OSError):
-                status, _ = get(self.port, self.ready_path, timeout=2)
-                if status == 200:
-                    return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{self.module} did not answer in {timeout} s:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def ready(self) -> bool:
+        with contextlib.suppress(OSError):
+            return get(self.port, self.ready_path, timeout=2)[0] == 200
+        return False
 
 
 class UvicornServer(AsgiServer):

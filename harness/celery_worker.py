@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
-from harness.process import kill_group, terminate
+from harness.process import ServedProcess
 
 PACKAGE = "celeryproj"
 TABLE = "celery_item"
@@ -142,10 +142,12 @@ def create_table_sql() -> str:
     return f"CREATE TABLE {TABLE} (id serial PRIMARY KEY, n integer NOT NULL)"
 
 
-class CeleryWorker:
+class CeleryWorker(ServedProcess):
     """``celery -A celeryproj worker -P <pool> -c <concurrency>`` in ``directory`` (written by
     ``write_project``); ``start()`` returns once the worker logs that it is ready, ``stop()``
     asks for a warm shutdown (SIGTERM) and waits, bounded, then kills."""
+
+    what = "celery worker"
 
     def __init__(self, directory: Path, config: Path, *, pool: str = "prefork",
                  concurrency: int = 4, extra_args: tuple[str, ...] = ()) -> None:  # fmt: skip
@@ -154,72 +156,35 @@ class CeleryWorker:
         self.pool = pool
         self.concurrency = concurrency
         self.extra_args = extra_args
-        self.logfile = directory / f"worker-{pool}.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__(directory / f"worker-{pool}.log", directory, {})
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "celery", "-A", PACKAGE, "worker",
+            "-P", self.pool, "-c", str(self.concurrency), "-n", f"lido-{self.pool}@%h",
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            "--without-heartbeat", *self.extra_args,
+        ]  # fmt: skip
+
+    def ready(self) -> bool:
+        return " ready." in self.log.read_text(errors="replace")
 
     def start(self, timeout: float = 30.0) -> Self:
         for old in self.directory.glob("stats-*.json"):
             old.unlink()
-        env = {
+        # This process's environment as it is now (tests set variables just before).
+        self.env = {
             **os.environ,
             "LIDO_CELERY_CONFIG": str(self.config),
             "DJANGO_SETTINGS_MODULE": f"{PACKAGE}.settings",
             "PYTHONPATH": str(self.directory),
             "C_FORCE_ROOT": "1",
         }
-        argv = [
-            sys.executable, "-m", "celery", "-A", PACKAGE, "worker",
-            "-P", self.pool, "-c", str(self.concurrency), "-n", f"lido-{self.pool}@%h",
-            "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-            "--without-heartbeat", *self.extra_args,
-        ]  # fmt: skip
-        with self.logfile.open("wb") as log:
-            self._proc = subprocess.Popen(
-                argv,
-                cwd=self.directory,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"celery worker exited at start:\n{self.log_tail()}")
-            if " ready." in self.logfile.read_text(errors="replace"):
-                return self
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"celery worker not ready after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """Warm shutdown; returns the exit code (None if it had to be killed)."""
-        proc, self._proc = self._proc, None
-        return None if proc is None else terminate(proc, timeout)
-
-    def kill(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            kill_group(proc)
+        return super().start(timeout)
 
     def process_stats(self) -> list[dict[str, Any]]:
         """What each exited worker process wrote: ``{"pid", "pools": [stats, ...]}``."""
         return [json.loads(p.read_text()) for p in sorted(self.directory.glob("stats-*.json"))]
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            text = self.logfile.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.stop() is None:
-            self.kill()
 
 
 def run_tasks_in_subprocess(

@@ -25,14 +25,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from harness.asgi_server import get
-from harness.process import kill_group, terminate
+from harness.process import ServedProcess
 from harness.servers import free_port
 
 TABLE = "wsgi_harness_item"
@@ -218,10 +216,12 @@ def write_project(
     return config
 
 
-class GunicornServer:
+class GunicornServer(ServedProcess):
     """``gunicorn wsgiproj.wsgi`` for a project made by ``write_project``: ``start()``
     returns once it answers; ``stop()`` asks the master for a graceful shutdown (SIGTERM),
     bounded, and returns its exit code (None if it had to be killed)."""
+
+    what = "gunicorn"
 
     def __init__(
         self,
@@ -238,7 +238,6 @@ class GunicornServer:
     ) -> None:
         self.root = root
         self.port = free_port()
-        self.log = root / "gunicorn.log"
         self.argv = [
             python, "-m", "gunicorn", "-c", str(root / "gunicorn.conf.py"),
             "--chdir", str(root), "--bind", f"127.0.0.1:{self.port}",
@@ -247,41 +246,25 @@ class GunicornServer:
             "--timeout", str(timeout), "--graceful-timeout", "10",
             "--log-level", "warning", *(["--preload"] if preload else []), "wsgiproj.wsgi",
         ]  # fmt: skip
-        self.env = {
+        env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(root), *(pythonpath or [])]),
             "LIDO_WSGI_CONFIG": str(root / "config.json"),
         }
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(root / "gunicorn.log", root, env)
 
-    def start(self, timeout: float = 30.0) -> GunicornServer:
+    def command(self) -> list[str]:
+        return self.argv
+
+    def ready(self) -> bool:
+        with contextlib.suppress(OSError):
+            return get(self.port, "/stats", timeout=2)[0] == 200
+        return False
+
+    def start(self, timeout: float = 30.0) -> Self:
         for old in [*self.root.glob("stats-*.json"), *self.root.glob("import-*.json")]:
             old.unlink()
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                self.argv, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited ({self.proc.returncode}):\n{self.log_tail()}")
-            with contextlib.suppress(OSError):
-                status, _ = get(self.port, "/stats", timeout=2)
-                if status == 200:
-                    return self
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"gunicorn did not answer in {timeout} s:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        proc, self.proc = self.proc, None
-        return None if proc is None else terminate(proc, timeout)
-
-    def kill(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            kill_group(proc)
+        return super().start(timeout)
 
     def worker_pids(self) -> list[int]:
         """The master's children (the workers) now."""
@@ -299,16 +282,3 @@ class GunicornServer:
     def import_queries(self) -> list[dict[str, Any]]:
         """``{"pid", "backend"}`` of each process that ran the import-time query."""
         return [json.loads(p.read_text()) for p in sorted(self.root.glob("import-*.json"))]
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def __enter__(self) -> GunicornServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.stop() is None:
-            self.kill()
