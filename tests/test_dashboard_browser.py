@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import importlib.util
 import json
 import os
 import shutil
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from django_lido.pool import Pool
 
 from harness.dashboard_site import PASSWORD, SECRET_LITERAL, SECRET_PARAM, GunicornServer, make_site
 
@@ -39,12 +37,6 @@ pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
     reason="Debian's chromium and chromium-driver are needed (scripts/setup.sh installs them)",
 )
-
-# What the branches of issue 13 that feed the page bring; a test that needs a missing one
-# skips and says which.
-HAS_HOST_SNAPSHOT = importlib.util.find_spec("django_lido.observe") is not None
-HAS_CONNECTIONS = hasattr(Pool, "connections")
-HAS_REPORTS = hasattr(Pool, "reports")
 
 HOLDERS = 3
 HOLD_SECONDS = 25  # long enough for every test below; the site's leak_threshold is 1 s
@@ -163,9 +155,6 @@ def test_non_staff_user_is_refused(browser: Any, server: GunicornServer) -> None
 def test_staff_dashboard_renders_and_updates_live(
     browser: Any, server: GunicornServer, holders: list[threading.Thread]
 ) -> None:
-    if not HAS_HOST_SNAPSHOT:
-        pytest.skip("django_lido.observe (Seam C, branch hosts) is missing: the page sees only "
-                    "the process that serves it")  # fmt: skip
     # Both workers take a connection once, so that both have a pool to publish.
     pids = {_get(server.port, "/pid")["pid"] for _ in range(40)}
     sign_in(browser, server, "staff")
@@ -203,23 +192,15 @@ def test_staff_dashboard_renders_and_updates_live(
 
 
 def test_held_connection_shows_its_stack_on_click(browser: Any) -> None:
-    if not (HAS_HOST_SNAPSHOT and HAS_CONNECTIONS):
-        pytest.skip("Pool.connections() (Seam B, branch holders) or its publishing (Seam C, "
-                    "branch hosts) is missing")  # fmt: skip
     click_first(browser, "#connections tbody tr")
     detail = shown_detail(browser)
     assert "Connection #" in detail.text
     stacks = detail.find_elements(By.CSS_SELECTOR, "pre.stack")
-    if not stacks:
-        pytest.skip("no per-connection stack in this build: Seam B's connections()['stack'] "
-                    "(branch holders) is missing")  # fmt: skip
+    assert stacks, "a held connection's detail shows the stack that took it"
     assert "hold_connection_for_dashboard" in stacks[0].text
 
 
 def test_long_hold_report_shows_its_stack_on_click(browser: Any) -> None:
-    if not (HAS_HOST_SNAPSHOT and HAS_REPORTS):
-        pytest.skip("Pool.reports() (Seam B, branch holders) or its publishing (Seam C, "
-                    "branch hosts) is missing")  # fmt: skip
     click_first(browser, "#leaks tbody tr.kind-long_hold")
     detail = shown_detail(browser)
     assert "held too long" in detail.text
@@ -228,9 +209,6 @@ def test_long_hold_report_shows_its_stack_on_click(browser: Any) -> None:
 
 
 def test_idle_transaction_report_shows_both_stacks_on_click(browser: Any) -> None:
-    if not (HAS_HOST_SNAPSHOT and HAS_REPORTS):
-        pytest.skip("Pool.reports() (Seam B, branch holders) or its publishing (Seam C, "
-                    "branch hosts) is missing")  # fmt: skip
     click_first(browser, "#leaks tbody tr.kind-idle_in_transaction")
     detail = shown_detail(browser)
     wait_for("the idle transaction's detail", lambda: "idle in transaction" in detail.text)
@@ -241,9 +219,6 @@ def test_idle_transaction_report_shows_both_stacks_on_click(browser: Any) -> Non
 
 
 def test_leak_report_shows_its_stack_on_click(browser: Any, server: GunicornServer) -> None:
-    if not (HAS_HOST_SNAPSHOT and HAS_REPORTS):
-        pytest.skip("Pool.reports() (Seam B, branch holders) or its publishing (Seam C, "
-                    "branch hosts) is missing")  # fmt: skip
     _get(server.port, "/leak")
     click_first(browser, "#leaks tbody tr.kind-leak")
     detail = shown_detail(browser)
